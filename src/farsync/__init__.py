@@ -1,0 +1,41 @@
+"""farsync: low-communication distributed training, simulated on one machine or run on a cluster.
+
+Python API (mirrors the CLI)::
+
+    import farsync
+    result = farsync.run("config.yaml", overrides=["cluster.workers=8"], out="runs/x")
+    farsync.compare([result.run_dir, "runs/y"], out="runs/report")
+"""
+
+from .algorithms import ALGORITHMS, Algorithm, DDP, DiLoCo, LocalSGD, get_algorithm
+from .comm import Communicator, NetworkModel, SimCluster, TimeModel
+from .config import Config, ConfigError, load_config
+from .report import compare
+from .runner import RunResult, run
+from .tasks import TASKS, DataMissingError, Task, get_task, register_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "Communicator",
+    "Config",
+    "ConfigError",
+    "DDP",
+    "DataMissingError",
+    "DiLoCo",
+    "LocalSGD",
+    "NetworkModel",
+    "RunResult",
+    "SimCluster",
+    "TASKS",
+    "Task",
+    "TimeModel",
+    "compare",
+    "get_algorithm",
+    "get_task",
+    "load_config",
+    "register_task",
+    "run",
+]

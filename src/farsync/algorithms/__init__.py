@@ -1,0 +1,20 @@
+"""Algorithm registry."""
+
+from __future__ import annotations
+
+from .base import Algorithm
+from .ddp import DDP
+from .diloco import DiLoCo
+from .local_sgd import LocalSGD
+
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo)}
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DiLoCo", "LocalSGD", "get_algorithm"]

@@ -1,0 +1,146 @@
+"""The interface every distributed training algorithm implements.
+
+An `Algorithm` wraps one worker's model and inner optimizer and a `Communicator`. It is used in an
+ordinary training loop::
+
+    loss.backward()
+    algo.step()        # one inner step: counts compute, communicates when due, updates params
+    algo.zero_grad()
+
+and knows nothing about the backend. ``eval_params()`` temporarily puts the evaluation point
+(e.g. DiLoCo's global parameters) into the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..comm import Communicator
+from ..optim import build_optimizer
+
+OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Algorithm:
+    """Base class. Subclasses implement `_step` and may override `eval_params` and state."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    uses_outer: ClassVar[bool] = False
+    uses_sync_every: ClassVar[bool] = False
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        comm: Communicator,
+        *,
+        sync_every: int = 1,
+        outer: OuterSpec | None = None,
+        grad_clip: float | None = None,
+        options: BaseModel | dict | None = None,
+    ):
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        self.model = model
+        self.optimizer = optimizer
+        self.comm = comm
+        self.sync_every = sync_every
+        self.grad_clip = grad_clip
+        self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.local_step = 0  # inner steps taken by this worker
+
+    # ------------------------------------------------------------------ loop API
+    def step(self) -> None:
+        """One inner step (call after ``loss.backward()``)."""
+        self.comm.compute()
+        self._step()
+        self.local_step += 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+
+    def _average_gradients(self) -> None:
+        """All-reduce (mean) the gradients as one flat buffer; a missing ``.grad`` counts as zeros."""
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in self.params]
+        flat = flatten(grads)
+        self.comm.all_reduce(flat, op="mean")
+        unflatten_into(flat, grads)
+
+    def _sync_due(self) -> bool:
+        """True on the step that completes a round of `sync_every` inner steps."""
+        return (self.local_step + 1) % self.sync_every == 0
+
+    @contextmanager
+    def eval_params(self) -> Iterator[nn.Module]:
+        """The model holding the parameters to evaluate (default: the local parameters)."""
+        yield self.model
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"local_step": self.local_step, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.local_step = state["local_step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def build_outer(params: list[torch.Tensor], outer: OuterSpec) -> torch.optim.Optimizer:
+        return outer(params) if callable(outer) else build_optimizer(params, outer)
+
+
+@contextmanager
+def swapped_params(model_params: list[torch.Tensor], values: list[torch.Tensor]) -> Iterator[None]:
+    """Temporarily copy `values` into `model_params`, restoring them afterwards (exactly)."""
+    saved = [p.detach().clone() for p in model_params]
+    with torch.no_grad():
+        for p, v in zip(model_params, values):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model_params, saved):
+                p.copy_(s)
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors (all of one dtype) into one flat buffer - one message on the wire."""
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"parameters of several dtypes ({sorted(map(str, dtypes))}) are not supported")
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy consecutive slices of `flat` into `tensors` (inverse of `flatten`)."""
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n

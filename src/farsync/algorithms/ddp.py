@@ -1,0 +1,24 @@
+"""`ddp`: synchronous data parallelism (the baseline).
+
+Update, every step t on every worker i::
+
+    g     = (1/n) * sum_i grad f_i(theta; batch_i)       # all_reduce(mean) of one flat buffer
+    theta = InnerOpt.step(theta, g)
+
+Bytes per step per worker (ring all-reduce): 2(n-1)/n * d * bytes_per_element. Gradient
+clipping, if set, applies to the averaged gradient (as in torch DDP). Parameters whose ``.grad``
+is None contribute zeros.
+"""
+
+from __future__ import annotations
+
+from .base import Algorithm
+
+
+class DDP(Algorithm):
+    name = "ddp"
+    summary = "all-reduce of gradients every step (baseline)"
+
+    def _step(self) -> None:
+        self._average_gradients()
+        self._optimizer_step()

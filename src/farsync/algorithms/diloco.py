@@ -1,0 +1,75 @@
+"""`diloco`: DiLoCo (Douillard et al., arXiv 2311.08105).
+
+State per worker: local params theta_i, the inner optimizer's state (kept across rounds), the
+global params phi (identical on all workers) and the outer optimizer's state over phi. Every
+H = `sync_every` inner steps::
+
+    delta_i = phi - theta_i                       # pseudo-gradient (points downhill)
+    delta   = (1/n) * sum_i delta_i               # all_reduce(mean) of one flat buffer
+    phi     = OuterOpt.step(phi, grad=delta)      # default SGD, lr 0.7, Nesterov momentum 0.9
+    theta_i = phi
+
+Any torch optimizer can be inner or outer (`farsync.optim.OPTIMIZERS`). Reductions: n=1, H=1,
+outer SGD lr=1 without momentum equals the plain inner optimizer; H=1 with outer SGD lr=1 and
+inner SGD equals DDP with SGD (both up to floating-point rounding of phi - (phi - theta)).
+Evaluation point: phi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .base import Algorithm, flatten, swapped_params, unflatten_into
+
+
+class DiLoCo(Algorithm):
+    name = "diloco"
+    summary = "inner optimizer for H steps, outer optimizer on the averaged pseudo-gradient"
+    uses_outer = True
+    uses_sync_every = True
+
+    def __init__(self, *args, outer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+        self.global_params = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params]
+        self.outer_optimizer = self.build_outer(self.global_params, outer)
+
+    def _step(self) -> None:
+        self._optimizer_step()
+        if self._sync_due():
+            self.sync()
+
+    def sync(self) -> None:
+        """One outer step: average the pseudo-gradients, step phi, reset theta to phi."""
+        delta = flatten([g.detach() for g in self.global_params]) - flatten([p.detach() for p in self.params])
+        self.comm.all_reduce(delta, op="mean")
+        for g in self.global_params:
+            g.grad = torch.empty_like(g)
+        unflatten_into(delta, [g.grad for g in self.global_params])
+        self.outer_optimizer.step()
+        with torch.no_grad():
+            for p, g in zip(self.params, self.global_params):
+                p.copy_(g)
+
+    @contextmanager
+    def eval_params(self) -> Iterator[nn.Module]:
+        with swapped_params(self.params, [g.detach() for g in self.global_params]):
+            yield self.model
+
+    def state_dict(self):
+        return {
+            **super().state_dict(),
+            "global_params": [g.detach().clone() for g in self.global_params],
+            "outer_optimizer": self.outer_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for g, s in zip(self.global_params, state["global_params"]):
+                g.copy_(s)
+        self.outer_optimizer.load_state_dict(state["outer_optimizer"])

@@ -1,0 +1,69 @@
+"""`local-sgd`: Local SGD / FedAvg (Stich 2019; McMahan et al. 2017), with optional post-local phase.
+
+Each worker takes H = `sync_every` local steps of its inner optimizer; then the parameters are
+averaged::
+
+    theta_i = InnerOpt.step(theta_i, grad f_i(theta_i))          # every step
+    if t % H == 0:  theta_i = (1/n) * sum_j theta_j             # all_reduce(mean)
+
+Options: ``reset_inner_state`` clears the inner optimizer's state after each averaging;
+``ddp_steps`` = S runs synchronous DDP (gradient averaging) for the first S steps, Local SGD after
+(post-local SGD, Lin et al. 2020). The evaluation point is the last averaged model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Algorithm, flatten, swapped_params, unflatten_into
+
+
+class LocalSGDOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reset_inner_state: bool = Field(False, description="clear inner optimizer state after each averaging")
+    ddp_steps: int = Field(0, ge=0, description="post-local SGD: synchronous DDP for the first S steps")
+
+
+class LocalSGD(Algorithm):
+    name = "local-sgd"
+    summary = "average parameters every H local steps (FedAvg / post-local SGD)"
+    uses_sync_every = True
+    Options = LocalSGDOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.averaged = [p.detach().clone() for p in self.params]
+
+    def _step(self) -> None:
+        if self.local_step < self.options.ddp_steps:
+            self._average_gradients()
+            self._optimizer_step()
+            with torch.no_grad():
+                for a, p in zip(self.averaged, self.params):
+                    a.copy_(p)
+            return
+        self._optimizer_step()
+        if self._sync_due():
+            flat = flatten([p.detach() for p in self.params])
+            self.comm.all_reduce(flat, op="mean")
+            unflatten_into(flat, self.params)
+            unflatten_into(flat, self.averaged)
+            if self.options.reset_inner_state:
+                self.optimizer.state.clear()
+
+    @contextmanager
+    def eval_params(self) -> Iterator[torch.nn.Module]:
+        with swapped_params(self.params, self.averaged):
+            yield self.model
+
+    def state_dict(self):
+        return {**super().state_dict(), "averaged": [a.clone() for a in self.averaged]}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        for a, s in zip(self.averaged, state["averaged"]):
+            a.copy_(s)

@@ -1,0 +1,17 @@
+"""Communication layer: the `Communicator` interface and its backends."""
+
+from .base import CommStats, Communicator, Work, wire_bytes
+from .cost import NetworkModel, TimeModel
+from .sim import SimCluster, SimCommunicator, SimDeadlock
+
+__all__ = [
+    "CommStats",
+    "Communicator",
+    "NetworkModel",
+    "SimCluster",
+    "SimCommunicator",
+    "SimDeadlock",
+    "TimeModel",
+    "Work",
+    "wire_bytes",
+]

@@ -1,0 +1,152 @@
+"""The `Communicator` interface that every algorithm is written against.
+
+Algorithms are SPMD: every worker runs the same code and talks to the others only through a
+Communicator. Its collectives mirror ``torch.distributed`` one to one (same names, same in-place
+semantics, ``async_op=True`` returns a handle with ``.wait()``), so a backend over a real process
+group is a thin adapter. Every call records the bytes it puts on the wire (see `wire_bytes`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+REDUCE_OPS = ("sum", "mean")
+
+
+@dataclass
+class CommStats:
+    """Per-worker counters. Times are in (virtual or real) seconds, bytes are wire bytes."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    payload_bytes: int = 0  # sum of the nbytes of the tensors handed to collectives
+    peak_bytes_per_sync: int = 0  # most bytes this worker sent in a single communication call
+    n_calls: int = 0
+    compute_time_s: float = 0.0
+    blocked_time_s: float = 0.0  # time spent waiting for communication to finish
+    clock_s: float = 0.0  # this worker's wall clock (virtual on the simulator)
+
+    def record(self, sent: int, received: int, payload: int) -> None:
+        self.bytes_sent += sent
+        self.bytes_received += received
+        self.payload_bytes += payload
+        self.peak_bytes_per_sync = max(self.peak_bytes_per_sync, sent)
+        self.n_calls += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wire_bytes(kind: str, nbytes: int, world_size: int, rank: int, src: int = 0) -> tuple[int, int]:
+    """(bytes sent, bytes received) by `rank` for one call, under the stated algorithms.
+
+    - all_reduce, ring (reduce-scatter + all-gather): each worker sends and receives
+      2(n-1)/n * B.
+    - all_gather, ring, B = one worker's contribution: each sends and receives (n-1) * B.
+    - broadcast, pipelined chain from `src`: every worker but the last in the chain sends B,
+      every worker but `src` receives B.
+    - send / recv: B on the sending / receiving side.
+    """
+    n = world_size
+    if n <= 1 and kind in ("all_reduce", "all_gather", "broadcast"):
+        return 0, 0
+    if kind == "all_reduce":
+        b = (2 * (n - 1) * nbytes) // n
+        return b, b
+    if kind == "all_gather":
+        b = (n - 1) * nbytes
+        return b, b
+    if kind == "broadcast":
+        pos = (rank - src) % n  # position in the chain
+        return (nbytes if pos < n - 1 else 0), (nbytes if pos > 0 else 0)
+    if kind == "send":
+        return nbytes, 0
+    if kind == "recv":
+        return 0, nbytes
+    if kind == "barrier":
+        return 0, 0
+    raise ValueError(f"unknown communication kind {kind!r}")
+
+
+def tensor_nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class Work(abc.ABC):
+    """Handle of a non-blocking call, as returned by ``torch.distributed`` with async_op=True."""
+
+    @abc.abstractmethod
+    def wait(self) -> None:
+        """Block until the call has finished; afterwards its output tensors may be read."""
+
+    @abc.abstractmethod
+    def is_completed(self) -> bool:
+        """True when waiting would not block."""
+
+
+class Communicator(abc.ABC):
+    """Collectives, point-to-point messages and a clock, for one worker (rank)."""
+
+    rank: int
+    world_size: int
+
+    # --- collectives (in place, like torch.distributed) ---
+    @abc.abstractmethod
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum", async_op: bool = False) -> Work | None:
+        """Replace `tensor` on every rank by the sum (or mean) over ranks."""
+
+    @abc.abstractmethod
+    def all_gather(
+        self, tensor_list: list[torch.Tensor], tensor: torch.Tensor, async_op: bool = False
+    ) -> Work | None:
+        """Fill ``tensor_list[r]`` with rank r's `tensor` (all the same shape and dtype)."""
+
+    @abc.abstractmethod
+    def broadcast(self, tensor: torch.Tensor, src: int, async_op: bool = False) -> Work | None:
+        """Copy rank `src`'s `tensor` into `tensor` on every rank."""
+
+    @abc.abstractmethod
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        """Blocking send to `dst` (matched with a ``recv`` on `dst`, in call order)."""
+
+    @abc.abstractmethod
+    def recv(self, tensor: torch.Tensor, src: int) -> None:
+        """Blocking receive from `src` into `tensor`."""
+
+    @abc.abstractmethod
+    def isend(self, tensor: torch.Tensor, dst: int) -> Work:
+        """Non-blocking send."""
+
+    @abc.abstractmethod
+    def irecv(self, tensor: torch.Tensor, src: int) -> Work:
+        """Non-blocking receive."""
+
+    @abc.abstractmethod
+    def barrier(self) -> None:
+        """Wait until every rank has reached the barrier."""
+
+    # --- time and accounting ---
+    @abc.abstractmethod
+    def compute(self, steps: float = 1.0) -> None:
+        """Mark that this worker finished `steps` inner steps of compute since the last mark.
+
+        On the simulator this advances the virtual clock by the time model's step time; on a
+        real backend it records the elapsed wall time as compute.
+        """
+
+    @abc.abstractmethod
+    def gather_metrics(self, values: dict[str, float]) -> list[dict[str, float]]:
+        """All-gather a small dict of numbers for logging. Not counted in bytes or time."""
+
+    @property
+    @abc.abstractmethod
+    def stats(self) -> CommStats:
+        """This worker's counters."""
+
+    def _check_op(self, op: str) -> None:
+        if op not in REDUCE_OPS:
+            raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(REDUCE_OPS)}")

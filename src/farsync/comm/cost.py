@@ -1,0 +1,66 @@
+"""Network and compute time models of the simulated cluster.
+
+Communication time of one call with payload B bytes (per worker), n workers, link bandwidth bw
+(bits/s, the slowest link among the participants) and per-message latency a:
+
+    all_reduce (ring):  2(n-1)/n * B*8/bw + 2(n-1) * a
+    all_gather (ring):  (n-1) * B*8/bw   + (n-1) * a
+    broadcast (chain, pipelined):  B*8/bw + (n-1) * a
+    send/recv:          B*8/bw + a
+    barrier:            (n-1) * a
+
+B is multiplied by `bytes_scale` before it enters these formulas, so a small model can stand in
+for a larger one (time only: reported byte counts stay the real ones).
+
+Compute time of one inner step on worker r is ``step_time * speed[r]`` where ``step_time`` is
+fixed or ``flops_per_step / throughput``; ``speed[r] >= 1`` slows a worker down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    bandwidth_bps: float = 1e9
+    latency_s: float = 10e-3
+    bytes_scale: float = 1.0
+    per_rank_bandwidth_bps: tuple[float, ...] | None = None  # overrides bandwidth_bps per rank
+
+    def link_bandwidth(self, ranks: list[int] | tuple[int, ...]) -> float:
+        if self.per_rank_bandwidth_bps is None:
+            return self.bandwidth_bps
+        return min(self.per_rank_bandwidth_bps[r] for r in ranks)
+
+    def time(self, kind: str, nbytes: int, ranks: list[int] | tuple[int, ...]) -> float:
+        """Seconds for one call of `kind` with `nbytes` per worker among `ranks`."""
+        n = len(ranks)
+        bits = nbytes * self.bytes_scale * 8.0
+        bw = self.link_bandwidth(ranks)
+        a = self.latency_s
+        if kind in ("send", "recv"):
+            return bits / bw + a
+        if n <= 1:
+            return 0.0
+        if kind == "all_reduce":
+            return 2 * (n - 1) / n * bits / bw + 2 * (n - 1) * a
+        if kind == "all_gather":
+            return (n - 1) * bits / bw + (n - 1) * a
+        if kind == "broadcast":
+            return bits / bw + (n - 1) * a
+        if kind == "barrier":
+            return (n - 1) * a
+        raise ValueError(f"no cost model for communication kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class TimeModel:
+    """Compute time per inner step: ``step_time_s * speeds[rank]``."""
+
+    step_time_s: float
+    speeds: tuple[float, ...] = field(default_factory=tuple)
+
+    def step_time(self, rank: int) -> float:
+        factor = self.speeds[rank] if self.speeds else 1.0
+        return self.step_time_s * factor

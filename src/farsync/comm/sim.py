@@ -1,0 +1,344 @@
+"""The simulated cluster: N SPMD workers in one process, with virtual clocks and a network model.
+
+Each worker runs the user's function in its own thread, but only one thread runs at a time: a
+worker keeps the baton until it must wait for communication (a blocking collective, or
+``Work.wait()`` on a call that other ranks have not issued yet); the baton then passes to the
+next runnable rank in round-robin order. Collective results are computed in rank order when the
+last rank arrives. Scheduling, results and virtual times are therefore a deterministic function
+of the program, independent of the host. Each worker also gets its own copy of torch's global CPU
+RNG state (saved and restored at every hand-off), as if it were a separate process.
+
+Virtual time: ``compute()`` advances a worker's clock by the time model's step time. A call that
+all participants have issued starts at ``max(issue times, participants' link-free times)``, lasts
+the `NetworkModel` time and occupies the participants' links until it ends. A blocking call (or
+``wait()``) moves the worker's clock to the end of the call and counts the gap as blocked time;
+compute between a non-blocking call and its ``wait()`` overlaps with the transfer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .base import CommStats, Communicator, Work, tensor_nbytes, wire_bytes
+from .cost import NetworkModel, TimeModel
+
+
+class SimDeadlock(RuntimeError):
+    """Every unfinished worker waits for communication that no other worker will issue."""
+
+
+class _Aborted(BaseException):
+    """Unwinds a worker thread after another worker failed."""
+
+
+class _Op:
+    """One pending communication call, matched across ranks by call order."""
+
+    def __init__(self, kind: str, ranks: tuple[int, ...]):
+        self.kind = kind
+        self.ranks = ranks
+        self.entries: dict[int, tuple[Any, float]] = {}  # rank -> (payload, issue time)
+        self.done = False
+        self.end_time = 0.0
+        self.result: Any = None
+
+
+class _SimWork(Work):
+    def __init__(self, cluster: SimCluster, rank: int, op: _Op):
+        self._cluster, self._rank, self._op = cluster, rank, op
+
+    def wait(self) -> None:
+        self._cluster._wait_op(self._rank, self._op)
+
+    def is_completed(self) -> bool:
+        return self._op.done and self._op.end_time <= self._cluster.stats[self._rank].clock_s
+
+
+class SimCluster:
+    """An in-process cluster of `world_size` workers. ``run(fn)`` calls ``fn(comm)`` on each."""
+
+    def __init__(
+        self,
+        world_size: int,
+        network: NetworkModel | None = None,
+        time_model: TimeModel | None = None,
+    ):
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
+        self.network = network or NetworkModel()
+        self.time_model = time_model or TimeModel(step_time_s=0.0)
+        if self.time_model.speeds and len(self.time_model.speeds) != world_size:
+            raise ValueError(f"need {world_size} speed factors, got {len(self.time_model.speeds)}")
+        self._reset()
+
+    def _reset(self) -> None:
+        n = self.world_size
+        self.stats = [CommStats() for _ in range(n)]
+        self._link_free = [0.0] * n
+        self._cv = threading.Condition()
+        self._turn: int | None = 0
+        self._waiting: list[tuple[Callable[[], bool], str] | None] = [None] * n
+        self._finished = [False] * n
+        self._error: BaseException | None = None
+        self._coll_seq = [0] * n
+        self._coll_ops: dict[int, _Op] = {}
+        self._p2p_seq: dict[tuple[str, int, int], int] = {}
+        self._p2p_ops: dict[tuple[int, int, int], _Op] = {}
+        self._rng: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ running
+    def run(self, fn: Callable[[SimCommunicator], Any]) -> list[Any]:
+        """Run ``fn(comm)`` as every worker; return the per-rank results (raises on failure)."""
+        self._reset()
+        main_rng = torch.get_rng_state()
+        self._rng = [main_rng.clone() for _ in range(self.world_size)]
+        results: list[Any] = [None] * self.world_size
+        threads = [
+            threading.Thread(target=self._thread_main, args=(r, fn, results), daemon=True, name=f"sim-rank{r}")
+            for r in range(self.world_size)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        torch.set_rng_state(main_rng)
+        if self._error is not None:
+            raise self._error
+        return results
+
+    def _thread_main(self, rank: int, fn: Callable, results: list) -> None:
+        comm = SimCommunicator(self, rank)
+        try:
+            with self._cv:
+                self._wait_turn(rank)
+                self._enter(rank)
+            results[rank] = fn(comm)
+        except _Aborted:
+            return
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller of run()
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"(raised on simulated rank {rank})")
+            with self._cv:
+                if self._error is None:
+                    self._error = exc
+                self._cv.notify_all()
+            return
+        with self._cv:
+            self._finished[rank] = True
+            self._handoff(rank)
+
+    # ------------------------------------------------------------------ baton
+    def _wait_turn(self, rank: int) -> None:
+        while self._turn != rank:
+            if self._error is not None:
+                raise _Aborted()
+            self._cv.wait()
+        if self._error is not None:
+            raise _Aborted()
+
+    def _enter(self, rank: int) -> None:
+        torch.set_rng_state(self._rng[rank])
+
+    def _handoff(self, rank: int) -> None:
+        """Give the baton to the next runnable rank after `rank` (cv held)."""
+        self._rng[rank] = torch.get_rng_state()
+        n = self.world_size
+        for k in range(1, n + 1):
+            r = (rank + k) % n
+            if self._finished[r]:
+                continue
+            w = self._waiting[r]
+            if w is None or w[0]():
+                self._turn = r
+                self._cv.notify_all()
+                return
+        self._turn = None
+        if not all(self._finished) and self._error is None:
+            waits = ", ".join(
+                f"rank {r} in {w[1]}" for r, w in enumerate(self._waiting) if w is not None and not self._finished[r]
+            )
+            self._error = SimDeadlock(
+                f"simulated cluster deadlock: {waits}. Every rank must issue the same collectives "
+                "in the same order, and every send needs a matching recv."
+            )
+        self._cv.notify_all()
+
+    def _block_until(self, rank: int, ready: Callable[[], bool], what: str) -> None:
+        with self._cv:
+            if ready():
+                return
+            self._waiting[rank] = (ready, what)
+            self._handoff(rank)
+            self._wait_turn(rank)
+            self._waiting[rank] = None
+            self._enter(rank)
+
+    # ------------------------------------------------------------------ ops
+    def _issue_collective(self, rank: int, kind: str, payload: Any, spec: tuple) -> _Op:
+        with self._cv:
+            seq = self._coll_seq[rank]
+            self._coll_seq[rank] += 1
+            op = self._coll_ops.get(seq)
+            if op is None:
+                op = self._coll_ops[seq] = _Op(kind, tuple(range(self.world_size)))
+                op.spec = spec  # type: ignore[attr-defined]
+            elif op.kind != kind or op.spec != spec:  # type: ignore[attr-defined]
+                raise RuntimeError(
+                    f"collective mismatch at call #{seq}: rank {rank} issued {kind}{spec} but another "
+                    f"rank issued {op.kind}{op.spec}"  # type: ignore[attr-defined]
+                )
+            op.entries[rank] = (payload, self.stats[rank].clock_s)
+            if len(op.entries) == self.world_size:
+                del self._coll_ops[seq]
+                self._complete(op)
+            return op
+
+    def _issue_p2p(self, rank: int, kind: str, tensor: torch.Tensor, peer: int) -> _Op:
+        if not 0 <= peer < self.world_size or peer == rank:
+            raise ValueError(f"invalid peer rank {peer} for rank {rank} (world size {self.world_size})")
+        src, dst = (rank, peer) if kind == "send" else (peer, rank)
+        with self._cv:
+            ckey = (kind, src, dst)
+            k = self._p2p_seq.get(ckey, 0)
+            self._p2p_seq[ckey] = k + 1
+            key = (src, dst, k)
+            op = self._p2p_ops.get(key)
+            if op is None:
+                op = self._p2p_ops[key] = _Op("p2p", (src, dst))
+            op.entries[rank] = (tensor, self.stats[rank].clock_s)
+            if len(op.entries) == 2:
+                del self._p2p_ops[key]
+                s, d = op.entries[src][0], op.entries[dst][0]
+                if s.shape != d.shape or s.dtype != d.dtype:
+                    raise RuntimeError(f"send/recv mismatch {src}->{dst}: {tuple(s.shape)} {s.dtype} vs {tuple(d.shape)} {d.dtype}")
+                self._complete(op)
+            return op
+
+    def _complete(self, op: _Op) -> None:
+        """All participants have issued `op`: compute its result and its virtual timing."""
+        kind, ranks = op.kind, op.ranks
+        n = len(ranks)
+        if kind == "gather_metrics":
+            op.result = [op.entries[r][0] for r in ranks]
+            op.end_time = max(t for _, t in op.entries.values())
+            op.done = True
+            return
+        if kind == "all_reduce":
+            reduce_op = op.spec[2]  # type: ignore[attr-defined]
+            acc = op.entries[ranks[0]][0].clone()
+            for r in ranks[1:]:
+                acc += op.entries[r][0]
+            if reduce_op == "mean":
+                acc /= n
+            for r in ranks:
+                op.entries[r][0].copy_(acc)
+            nbytes = tensor_nbytes(acc)
+        elif kind == "all_gather":
+            for r in ranks:
+                out_list = op.entries[r][0][0]
+                for j in ranks:
+                    out_list[j].copy_(op.entries[j][0][1])
+            nbytes = tensor_nbytes(op.entries[ranks[0]][0][1])
+        elif kind == "broadcast":
+            src = op.spec[2]  # type: ignore[attr-defined]
+            for r in ranks:
+                if r != src:
+                    op.entries[r][0].copy_(op.entries[src][0])
+            nbytes = tensor_nbytes(op.entries[src][0])
+        elif kind == "barrier":
+            nbytes = 0
+        elif kind == "p2p":
+            src, dst = ranks
+            op.entries[dst][0].copy_(op.entries[src][0])
+            nbytes = tensor_nbytes(op.entries[src][0])
+        else:  # pragma: no cover - guarded by the public methods
+            raise AssertionError(kind)
+
+        start = max(max(t for _, t in op.entries.values()), max(self._link_free[r] for r in ranks))
+        cost_kind = "send" if kind == "p2p" else kind
+        op.end_time = start + self.network.time(cost_kind, nbytes, ranks)
+        for r in ranks:
+            self._link_free[r] = op.end_time
+            if kind == "p2p":
+                sent, received = wire_bytes("send" if r == ranks[0] else "recv", nbytes, n, r)
+            else:
+                src = op.spec[2] if kind == "broadcast" else 0  # type: ignore[attr-defined]
+                sent, received = wire_bytes(kind, nbytes, self.world_size, r, src)
+            self.stats[r].record(sent, received, nbytes)
+        op.done = True
+
+    def _wait_op(self, rank: int, op: _Op) -> None:
+        self._block_until(rank, lambda: op.done, f"{op.kind} over ranks {list(op.ranks)}")
+        st = self.stats[rank]
+        if op.end_time > st.clock_s:
+            st.blocked_time_s += op.end_time - st.clock_s
+            st.clock_s = op.end_time
+
+
+class SimCommunicator(Communicator):
+    """One worker's view of a `SimCluster`."""
+
+    def __init__(self, cluster: SimCluster, rank: int):
+        self.cluster = cluster
+        self.rank = rank
+        self.world_size = cluster.world_size
+
+    def _finish(self, op: _Op, async_op: bool) -> Work | None:
+        work = _SimWork(self.cluster, self.rank, op)
+        if async_op:
+            return work
+        work.wait()
+        return None
+
+    def all_reduce(self, tensor, op="sum", async_op=False):
+        self._check_op(op)
+        o = self.cluster._issue_collective(self.rank, "all_reduce", tensor, (tuple(tensor.shape), tensor.dtype, op))
+        return self._finish(o, async_op)
+
+    def all_gather(self, tensor_list, tensor, async_op=False):
+        if len(tensor_list) != self.world_size:
+            raise ValueError(f"all_gather needs {self.world_size} output tensors, got {len(tensor_list)}")
+        spec = (tuple(tensor.shape), tensor.dtype, None)
+        o = self.cluster._issue_collective(self.rank, "all_gather", (tensor_list, tensor), spec)
+        return self._finish(o, async_op)
+
+    def broadcast(self, tensor, src, async_op=False):
+        if not 0 <= src < self.world_size:
+            raise ValueError(f"broadcast src must be in [0, {self.world_size - 1}], got {src}")
+        o = self.cluster._issue_collective(self.rank, "broadcast", tensor, (tuple(tensor.shape), tensor.dtype, src))
+        return self._finish(o, async_op)
+
+    def send(self, tensor, dst):
+        self.isend(tensor, dst).wait()
+
+    def recv(self, tensor, src):
+        self.irecv(tensor, src).wait()
+
+    def isend(self, tensor, dst):
+        return _SimWork(self.cluster, self.rank, self.cluster._issue_p2p(self.rank, "send", tensor, dst))
+
+    def irecv(self, tensor, src):
+        return _SimWork(self.cluster, self.rank, self.cluster._issue_p2p(self.rank, "recv", tensor, src))
+
+    def barrier(self):
+        self._finish(self.cluster._issue_collective(self.rank, "barrier", None, ((), None, None)), False)
+
+    def compute(self, steps: float = 1.0) -> None:
+        dt = self.cluster.time_model.step_time(self.rank) * steps
+        st = self.cluster.stats[self.rank]
+        st.clock_s += dt
+        st.compute_time_s += dt
+
+    def gather_metrics(self, values):
+        op = self.cluster._issue_collective(self.rank, "gather_metrics", dict(values), ((), None, None))
+        self.cluster._block_until(self.rank, lambda: op.done, "gather_metrics")
+        return op.result
+
+    @property
+    def stats(self) -> CommStats:
+        return self.cluster.stats[self.rank]

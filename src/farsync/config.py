@@ -1,0 +1,235 @@
+"""The run configuration: a validated tree loaded from YAML plus ``dotted.key=value`` overrides.
+
+Every section forbids unknown keys. Task- and algorithm-specific keys are validated by the
+task's / algorithm's own parameter model, and optimizer keys against the torch optimizer's
+signature, so a bad config fails before any training with a message that names the bad value and
+the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .optim import SCHEDULES, check_optimizer_config
+from .units import parse_bandwidth, parse_duration, parse_flops
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message says which key and what is allowed."""
+
+
+def _validate_params(model_cls: type[BaseModel], values: dict | None, owner: str) -> BaseModel:
+    """Validate section-specific keys with `model_cls`; errors name the key and the valid keys."""
+    try:
+        return model_cls(**(values or {}))
+    except ValidationError as err:
+        valid = ", ".join(model_cls.model_fields) or "(none)"
+        msgs = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                msgs.append(f"unknown key {key!r} for {owner} (valid keys: {valid})")
+            else:
+                msgs.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        raise ValueError("; ".join(msgs)) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(BaseModel):
+    """``name`` picks the task (see `farsync list`); other keys are the task's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "shakespeare-gpt"
+
+    @model_validator(mode="after")
+    def _check(self):
+        from .tasks import get_task
+
+        cls = get_task(self.name)
+        params = _validate_params(cls.Params, self.model_extra, f"task {self.name!r}")
+        for k, v in params.model_dump().items():  # store the resolved parameters
+            setattr(self, k, v)
+        return self
+
+    def params(self):
+        from .tasks import get_task
+
+        return get_task(self.name).Params(**(self.model_extra or {}))
+
+
+class ClusterConfig(_Strict):
+    """The cluster the run is simulated on (or runs on)."""
+
+    backend: Literal["sim"] = Field("sim", description="sim: in-process simulated cluster")
+    workers: int = Field(4, ge=1, description="number of workers (data-parallel replicas)")
+    bandwidth: str | float = Field("1Gbps", description="per-worker link bandwidth, e.g. '100Mbps', '10Gbps'")
+    latency: str | float = Field("10ms", description="per-message latency, e.g. '10ms', '50us'")
+    throughput: str | float = Field("10TFLOPS", description="device FLOP rate for the FLOPs time model")
+    step_time: str | float | None = Field(None, description="fixed compute time per inner step; overrides throughput")
+    speeds: list[float] | None = Field(None, description="per-worker slowdown factors (>= 1 is slower)")
+    bytes_scale: float = Field(1.0, gt=0, description="multiply payload bytes by this in the time model only")
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bw(cls, v):
+        parse_bandwidth(v)
+        return v
+
+    @field_validator("latency")
+    @classmethod
+    def _lat(cls, v):
+        parse_duration(v)
+        return v
+
+    @field_validator("throughput")
+    @classmethod
+    def _tp(cls, v):
+        parse_flops(v)
+        return v
+
+    @field_validator("step_time")
+    @classmethod
+    def _st(cls, v):
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _speeds(self):
+        if self.speeds is not None:
+            if len(self.speeds) != self.workers:
+                raise ValueError(f"speeds has {len(self.speeds)} entries but workers is {self.workers}")
+            if any(not s > 0 for s in self.speeds):
+                raise ValueError(f"speeds must all be > 0, got {self.speeds}")
+        return self
+
+
+class AlgorithmConfig(BaseModel):
+    """``name`` picks the algorithm; other keys beyond the common ones are its own options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "ddp"
+    sync_every: int = Field(1, ge=1, description="H: inner steps between synchronizations")
+    inner: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "lr": 1e-3})
+    outer: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        from .algorithms import get_algorithm
+
+        cls = get_algorithm(self.name)
+        check_optimizer_config(self.inner, "algorithm.inner")
+        if cls.uses_outer:
+            check_optimizer_config(self.outer, "algorithm.outer")
+        elif "outer" in self.model_fields_set:
+            raise ValueError(f"algorithm {self.name!r} has no outer optimizer; remove algorithm.outer")
+        if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
+            raise ValueError(f"algorithm {self.name!r} synchronizes every step; remove algorithm.sync_every")
+        opts = _validate_params(cls.Options, self.model_extra, f"algorithm {self.name!r}")
+        for k, v in opts.model_dump().items():
+            setattr(self, k, v)
+        return self
+
+    def options(self):
+        from .algorithms import get_algorithm
+
+        return get_algorithm(self.name).Options(**(self.model_extra or {}))
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule of the inner optimizer (per inner step)."""
+
+    name: str = Field("constant", description=f"one of {', '.join(SCHEDULES)}")
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / base lr for decaying schedules")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v not in SCHEDULES:
+            raise ValueError(f"unknown lr schedule {v!r}; valid choices: {', '.join(SCHEDULES)}")
+        return v
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(1000, ge=1, description="inner steps per worker")
+    batch_size: int = Field(16, ge=1, description="per-worker batch size (sequences or samples)")
+    eval_every: int = Field(100, ge=0, description="evaluate every this many steps (0: only at the end)")
+    log_every: int = Field(10, ge=1, description="write a metrics line every this many steps")
+    grad_clip: float | None = Field(None, gt=0, description="clip each worker's gradient norm to this")
+    lr_schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+
+class Config(_Strict):
+    name: str = "run"
+    seed: int = 0
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    tree = copy.deepcopy(tree)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = tree
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key {loc.split('.')[-1]!r}"
+        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def load_config(source: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated `Config` from a YAML path, a dict or a Config, plus overrides."""
+    if isinstance(source, Config):
+        tree = source.to_dict()
+    elif isinstance(source, dict):
+        tree = source
+    elif source is None:
+        tree = {}
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    tree = apply_overrides(tree, overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None

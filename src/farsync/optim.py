@@ -1,0 +1,80 @@
+"""Optimizers and learning-rate schedules selectable from a config.
+
+An optimizer config is ``{name: <registry name>, lr: <float>, **kwargs}``; kwargs are the
+keyword arguments of the torch optimizer class and are checked against its signature, so a typo
+is an error that lists the valid names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "adamax": torch.optim.Adamax,
+    "adafactor": torch.optim.Adafactor,
+}
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def optimizer_kwargs(name: str) -> list[str]:
+    """Keyword arguments accepted by the optimizer `name` (besides params)."""
+    cls = get_optimizer_class(name)
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+
+
+def get_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    try:
+        return OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(sorted(OPTIMIZERS))}") from None
+
+
+def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
+    """Raise ValueError if `cfg` names an unknown optimizer, unknown keyword or lr <= 0."""
+    if "name" not in cfg:
+        raise ValueError(f"{where}: missing 'name'; valid choices: {', '.join(sorted(OPTIMIZERS))}")
+    valid = optimizer_kwargs(cfg["name"])
+    bad = sorted(set(cfg) - {"name"} - set(valid))
+    if bad:
+        raise ValueError(f"{where}: unknown option(s) {bad} for optimizer {cfg['name']!r}; valid: {', '.join(valid)}")
+    lr = cfg.get("lr")
+    if lr is None:
+        raise ValueError(f"{where}: 'lr' is required")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"{where}.lr must be a finite number > 0, got {lr!r}")
+
+
+def build_optimizer(params: Iterable[torch.Tensor], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
+    return get_optimizer_class(cfg["name"])(params, **kwargs)
+
+
+def lr_lambda(name: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
+    """Multiplier of the base lr at step t (0-based): linear warm-up, then constant/cosine/linear decay
+    to ``min_lr_ratio`` at `total_steps`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
+
+    def f(t: int) -> float:
+        if t < warmup_steps:
+            return (t + 1) / warmup_steps
+        if name == "constant":
+            return 1.0
+        frac = min(1.0, (t - warmup_steps) / max(1, total_steps - warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * frac)) if name == "cosine" else 1.0 - frac
+        return min_lr_ratio + (1 - min_lr_ratio) * shape
+
+    return f

@@ -1,0 +1,95 @@
+"""`farsync compare`: a markdown table and plots of eval loss against steps, bytes and time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .units import format_bytes  # noqa: E402
+
+PLOTS = (
+    ("step", "loss_vs_steps.png", "inner steps per worker", False),
+    ("bytes_sent", "loss_vs_bytes.png", "bytes sent (all workers)", True),
+    ("sim_time_s", "loss_vs_time.png", "simulated wall-clock (s)", False),
+)
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def label(self) -> str:
+        return self.summary.get("name") or self.path.name
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    path = Path(path)
+    s, m = path / "summary.json", path / "metrics.jsonl"
+    if not s.is_file() or not m.is_file():
+        raise FileNotFoundError(f"{path} is not a run directory (needs summary.json and metrics.jsonl)")
+    metrics = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
+    return LoadedRun(path, json.loads(s.read_text()), metrics)
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown_table(runs: list[LoadedRun]) -> str:
+    base = runs[0].summary["bytes_sent_total"] or None
+    head = (
+        "| run | algorithm | workers | final eval loss | best eval loss | bytes sent | bytes vs first "
+        "| peak bytes/sync | sim time (s) | compute util. | status |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in runs:
+        s = r.summary
+        ratio = "-" if not base or not s["bytes_sent_total"] else f"{base / s['bytes_sent_total']:.1f}x fewer" if s["bytes_sent_total"] < base else f"{s['bytes_sent_total'] / base:.2f}x"
+        rows.append(
+            f"| {r.label} | {s['algorithm']} | {s['workers']} | {_fmt(s['final_eval_loss'])} | {_fmt(s['best_eval_loss'])} "
+            f"| {format_bytes(s['bytes_sent_total'])} | {ratio} | {format_bytes(s['peak_bytes_per_sync'])} "
+            f"| {_fmt(s['sim_time_s'], '.2f')} | {_fmt(s['compute_utilization'], '.3f')} | {s['status']} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def compare(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write ``report.md`` and three PNG plots into `out`; return the report's path."""
+    if not run_dirs:
+        raise ValueError("compare needs at least one run directory")
+    runs = [load_run(p) for p in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, fname, xlabel, logx in PLOTS:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in runs:
+            pts = [(m[key], m["eval_loss"]) for m in r.metrics if "eval_loss" in m]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", markersize=3, label=r.label)
+        if logx:
+            ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("eval loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+    lines = ["# farsync comparison", "", markdown_table(runs), ""]
+    lines += [f"![{fname}]({fname})" for _, fname, _, _ in PLOTS]
+    lines += ["", "Runs: " + ", ".join(str(r.path) for r in runs), ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
