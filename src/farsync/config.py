@@ -112,16 +112,28 @@ class ClusterConfig(_Strict):
         return self
 
 
+DEFAULT_INNER = {"name": "adamw", "lr": 1e-3}
+DEFAULT_OUTER = {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+
+
 class AlgorithmConfig(BaseModel):
-    """``name`` picks the algorithm; other keys beyond the common ones are its own options."""
+    """``name`` picks the algorithm; other keys beyond the common ones are its own options.
+
+    An optimizer section without ``name`` (e.g. only ``outer.lr``) updates the default optimizer.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str = "ddp"
     sync_every: int = Field(1, ge=1, description="H: inner steps between synchronizations")
-    inner: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "lr": 1e-3})
-    outer: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
-    )
+    inner: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_INNER), description="inner (local) optimizer")
+    outer: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OUTER), description="outer optimizer")
+
+    @field_validator("inner", "outer", mode="before")
+    @classmethod
+    def _fill_defaults(cls, v, info):
+        if isinstance(v, dict) and "name" not in v:
+            return {**(DEFAULT_INNER if info.field_name == "inner" else DEFAULT_OUTER), **v}
+        return v
 
     @model_validator(mode="after")
     def _check(self):

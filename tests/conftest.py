@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from farsync.algorithms import get_algorithm
+from farsync.comm import SimCluster
+from farsync.optim import build_optimizer
+from farsync.tasks.quadratic import Quadratic, QuadraticParams
+
+
+def train_sim(name, workers, steps, inner, *, outer=None, sync_every=1, task=None, batch_size=2, options=None):
+    """Train `name` on the simulated cluster; return (per-rank local params, eval params, cluster)."""
+    task = task or Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), workers, seed=0)
+    cluster = SimCluster(workers)
+
+    def fn(comm):
+        torch.manual_seed(0)
+        model = task.build_model()
+        opt = build_optimizer(model.parameters(), inner)
+        kwargs = {"sync_every": sync_every, "options": options}
+        if outer is not None:
+            kwargs["outer"] = outer
+        algo = get_algorithm(name)(model, opt, comm, **kwargs)
+        sampler = task.sampler(comm.rank, batch_size)
+        for _ in range(steps):
+            task.loss(model, sampler.next_batch()).backward()
+            algo.step()
+            algo.zero_grad()
+        local = [p.detach().clone() for p in model.parameters()]
+        with algo.eval_params() as m:
+            ev = [p.detach().clone() for p in m.parameters()]
+        return local, ev
+
+    return cluster.run(fn), cluster
+
+
+@pytest.fixture
+def quad4():
+    return Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), 4, seed=0)
