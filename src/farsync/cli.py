@@ -64,6 +64,9 @@ def _cmd_demo(args) -> int:
     report = compare([r.run_dir for r in runs], out / "report")
     ddp, dil = (r.summary for r in runs)
     print(f"\nreport: {report}")
+    if not all(r.status == "completed" for r in runs):
+        print("demo incomplete: " + "; ".join(f"{r.summary['name']}: {r.status}" for r in runs))
+        return 1
     print(f"DDP:    final eval loss {ddp['final_eval_loss']:.4f}, {ddp['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {ddp['sim_time_s']:.1f} s")
     print(f"DiLoCo: final eval loss {dil['final_eval_loss']:.4f}, {dil['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {dil['sim_time_s']:.1f} s")
     rel = (dil["final_eval_loss"] - ddp["final_eval_loss"]) / ddp["final_eval_loss"]

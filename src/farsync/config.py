@@ -65,6 +65,9 @@ class TaskConfig(BaseModel):
         return get_task(self.name).Params(**(self.model_extra or {}))
 
 
+_UNIT_PARSERS = {"bandwidth": parse_bandwidth, "latency": parse_duration, "throughput": parse_flops, "step_time": parse_duration}
+
+
 class ClusterConfig(_Strict):
     """The cluster the run is simulated on (or runs on)."""
 
@@ -77,29 +80,11 @@ class ClusterConfig(_Strict):
     speeds: list[float] | None = Field(None, description="per-worker slowdown factors (>= 1 is slower)")
     bytes_scale: float = Field(1.0, gt=0, description="multiply payload bytes by this in the time model only")
 
-    @field_validator("bandwidth")
+    @field_validator("bandwidth", "latency", "throughput", "step_time")
     @classmethod
-    def _bw(cls, v):
-        parse_bandwidth(v)
-        return v
-
-    @field_validator("latency")
-    @classmethod
-    def _lat(cls, v):
-        parse_duration(v)
-        return v
-
-    @field_validator("throughput")
-    @classmethod
-    def _tp(cls, v):
-        parse_flops(v)
-        return v
-
-    @field_validator("step_time")
-    @classmethod
-    def _st(cls, v):
+    def _parse_units(cls, v, info):
         if v is not None:
-            parse_duration(v)
+            _UNIT_PARSERS[info.field_name](v)  # raises ValueError naming the bad value
         return v
 
     @model_validator(mode="after")
@@ -221,7 +206,10 @@ def _format_error(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown key {loc.split('.')[-1]!r}"
-        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
+        got = e.get("input")
+        if e["type"] != "extra_forbidden" and not isinstance(got, dict) and repr(got) not in msg:
+            msg += f" (got {got!r})"
+        lines.append(f"  {loc or '<root>'}: {msg}")
     return "invalid config:\n" + "\n".join(lines)
 
 

@@ -17,55 +17,43 @@ _FLOPS_RE = re.compile(rf"^\s*{_NUM}\s*([kKMGTP]?)(FLOPS|FLOP/s|flops)\s*$")
 _TIME_UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
+def _parse(value, regex: re.Pattern, convert, what: str, examples: str, positive: bool) -> float:
+    """Numbers pass through; strings must match `regex`; `convert(match)` gives the value."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out = float(value)
+    else:
+        m = regex.match(str(value))
+        if not m:
+            raise ValueError(f"malformed {what} {value!r}: expected a number and a unit such as {examples}")
+        out = convert(m)
+    if (positive and not out > 0) or out < 0:
+        raise ValueError(f"{what} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return out
+
+
 def parse_bandwidth(value: str | float | int) -> float:
     """Return a bandwidth in bits per second. Numbers are taken as bits per second."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bps = float(value)
-    else:
-        m = _BW_RE.match(str(value))
-        if not m:
-            raise ValueError(
-                f"malformed bandwidth {value!r}: expected a number and a unit such as "
-                "'1Gbps', '100Mbps', '10 Gbit/s' or '125MB/s'"
-            )
-        num, prefix, unit = m.groups()
-        bps = float(num) * _PREFIX[prefix] * (8.0 if unit in ("Bps", "B/s") else 1.0)
-    if not bps > 0:
-        raise ValueError(f"bandwidth must be > 0, got {value!r}")
-    return bps
+    return _parse(
+        value, _BW_RE,
+        lambda m: float(m[1]) * _PREFIX[m[2]] * (8.0 if m[3] in ("Bps", "B/s") else 1.0),
+        "bandwidth", "'1Gbps', '100Mbps', '10 Gbit/s' or '125MB/s'", positive=True,
+    )
 
 
 def parse_duration(value: str | float | int) -> float:
     """Return a duration in seconds ("10ms", "50us", "1.5s", or a number of seconds)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        sec = float(value)
-    else:
-        m = _TIME_RE.match(str(value))
-        if not m:
-            raise ValueError(
-                f"malformed duration {value!r}: expected a number and a unit such as "
-                "'10ms', '50us', '1.5s' (units: ns, us, ms, s, min, h)"
-            )
-        sec = float(m.group(1)) * _TIME_UNIT[m.group(2)]
-    if sec < 0:
-        raise ValueError(f"duration must be >= 0, got {value!r}")
-    return sec
+    return _parse(
+        value, _TIME_RE, lambda m: float(m[1]) * _TIME_UNIT[m[2]],
+        "duration", "'10ms', '50us', '1.5s' (units: ns, us, ms, s, min, h)", positive=False,
+    )
 
 
 def parse_flops(value: str | float | int) -> float:
     """Return a FLOP rate in FLOP/s ("100TFLOPS", "2.5e12", ...)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        rate = float(value)
-    else:
-        m = _FLOPS_RE.match(str(value))
-        if not m:
-            raise ValueError(
-                f"malformed FLOP rate {value!r}: expected e.g. '100TFLOPS', '312 TFLOP/s' or a number"
-            )
-        rate = float(m.group(1)) * _PREFIX[m.group(2)]
-    if not rate > 0:
-        raise ValueError(f"FLOP rate must be > 0, got {value!r}")
-    return rate
+    return _parse(
+        value, _FLOPS_RE, lambda m: float(m[1]) * _PREFIX[m[2]],
+        "FLOP rate", "'100TFLOPS' or '312 TFLOP/s'", positive=True,
+    )
 
 
 def format_bytes(n: float) -> str:
