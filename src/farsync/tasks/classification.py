@@ -42,14 +42,15 @@ class LogReg(Task):
         super().__init__(params, world_size, seed)
         import sklearn.datasets as skd
         from sklearn.model_selection import train_test_split
+        from sklearn.preprocessing import StandardScaler
 
         X, y = getattr(skd, f"load_{params.dataset}")(return_X_y=True)
         Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=params.test_fraction, random_state=0, stratify=y)
-        mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8
+        scaler = StandardScaler().fit(Xtr)  # constant features keep scale 1
         self.dtype = getattr(torch, params.dtype)
-        self.X = torch.tensor((Xtr - mu) / sd, dtype=self.dtype)
+        self.X = torch.tensor(scaler.transform(Xtr), dtype=self.dtype)
         self.y = torch.tensor(ytr, dtype=torch.long)
-        self.X_test = torch.tensor((Xte - mu) / sd, dtype=torch.float64)
+        self.X_test = torch.tensor(scaler.transform(Xte), dtype=torch.float64)
         self.y_test = torch.tensor(yte, dtype=torch.long)
         self.n_classes = int(max(y.max(), 1) + 1)
         n = len(self.y)
