@@ -199,6 +199,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[s
     return tree
 
 
+def _section_keys(path: tuple) -> list[str] | None:
+    """The keys allowed in the config section at `path` (None if it is not a fixed section)."""
+    model: type[BaseModel] = Config
+    for part in path:
+        ann = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return list(model.model_fields)
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -206,6 +217,9 @@ def _format_error(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown key {loc.split('.')[-1]!r}"
+            valid = _section_keys(e["loc"][:-1])
+            if valid:
+                msg += f" (valid keys: {', '.join(valid)})"
         got = e.get("input")
         if e["type"] != "extra_forbidden" and not isinstance(got, dict) and repr(got) not in msg:
             msg += f" (got {got!r})"
