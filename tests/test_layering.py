@@ -43,4 +43,4 @@ def test_import_direction(layer):
 
 def test_checker_sees_imports():
     assert "comm" in farsync_imports(SRC / "algorithms" / "base.py")
-    assert "algorithms" in farsync_imports(SRC / "runner.py")
+    assert "algorithms" in farsync_imports(SRC / "loop.py")

@@ -8,17 +8,40 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from .checkpoint import CheckpointError
 from .config import ConfigError
 
 
 def _cmd_run(args) -> int:
     from .runner import run
 
-    result = run(args.config, overrides=args.set, out=args.out, progress=not args.quiet)
+    if (args.config is None) == (args.resume is None):
+        raise ConfigError("give either a CONFIG file or --resume RUN_DIR")
+    result = run(args.config, overrides=args.set, out=args.out, progress=not args.quiet, resume=args.resume)
     s = result.summary
     print(f"run directory: {result.run_dir}")
     print(f"status: {s['status']}  final eval loss: {s['final_eval_loss']}  bytes sent: {s['bytes_sent_total']}")
     return 0 if s["status"] == "completed" else 1
+
+
+def _cmd_launch(args) -> int:
+    from .launch import launch, read_summary
+
+    if (args.config is None) == (args.resume is None):
+        raise ConfigError("give either a CONFIG file or --resume RUN_DIR")
+    code, run_dir = launch(args.config, args.set, args.nproc, args.out, args.max_restarts, args.resume)
+    s = read_summary(run_dir)
+    print(f"run directory: {run_dir}")
+    if s is not None:
+        print(f"status: {s['status']}  final eval loss: {s['final_eval_loss']}  bytes sent: {s['bytes_sent_total']}")
+    return code if code else (0 if s and s["status"] == "completed" else 1)
+
+
+def _cmd_worker(args) -> int:
+    from .runner import run_distributed_worker
+
+    result = run_distributed_worker(args.config, args.set, args.out, resume=args.resume)
+    return 0 if result is None or result.status == "completed" else 1
 
 
 def _cmd_compare(args) -> int:
@@ -79,11 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train one config on the simulated cluster")
-    r.add_argument("config", help="YAML config file")
+    r.add_argument("config", nargs="?", help="YAML config file")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     r.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+
+    la = sub.add_parser("launch", help="run on torch.distributed processes on this machine (torchrun)")
+    la.add_argument("config", nargs="?", help="YAML config file (cluster.backend is set to torch)")
+    la.add_argument("--nproc", type=int, help="processes (default and required to equal: cluster.workers)")
+    la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    la.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    la.add_argument("--max-restarts", type=int, default=0, help="restart the group after a worker dies, K times")
+    la.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
+    la.set_defaults(func=_cmd_launch)
+
+    w = sub.add_parser("_worker")  # one torchrun process (internal)
+    w.add_argument("config", nargs="?")
+    w.add_argument("--set", action="append", default=[])
+    w.add_argument("--out", required=True)
+    w.add_argument("--resume", action="store_true")
+    w.set_defaults(func=_cmd_worker)
 
     c = sub.add_parser("compare", help="table and plots comparing run directories")
     c.add_argument("runs", nargs="+", help="run directories")
@@ -107,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, DataMissingError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, DataMissingError, CheckpointError) as exc:
         print(f"farsync: error: {exc}", file=sys.stderr)
         return 2
 

@@ -65,13 +65,17 @@ class TaskConfig(BaseModel):
         return get_task(self.name).Params(**(self.model_extra or {}))
 
 
-_UNIT_PARSERS = {"bandwidth": parse_bandwidth, "latency": parse_duration, "throughput": parse_flops, "step_time": parse_duration}
+_UNIT_PARSERS = {"bandwidth": parse_bandwidth, "latency": parse_duration, "throughput": parse_flops, "step_time": parse_duration, "timeout": parse_duration}
 
 
 class ClusterConfig(_Strict):
     """The cluster the run is simulated on (or runs on)."""
 
-    backend: Literal["sim"] = Field("sim", description="sim: in-process simulated cluster")
+    backend: Literal["sim", "torch"] = Field(
+        "sim", description="sim: in-process simulated cluster; torch: torch.distributed processes (farsync launch)"
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cuda: one GPU per process (LOCAL_RANK), NCCL")
+    timeout: str | float = Field("300s", description="torch backend: timeout of a collective / the rendezvous")
     workers: int = Field(4, ge=1, description="number of workers (data-parallel replicas)")
     bandwidth: str | float = Field("1Gbps", description="per-worker link bandwidth, e.g. '100Mbps', '10Gbps'")
     latency: str | float = Field("10ms", description="per-message latency, e.g. '10ms', '50us'")
@@ -80,7 +84,7 @@ class ClusterConfig(_Strict):
     speeds: list[float] | None = Field(None, description="per-worker slowdown factors (>= 1 is slower)")
     bytes_scale: float = Field(1.0, gt=0, description="multiply payload bytes by this in the time model only")
 
-    @field_validator("bandwidth", "latency", "throughput", "step_time")
+    @field_validator("bandwidth", "latency", "throughput", "step_time", "timeout")
     @classmethod
     def _parse_units(cls, v, info):
         if v is not None:
@@ -164,7 +168,16 @@ class TrainConfig(_Strict):
     eval_every: int = Field(100, ge=0, description="evaluate every this many steps (0: only at the end)")
     log_every: int = Field(10, ge=1, description="write a metrics line every this many steps")
     grad_clip: float | None = Field(None, gt=0, description="clip each worker's gradient norm to this")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps (0: never); a multiple of log_every")
     lr_schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @model_validator(mode="after")
+    def _ckpt(self):
+        if self.checkpoint_every % self.log_every:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every ({self.log_every})"
+            )
+        return self
 
 
 class Config(_Strict):

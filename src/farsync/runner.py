@@ -1,27 +1,28 @@
-"""The runner: config -> simulated cluster -> one SPMD training loop per worker -> run directory.
+"""The runner: config -> cluster (simulated or torch.distributed) -> `train_worker` -> run directory.
 
-Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON object per logged
-step, flushed as it goes) and ``summary.json`` (written atomically at the end, also when the run
-fails: ``status`` then says why it stopped).
+Run directory (written by rank 0 only): ``config.yaml`` (resolved config), ``metrics.jsonl`` (one
+JSON object per logged step, flushed as it goes), ``summary.json`` (written atomically at the end,
+also when the run fails: ``status`` then says why) and ``checkpoints/`` when
+``train.checkpoint_every`` > 0.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .algorithms import get_algorithm
-from .comm import Communicator, NetworkModel, SimCluster, TimeModel
-from .config import Config, load_config
-from .optim import build_optimizer, lr_lambda
+from .checkpoint import CheckpointError, config_diff, latest_checkpoint, load_checkpoint
+from .comm import NetworkModel, SimCluster, TimeModel
+from .config import Config, ConfigError, load_config
+from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
 from .tasks import Task, get_task
 from .units import parse_bandwidth, parse_duration, parse_flops
@@ -38,8 +39,23 @@ class RunResult:
         return self.summary["status"]
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class MetricsLog:
+    """metrics.jsonl, rewritten from `records` (a resumed run's history), then appended and flushed."""
+
+    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None):
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self._fh = path.open("w")
+        for r in records or []:
+            self.write(r)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -63,100 +79,16 @@ def build_cluster(cfg: Config, task: Task) -> SimCluster:
     return SimCluster(c.workers, network, TimeModel(step_time, tuple(c.speeds or ())))
 
 
-def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
-    a = cfg.algorithm
-    optimizer = build_optimizer(model.parameters(), a.inner)
-    cls = get_algorithm(a.name)
-    kwargs: dict[str, Any] = {"sync_every": a.sync_every, "grad_clip": cfg.train.grad_clip, "options": a.options()}
-    if cls.uses_outer:
-        kwargs["outer"] = a.outer
-    return cls(model, optimizer, comm, **kwargs)
-
-
-class MetricsLog:
-    """Append-only metrics.jsonl, flushed after every line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        self._fh = path.open("w")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def train_worker(comm: Communicator, cfg: Config, task: Task, log: MetricsLog | None, bar: ProgressBar | None) -> dict:
-    """The SPMD training loop, run by every worker. Rank 0 evaluates and writes metrics."""
-    t = cfg.train
-    torch.manual_seed(cfg.seed)  # identical initial model on every worker
-    model = task.build_model()
-    algo = build_algorithm(cfg, model, comm)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        algo.optimizer, lr_lambda(t.lr_schedule.name, t.steps, t.lr_schedule.warmup_steps, t.lr_schedule.min_lr_ratio)
-    )
-    sampler = task.sampler(comm.rank, t.batch_size)
-    tokens_per_step = task.tokens_per_batch(t.batch_size) * comm.world_size
-    loss_sum, loss_n, first_bad = 0.0, 0, math.inf
-    wall0 = time.perf_counter()
-    for step in range(1, t.steps + 1):
-        lr = sched.get_last_lr()[0]
-        loss = task.loss(model, sampler.next_batch())
-        loss.backward()
-        algo.step()
-        algo.zero_grad()
-        sched.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            first_bad = min(first_bad, step)
-        loss_sum, loss_n = loss_sum + value, loss_n + 1
-
-        do_eval = step == t.steps or (t.eval_every > 0 and step % t.eval_every == 0)
-        if not (do_eval or step % t.log_every == 0):
-            continue
-        st = comm.stats
-        rows = comm.gather_metrics(
-            {"loss": loss_sum / loss_n, "bad": first_bad, "clock": st.clock_s, "sent": st.bytes_sent, "recv": st.bytes_received}
-        )
-        loss_sum, loss_n = 0.0, 0
-        bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
-        failed = math.isfinite(bad)
-        if comm.rank == 0:
-            rec = {
-                "step": step,
-                "tokens": step * tokens_per_step,
-                "sim_time_s": max(r["clock"] for r in rows),
-                "bytes_sent": sum(r["sent"] for r in rows),
-                "bytes_received": sum(r["recv"] for r in rows),
-                "train_loss": sum(r["loss"] for r in rows) / len(rows),
-                "lr": lr,
-            }
-            if do_eval and not failed:
-                with algo.eval_params() as m:
-                    rec["eval_loss"] = task.evaluate(m)
-            rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
-            if log is not None:
-                log.write(rec)
-            if bar is not None:
-                bar.update(step, rec)
-        if failed:
-            raise NonFiniteLoss(f"non-finite loss at step {int(bad)}")
-    return {"steps": t.steps}
-
-
-def _summarize(cfg: Config, cluster: SimCluster, records: list[dict], status: str, wall: float, n_params: int) -> dict:
-    stats = cluster.stats
+def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, wall: float, n_params: int) -> dict:
+    """summary.json from the last gathered per-worker counters (`rows`) and the metrics."""
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-    sim_time = max(s.clock_s for s in stats)
-    compute = [s.compute_time_s for s in stats]
+    sim_time = max((r["clock_s"] for r in rows), default=0.0)
+    compute = [r["compute_time_s"] for r in rows]
     last = records[-1] if records else {}
     return {
         "name": cfg.name,
         "status": status,
+        "backend": cfg.cluster.backend,
         "task": cfg.task.name,
         "algorithm": cfg.algorithm.name,
         "workers": cfg.cluster.workers,
@@ -165,14 +97,14 @@ def _summarize(cfg: Config, cluster: SimCluster, records: list[dict], status: st
         "best_eval_loss": min(evals) if evals else None,
         "steps": last.get("step", 0),
         "tokens": last.get("tokens", 0),
-        "bytes_sent_total": sum(s.bytes_sent for s in stats),
-        "bytes_sent_per_worker": [s.bytes_sent for s in stats],
-        "bytes_received_per_worker": [s.bytes_received for s in stats],
-        "peak_bytes_per_sync": max(s.peak_bytes_per_sync for s in stats),
+        "bytes_sent_total": sum(r["bytes_sent"] for r in rows),
+        "bytes_sent_per_worker": [r["bytes_sent"] for r in rows],
+        "bytes_received_per_worker": [r["bytes_received"] for r in rows],
+        "peak_bytes_per_sync": max((r["peak_bytes_per_sync"] for r in rows), default=0),
         "sim_time_s": sim_time,
         "compute_time_s_per_worker": compute,
-        "blocked_time_s_per_worker": [s.blocked_time_s for s in stats],
-        "compute_utilization": (sum(compute) / (len(stats) * sim_time)) if sim_time > 0 else None,
+        "blocked_time_s_per_worker": [r["blocked_time_s"] for r in rows],
+        "compute_utilization": (sum(compute) / (len(rows) * sim_time)) if sim_time > 0 else None,
         "wall_time_s": round(wall, 3),
     }
 
@@ -181,45 +113,165 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def prepare_run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[Path, dict | None]:
+    """Create (or, when resuming, check) the run directory; return it and the checkpoint to resume."""
+    run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    if resume:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise CheckpointError(f"no checkpoint in {run_dir}/checkpoints to resume from")
+        ckpt = load_checkpoint(path)
+        diff = config_diff(ckpt["config"], cfg.to_dict())
+        if diff:
+            raise CheckpointError(f"checkpoint {path} was written with a different config; differing keys: {', '.join(diff)}")
+        return run_dir, ckpt
+    if (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; choose another --out, delete it, or --resume it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return run_dir, None
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    return load_config(path, overrides)
+
+
+def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int) -> RunResult:
+    ctx.log.close()
+    summary = summarize(cfg, ctx.last_rows, ctx.log.records, status, time.perf_counter() - wall0, n_params)
+    write_json_atomic(ctx.run_dir / "summary.json", summary)
+    return RunResult(ctx.run_dir, summary, ctx.log.records)
+
+
+def _status(exc: BaseException) -> str:
+    return f"failed: {exc}" if isinstance(exc, NonFiniteLoss) else f"failed: {type(exc).__name__}: {exc}"
+
+
 def run(
     config: str | Path | dict | Config | None = None,
     overrides: list[str] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Validate `config`, train on the simulated cluster and write a run directory.
 
-    Raises ConfigError / ValueError / DataMissingError before any training on bad input; a run
-    that fails during training still writes its metrics and a summary whose status says why.
+    ``resume=RUN_DIR`` continues that run from its latest checkpoint (its config.yaml plus
+    `overrides`, which must not change it). Raises ConfigError / ValueError / DataMissingError /
+    CheckpointError before any training on bad input; a run that fails during training still
+    writes its metrics and a summary whose status says why.
     """
-    cfg = load_config(config, overrides)
+    cfg = resume_config(resume, overrides) if resume is not None else load_config(config, overrides)
+    if cfg.cluster.backend != "sim":
+        raise ConfigError("cluster.backend is 'torch': start it with `farsync launch --nproc N CONFIG` (or torchrun)")
     task = build_task(cfg)
     cluster = build_cluster(cfg, task)
     torch.manual_seed(cfg.seed)
     n_params = sum(p.numel() for p in task.build_model().parameters())
+    run_dir, ckpt = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
 
-    run_dir = Path(out) if out is not None else default_run_dir(cfg)
-    if (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; choose another --out or delete it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    bar = ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name)
+    ctx = RunContext(
+        device=torch.device(cfg.cluster.device),
+        run_dir=run_dir,
+        resume=ckpt,
+        bar=ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name),
+    )
+    ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
     status, wall0 = "completed", time.perf_counter()
     try:
-        with bar:
-            cluster.run(lambda comm: train_worker(comm, cfg, task, log, bar if comm.rank == 0 else None))
-    except NonFiniteLoss as exc:
-        status = f"failed: {exc}"
-    except BaseException as exc:
-        status = f"failed: {type(exc).__name__}: {exc}"
-        if not isinstance(exc, Exception):  # KeyboardInterrupt etc.: record, then re-raise
-            write_json_atomic(run_dir / "summary.json", _summarize(cfg, cluster, log.records, status, time.perf_counter() - wall0, n_params))
-            log.close()
-            raise
+        with ctx.bar:
+            cluster.run(lambda comm: train_worker(comm, cfg, task, ctx))
+        ctx.last_rows = [s.as_dict() for s in cluster.stats]
+    except Exception as exc:  # noqa: BLE001 - recorded in summary.json
+        status = _status(exc)
+    except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
+        _finish(cfg, ctx, _status(exc), wall0, n_params)
+        raise
+    return _finish(cfg, ctx, status, wall0, n_params)
+
+
+def init_process_group(backend: str, timeout: timedelta) -> None:
+    """``dist.init_process_group`` from torchrun's environment.
+
+    After an elastic restart, torchrun's agent store still holds the previous attempt's keys,
+    and gloo could connect to the dead processes' addresses; keys are therefore prefixed with
+    the restart count.
+    """
+    import torch.distributed as dist
+
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"farsync/attempt_{restart}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=timeout,
+    )
+
+
+def run_distributed_worker(
+    config: str | Path | None, overrides: list[str] | None, out: str | Path, resume: bool = False
+) -> RunResult | None:
+    """Entry point of one torch.distributed process (under torchrun). Rank 0 returns the result.
+
+    Resumes from the latest checkpoint in `out` when `resume` is set or when torchrun restarted
+    the job after a failure (TORCHELASTIC_RESTART_COUNT > 0) and a checkpoint exists.
+    """
+    import torch.distributed as dist
+
+    from .comm.torch_dist import TorchCommunicator
+
+    cfg = resume_config(out, overrides) if resume else load_config(config, overrides)
+    if cfg.cluster.backend != "torch":
+        raise ConfigError(f"farsync launch needs cluster.backend: torch (got {cfg.cluster.backend!r}); add --set cluster.backend=torch")
+    device = torch.device("cpu")
+    if cfg.cluster.device == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=parse_duration(cfg.cluster.timeout))
+    init_process_group("nccl" if device.type == "cuda" else "gloo", timeout)
+    try:
+        comm = TorchCommunicator()
+        if comm.world_size != cfg.cluster.workers:
+            raise ConfigError(f"cluster.workers is {cfg.cluster.workers} but {comm.world_size} processes were started")
+        task = build_task(cfg)
+        ctx = RunContext(device=device, hard_kill=True)
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+        error = None
+        if comm.rank == 0:
+            try:
+                do_resume = resume or (restarted and latest_checkpoint(out) is not None)
+                if restarted and not do_resume:  # restarted before the first checkpoint: start over
+                    for f in ("metrics.jsonl", "summary.json"):
+                        (Path(out) / f).unlink(missing_ok=True)
+                ctx.run_dir, ctx.resume = prepare_run_dir(cfg, out, do_resume)
+                ctx.log = MetricsLog(ctx.run_dir / "metrics.jsonl", ctx.resume["metrics"] if ctx.resume else None)
+            except Exception as exc:  # noqa: BLE001 - every rank must learn about it
+                error = f"{type(exc).__name__}: {exc}"
+        errors = comm.all_gather_object(error)
+        if errors[0] is not None:
+            raise RuntimeError(f"rank 0 could not prepare the run directory: {errors[0]}")
+        torch.manual_seed(cfg.seed)
+        n_params = sum(p.numel() for p in task.build_model().parameters())
+        status, wall0 = "completed", time.perf_counter()
+        try:
+            train_worker(comm, cfg, task, ctx)
+            rows = comm.all_gather_object(comm.stats.as_dict())
+            ctx.last_rows = rows
+        except BaseException as exc:
+            status = _status(exc)
+            if not isinstance(exc, NonFiniteLoss):
+                raise
+        finally:
+            if comm.rank == 0 and ctx.log is not None:
+                result = _finish(cfg, ctx, status, wall0, n_params)
+        return result if comm.rank == 0 else None
     finally:
-        log.close()
-    summary = _summarize(cfg, cluster, log.records, status, time.perf_counter() - wall0, n_params)
-    write_json_atomic(run_dir / "summary.json", summary)
-    return RunResult(run_dir, summary, log.records)
+        dist.destroy_process_group()

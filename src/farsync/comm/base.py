@@ -138,9 +138,27 @@ class Communicator(abc.ABC):
         real backend it records the elapsed wall time as compute.
         """
 
+    # --- control plane: logging and checkpoints; never counted in bytes or time ---
     @abc.abstractmethod
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank gets the list of all ranks' (picklable) objects."""
+
+    @abc.abstractmethod
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Rank `dst` gets the list of all ranks' objects; the others get None."""
+
+    @abc.abstractmethod
+    def scatter_object(self, objs: list[Any] | None, src: int = 0) -> Any:
+        """Rank r gets ``objs[r]`` from rank `src` (`objs` is ignored on other ranks)."""
+
     def gather_metrics(self, values: dict[str, float]) -> list[dict[str, float]]:
-        """All-gather a small dict of numbers for logging. Not counted in bytes or time."""
+        """All-gather a small dict of numbers for logging."""
+        return self.all_gather_object(dict(values))
+
+    def restore_stats(self, stats: dict[str, Any]) -> None:
+        """Set this worker's counters (and clock) from a checkpoint."""
+        for k, v in stats.items():
+            setattr(self.stats, k, v)
 
     @property
     @abc.abstractmethod

@@ -17,6 +17,7 @@ compute between a non-blocking call and its ``wait()`` overlaps with the transfe
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -223,8 +224,9 @@ class SimCluster:
         """All participants have issued `op`: compute its result and its virtual timing."""
         kind, ranks = op.kind, op.ranks
         n = len(ranks)
-        if kind == "gather_metrics":
-            op.result = [op.entries[r][0] for r in ranks]
+        if kind in ("all_gather_object", "gather_object", "scatter_object"):  # control plane: free
+            root = op.spec[2]  # type: ignore[attr-defined]
+            op.result = op.entries[root][0] if kind == "scatter_object" else [op.entries[r][0] for r in ranks]
             op.end_time = max(t for _, t in op.entries.values())
             op.done = True
             return
@@ -334,10 +336,21 @@ class SimCommunicator(Communicator):
         st.clock_s += dt
         st.compute_time_s += dt
 
-    def gather_metrics(self, values):
-        op = self.cluster._issue_collective(self.rank, "gather_metrics", dict(values), ((), None, None))
-        self.cluster._block_until(self.rank, lambda: op.done, "gather_metrics")
+    def _object_op(self, kind: str, obj, root: int | None):
+        op = self.cluster._issue_collective(self.rank, kind, copy.deepcopy(obj), ((), None, root))
+        self.cluster._block_until(self.rank, lambda: op.done, kind)
         return op.result
+
+    def all_gather_object(self, obj):
+        return copy.deepcopy(self._object_op("all_gather_object", obj, None))
+
+    def gather_object(self, obj, dst=0):
+        res = self._object_op("gather_object", obj, dst)
+        return copy.deepcopy(res) if self.rank == dst else None
+
+    def scatter_object(self, objs, src=0):
+        res = self._object_op("scatter_object", objs if self.rank == src else None, src)
+        return copy.deepcopy(res[self.rank])
 
     @property
     def stats(self) -> CommStats:

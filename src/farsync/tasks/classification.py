@@ -87,7 +87,8 @@ class LogReg(Task):
     @torch.no_grad()
     def evaluate(self, model) -> float:
         m64 = _as_float64(model)
-        return float(self._objective(m64, self.X_test, self.y_test))
+        device = next(m64.parameters()).device
+        return float(self._objective(m64, self.X_test.to(device), self.y_test.to(device)))
 
 
 def _as_float64(model: nn.Module) -> nn.Module:

@@ -80,4 +80,4 @@ class Quadratic(Task):
 
     @torch.no_grad()
     def evaluate(self, model) -> float:
-        return self._f(model.x.detach()) - self.f_star
+        return self._f(model.x.detach().cpu()) - self.f_star

@@ -159,11 +159,12 @@ class ShakespeareGPT(Task):
         n_win = min(p.eval_windows, (len(self.eval_data) - 1) // w)
         step = (len(self.eval_data) - w) // max(n_win - 1, 1)
         starts = torch.arange(n_win) * step
+        device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         total = 0.0
         for chunk in starts.split(64):
-            win = self.eval_data[chunk[:, None] + torch.arange(w)].long()
+            win = self.eval_data[chunk[:, None] + torch.arange(w)].long().to(device)
             logits = model(win[:, :-1])
             total += F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)).double(), win[:, 1:].reshape(-1), reduction="sum"

@@ -1,0 +1,179 @@
+"""The SPMD training loop that every worker runs, on any backend.
+
+    for step in start+1 .. steps:
+        loss = task.loss(model, next batch); loss.backward()
+        algo.step(); algo.zero_grad(); lr_scheduler.step()
+        every log_every steps: gather losses and counters (control plane); rank 0 evaluates and logs
+        every checkpoint_every steps: gather every worker's state; rank 0 writes a checkpoint
+
+Rank 0 holds the run's bookkeeping in a `RunContext`; other ranks pass a context without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .algorithms import get_algorithm
+from .checkpoint import save_checkpoint
+from .comm import Communicator
+from .config import Config
+from .optim import build_optimizer, lr_lambda
+from .tasks import Task
+
+FAULT_ENV = "FARSYNC_FAULT"  # "RANK:STEP": that worker dies at the start of that step (testing)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the simulated backend where FARSYNC_FAULT kills a worker."""
+
+
+@dataclass
+class RunContext:
+    """What a worker needs beyond config and task. Fields marked rank 0 are None elsewhere."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    run_dir: Path | None = None  # rank 0
+    log: Any = None  # rank 0: MetricsLog
+    bar: Any = None  # rank 0: ProgressBar
+    resume: dict[str, Any] | None = None  # rank 0: the loaded checkpoint
+    hard_kill: bool = False  # torch backend: an injected fault exits the process
+    last_rows: list[dict[str, Any]] = field(default_factory=list)  # rank 0: last gathered counters
+
+
+def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
+    a = cfg.algorithm
+    optimizer = build_optimizer(model.parameters(), a.inner)
+    cls = get_algorithm(a.name)
+    kwargs: dict[str, Any] = {"sync_every": a.sync_every, "grad_clip": cfg.train.grad_clip, "options": a.options()}
+    if cls.uses_outer:
+        kwargs["outer"] = a.outer
+    return cls(model, optimizer, comm, **kwargs)
+
+
+def parse_fault(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        rank, step = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV} must look like RANK:STEP (e.g. 1:5), got {value!r}") from None
+    return rank, step
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -> None:
+    """Train this worker; rank 0 evaluates, logs and checkpoints."""
+    t, rank0 = cfg.train, comm.rank == 0
+    torch.manual_seed(cfg.seed)  # identical initial model on every worker
+    model = task.build_model().to(ctx.device)
+    algo = build_algorithm(cfg, model, comm)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        algo.optimizer, lr_lambda(t.lr_schedule.name, t.steps, t.lr_schedule.warmup_steps, t.lr_schedule.min_lr_ratio)
+    )
+    sampler = task.sampler(comm.rank, t.batch_size)
+
+    # Resume: rank 0 hands every worker its own state (control plane).
+    states = ctx.resume["workers"] if (rank0 and ctx.resume is not None) else None
+    mine = comm.scatter_object(states if states is not None else [None] * comm.world_size)
+    start = 0
+    if mine is not None:
+        model.load_state_dict(mine["model"])
+        algo.load_state_dict(mine["algorithm"])
+        sched.load_state_dict(mine["lr_scheduler"])
+        sampler.load_state_dict(mine["sampler"])
+        comm.restore_stats(mine["stats"])
+        torch.set_rng_state(mine["rng"])
+        start = mine["step"]
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    fault = None if (start or restarted) else parse_fault(os.environ.get(FAULT_ENV))
+
+    tokens_per_step = task.tokens_per_batch(t.batch_size) * comm.world_size
+    loss_sum, loss_n, first_bad = 0.0, 0, math.inf
+    prior_wall = ctx.log.records[-1]["wall_time_s"] if (rank0 and ctx.log and ctx.log.records) else 0.0
+    wall0 = time.perf_counter() - prior_wall
+    for step in range(start + 1, t.steps + 1):
+        if fault == (comm.rank, step):
+            if ctx.hard_kill:
+                os._exit(17)  # a worker process dies without cleanup
+            raise InjectedFault(f"{FAULT_ENV}: rank {comm.rank} killed at step {step}")
+        lr = sched.get_last_lr()[0]
+        loss = task.loss(model, to_device(sampler.next_batch(), ctx.device))
+        loss.backward()
+        algo.step()
+        algo.zero_grad()
+        sched.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            first_bad = min(first_bad, step)
+        loss_sum, loss_n = loss_sum + value, loss_n + 1
+
+        do_eval = step == t.steps or (t.eval_every > 0 and step % t.eval_every == 0)
+        if not (do_eval or step % t.log_every == 0):
+            continue
+        rows = comm.gather_metrics({"loss": loss_sum / loss_n, "bad": first_bad, **comm.stats.as_dict()})
+        loss_sum, loss_n = 0.0, 0
+        bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
+        failed = math.isfinite(bad)
+        if rank0:
+            ctx.last_rows = rows
+            rec = {
+                "step": step,
+                "tokens": step * tokens_per_step,
+                "sim_time_s": max(r["clock_s"] for r in rows),
+                "bytes_sent": sum(r["bytes_sent"] for r in rows),
+                "bytes_received": sum(r["bytes_received"] for r in rows),
+                "train_loss": sum(r["loss"] for r in rows) / len(rows),
+                "lr": lr,
+            }
+            if do_eval and not failed:
+                with algo.eval_params() as m:
+                    rec["eval_loss"] = task.evaluate(m)
+            rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
+            if ctx.log is not None:
+                ctx.log.write(rec)
+            if ctx.bar is not None:
+                ctx.bar.update(step, rec)
+        if failed:
+            comm.all_gather_object(None)  # every rank stops only after rank 0 has logged this step
+            raise NonFiniteLoss(f"non-finite loss at step {int(bad)}")
+        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
+            state = {
+                "step": step,
+                "model": model.state_dict(),
+                "algorithm": algo.state_dict(),
+                "lr_scheduler": sched.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "stats": comm.stats.as_dict(),
+            }
+            gathered = comm.gather_object(_to_cpu(state))
+            if rank0:
+                save_checkpoint(ctx.run_dir, {"config": cfg.to_dict(), "step": step, "workers": gathered, "metrics": list(ctx.log.records)})
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
