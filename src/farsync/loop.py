@@ -49,6 +49,7 @@ class RunContext:
     resume: dict[str, Any] | None = None  # rank 0: the loaded checkpoint
     hard_kill: bool = False  # torch backend: an injected fault exits the process
     last_rows: list[dict[str, Any]] = field(default_factory=list)  # rank 0: last gathered counters
+    final_model: dict[str, Any] | None = None  # rank 0: state_dict at the evaluation point, at the end
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
@@ -147,6 +148,9 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 with algo.eval_params() as m:
                     rec["eval_loss"] = task.evaluate(m)
             rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
+            if step == t.steps:
+                with algo.eval_params() as m:
+                    ctx.final_model = _to_cpu(m.state_dict())
             if ctx.log is not None:
                 ctx.log.write(rec)
             if ctx.bar is not None:

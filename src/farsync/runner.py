@@ -141,7 +141,12 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None) -> Config:
 
 def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int) -> RunResult:
     ctx.log.close()
+    if ctx.final_model is not None:
+        tmp = ctx.run_dir / "model.pt.tmp"
+        torch.save(ctx.final_model, tmp)
+        os.replace(tmp, ctx.run_dir / "model.pt")
     summary = summarize(cfg, ctx.last_rows, ctx.log.records, status, time.perf_counter() - wall0, n_params)
+    summary["restarts"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
     write_json_atomic(ctx.run_dir / "summary.json", summary)
     return RunResult(ctx.run_dir, summary, ctx.log.records)
 

@@ -1,0 +1,181 @@
+"""torch.distributed backend (gloo, 2-4 processes via `farsync launch`) against the simulator;
+checkpoint/resume on both backends; restart after a killed worker; corrupted checkpoints.
+
+Bitwise equality needs the same intra-op thread count on both sides (torchrun gives each process
+one thread), so the simulated references run with torch.set_num_threads(1). With 4 workers gloo
+sums in a different order than the simulator's rank order: those comparisons use 1e-6 relative.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+import farsync
+from farsync.cli import main
+from farsync.loop import FAULT_ENV
+
+pytestmark = pytest.mark.distributed
+
+CFG = {
+    "name": "tiny",
+    "seed": 3,
+    "task": {"name": "shakespeare-gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "eval_windows": 8},
+    "cluster": {"workers": 2},
+    "algorithm": {"name": "diloco", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}},
+    "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "log_every": 3, "checkpoint_every": 6},
+}
+ALGOS = {
+    "ddp": {"name": "ddp", "inner": {"name": "adamw", "lr": 0.003}},
+    "local-sgd": {"name": "local-sgd", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}},
+    "diloco": CFG["algorithm"],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cfg_file(tmp_path, **changes):
+    cfg = json.loads(json.dumps(CFG))
+    for k, v in changes.items():
+        cfg[k] = v
+    p = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def metrics(run_dir):
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec.pop("wall_time_s"), rec.pop("sim_time_s")  # host/real time
+        out.append(rec)
+    return out
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def model(run_dir):
+    return torch.load(run_dir / "model.pt", weights_only=True)
+
+
+def same_model(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def launch(*args):
+    return main(["launch", *map(str, args)])
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_torch_backend_matches_simulator_bitwise_with_two_workers(tmp_path, algo):
+    cfg = cfg_file(tmp_path, algorithm=ALGOS[algo])
+    sim = farsync.run(cfg, out=tmp_path / "sim", progress=False)
+    assert launch("--nproc", 2, cfg, "--out", tmp_path / "torch") == 0
+    assert metrics(tmp_path / "torch") == metrics(sim.run_dir)
+    st, ss = summary(tmp_path / "torch"), sim.summary
+    assert st["backend"] == "torch" and st["status"] == "completed"
+    for key in ("bytes_sent_per_worker", "bytes_received_per_worker", "peak_bytes_per_sync", "final_eval_loss", "tokens"):
+        assert st[key] == ss[key], key
+    assert same_model(model(tmp_path / "torch"), model(sim.run_dir))
+
+
+def test_torch_backend_matches_simulator_with_four_workers(tmp_path):
+    cfg = cfg_file(tmp_path, cluster={"workers": 4})
+    sim = farsync.run(cfg, out=tmp_path / "sim", progress=False)
+    assert launch("--nproc", 4, cfg, "--out", tmp_path / "torch") == 0
+    mt, ms = metrics(tmp_path / "torch"), metrics(sim.run_dir)
+    assert [m["bytes_sent"] for m in mt] == [m["bytes_sent"] for m in ms]
+    for a, b in zip(mt, ms):
+        for key in ("train_loss", "eval_loss"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-6)
+    assert summary(tmp_path / "torch")["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
+
+
+def test_resume_on_the_simulator_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = cfg_file(tmp_path)
+    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    monkeypatch.setenv(FAULT_ENV, "1:8")  # rank 1 dies at step 8; the last checkpoint is step 6
+    broken = farsync.run(cfg, out=tmp_path / "broken", progress=False)
+    assert broken.status == "failed: InjectedFault: FARSYNC_FAULT: rank 1 killed at step 8"
+    assert [m["step"] for m in broken.metrics] == [3, 6]  # metrics so far are kept
+    monkeypatch.delenv(FAULT_ENV)
+    assert main(["run", "--resume", str(tmp_path / "broken"), "--quiet"]) == 0
+    assert metrics(tmp_path / "broken") == metrics(full.run_dir)
+    assert same_model(model(tmp_path / "broken"), model(full.run_dir))
+    resumed = summary(tmp_path / "broken")
+    for key in ("bytes_sent_per_worker", "sim_time_s", "compute_time_s_per_worker", "final_eval_loss"):
+        assert resumed[key] == full.summary[key], key
+
+
+def test_resume_and_restart_on_the_torch_backend(tmp_path, monkeypatch):
+    cfg = cfg_file(tmp_path)
+    ref = farsync.run(cfg, out=tmp_path / "sim", progress=False)
+    monkeypatch.setenv(FAULT_ENV, "1:8")
+    # no restarts allowed: the job fails, then `launch --resume` finishes it
+    assert launch("--nproc", 2, cfg, "--out", tmp_path / "a") != 0
+    assert [m["step"] for m in metrics(tmp_path / "a")] == [3, 6]
+    assert launch("--nproc", 2, "--resume", tmp_path / "a") == 0
+    assert metrics(tmp_path / "a") == metrics(ref.run_dir)
+    assert same_model(model(tmp_path / "a"), model(ref.run_dir))
+    # one restart allowed: torchrun restarts the group, which resumes from the checkpoint
+    assert launch("--nproc", 2, cfg, "--out", tmp_path / "b", "--max-restarts", 1) == 0
+    s = summary(tmp_path / "b")
+    assert s["restarts"] == 1 and s["status"] == "completed"  # the fault really fired
+    assert s["final_eval_loss"] == ref.summary["final_eval_loss"]
+    assert metrics(tmp_path / "b") == metrics(ref.run_dir)
+
+
+def test_corrupted_checkpoint_gives_a_clear_error_and_the_previous_one_is_intact(tmp_path, monkeypatch, capsys):
+    cfg = cfg_file(tmp_path, train=dict(CFG["train"], steps=20, checkpoint_every=6))
+    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    monkeypatch.setenv(FAULT_ENV, "0:14")
+    farsync.run(cfg, out=tmp_path / "r", progress=False)
+    monkeypatch.delenv(FAULT_ENV)
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step-*.pt"))
+    assert [c.name for c in ckpts] == ["step-00000006.pt", "step-00000012.pt"]
+    data = ckpts[-1].read_bytes()
+    ckpts[-1].write_bytes(data[: len(data) // 2])  # truncated
+    assert main(["run", "--resume", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "step-00000012.pt is corrupted or truncated" in err and "step-00000006.pt is intact" in err
+    assert torch.load(ckpts[0], weights_only=True)["step"] == 6
+    ckpts[-1].unlink()
+    assert main(["run", "--resume", str(tmp_path / "r"), "--quiet"]) == 0
+    assert metrics(tmp_path / "r") == metrics(full.run_dir)
+
+
+def test_resume_refuses_a_different_config(tmp_path, monkeypatch, capsys):
+    cfg = cfg_file(tmp_path)
+    monkeypatch.setenv(FAULT_ENV, "0:8")
+    farsync.run(cfg, out=tmp_path / "r", progress=False)
+    monkeypatch.delenv(FAULT_ENV)
+    args = ["run", "--resume", str(tmp_path / "r"), "--set", "algorithm.inner.lr=0.01", "--set", "seed=4", "--quiet"]
+    assert main(args) == 2
+    assert "differing keys: algorithm.inner.lr, seed" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    shutil.copy(tmp_path / "r" / "config.yaml", tmp_path / "empty" / "config.yaml")
+    assert main(["run", "--resume", str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_bad_launch_and_checkpoint_settings(tmp_path, capsys):
+    cfg = cfg_file(tmp_path)
+    assert launch("--nproc", 3, cfg) == 2
+    assert "--nproc 3 differs from cluster.workers 2" in capsys.readouterr().err
+    bad = cfg_file(tmp_path, train=dict(CFG["train"], checkpoint_every=4))
+    assert main(["run", str(bad), "--quiet"]) == 2
+    assert "checkpoint_every (4) must be a multiple of log_every (3)" in capsys.readouterr().err
+    torch_cfg = cfg_file(tmp_path, cluster={"workers": 2, "backend": "torch"})
+    assert main(["run", str(torch_cfg), "--quiet"]) == 2
+    assert "farsync launch" in capsys.readouterr().err
