@@ -34,6 +34,8 @@ def _cmd_launch(args) -> int:
     print(f"run directory: {run_dir}")
     if s is not None:
         print(f"status: {s['status']}  final eval loss: {s['final_eval_loss']}  bytes sent: {s['bytes_sent_total']}")
+    else:
+        print("no summary.json: the workers failed before training started (see the torchrun output above)")
     return code if code else (0 if s and s["status"] == "completed" else 1)
 
 
@@ -118,11 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     la.set_defaults(func=_cmd_launch)
 
-    w = sub.add_parser("_worker")  # one torchrun process (internal)
-    w.add_argument("config", nargs="?")
-    w.add_argument("--set", action="append", default=[])
-    w.add_argument("--out", required=True)
-    w.add_argument("--resume", action="store_true")
+    w = sub.add_parser("worker", help="one process of a torch.distributed run (start it with torchrun)")
+    w.add_argument("config", nargs="?", help="YAML config file with cluster.backend: torch")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    w.add_argument("--out", required=True, help="run directory (written by rank 0; also where restarts resume from)")
+    w.add_argument("--resume", action="store_true", help="continue --out from its latest checkpoint")
     w.set_defaults(func=_cmd_worker)
 
     c = sub.add_parser("compare", help="table and plots comparing run directories")

@@ -3,7 +3,7 @@
     farsync launch --nproc 4 CONFIG [--set k=v ...] [--out RUN_DIR] [--max-restarts K]
     farsync launch --nproc 4 --resume RUN_DIR
 
-is ``torchrun --standalone --nproc-per-node 4 --max-restarts K -m farsync.cli _worker ...`` with
+is ``torchrun --standalone --nproc-per-node 4 --max-restarts K -m farsync.cli worker ...`` with
 ``cluster.backend=torch``. With ``--max-restarts K``, when a worker process dies torchrun restarts
 the whole group (up to K times) and the workers resume from the latest checkpoint in RUN_DIR.
 """
@@ -23,7 +23,7 @@ def torchrun_command(nproc: int, max_restarts: int, worker_args: list[str]) -> l
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
-        "-m", "farsync.cli", "_worker", *worker_args,
+        "-m", "farsync.cli", "worker", *worker_args,
     ]
 
 
