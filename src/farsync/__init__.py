@@ -5,9 +5,13 @@ Python API (mirrors the CLI)::
     import farsync
     result = farsync.run("config.yaml", overrides=["cluster.workers=8"], out="runs/x")
     farsync.compare([result.run_dir, "runs/y"], out="runs/report")
+
+    algo = farsync.wrap(model, optimizer, "diloco", sync_every=20)   # in your own loop
+    report = farsync.simulate(train_fn, workers=4, bandwidth="1Gbps")  # your loop, simulated
 """
 
 from .algorithms import ALGORITHMS, Algorithm, DDP, DiLoCo, LocalSGD, get_algorithm
+from .api import SimReport, default_communicator, simulate, wrap
 from .comm import Communicator, NetworkModel, SimCluster, TimeModel
 from .config import Config, ConfigError, load_config
 from .report import compare
@@ -29,13 +33,17 @@ __all__ = [
     "NetworkModel",
     "RunResult",
     "SimCluster",
+    "SimReport",
     "TASKS",
     "Task",
     "TimeModel",
     "compare",
+    "default_communicator",
     "get_algorithm",
     "get_task",
     "load_config",
     "register_task",
     "run",
+    "simulate",
+    "wrap",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .algorithms import get_algorithm
+from .api import wrap
 from .checkpoint import save_checkpoint
 from .comm import Communicator
 from .config import Config
@@ -53,13 +54,15 @@ class RunContext:
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
+    """The config's algorithm around a fresh inner optimizer - through the public `wrap`."""
     a = cfg.algorithm
-    optimizer = build_optimizer(model.parameters(), a.inner)
     cls = get_algorithm(a.name)
-    kwargs: dict[str, Any] = {"sync_every": a.sync_every, "grad_clip": cfg.train.grad_clip, "options": a.options()}
-    if cls.uses_outer:
-        kwargs["outer"] = a.outer
-    return cls(model, optimizer, comm, **kwargs)
+    spec = {k: v for k, v in a.model_dump().items() if k != "inner"}
+    if not cls.uses_outer:
+        spec.pop("outer")
+    if not cls.uses_sync_every:
+        spec.pop("sync_every")
+    return wrap(model, build_optimizer(model.parameters(), a.inner), spec, comm=comm, grad_clip=cfg.train.grad_clip)
 
 
 def parse_fault(value: str | None) -> tuple[int, int] | None:

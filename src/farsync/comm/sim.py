@@ -28,6 +28,14 @@ from .base import CommStats, Communicator, Work, tensor_nbytes, wire_bytes
 from .cost import NetworkModel, TimeModel
 
 
+_current = threading.local()  # the SimCommunicator of the worker running in this thread
+
+
+def current_sim_communicator() -> SimCommunicator | None:
+    """The communicator of the simulated worker calling this (None outside a simulated worker)."""
+    return getattr(_current, "comm", None)
+
+
 class SimDeadlock(RuntimeError):
     """Every unfinished worker waits for communication that no other worker will issue."""
 
@@ -114,6 +122,7 @@ class SimCluster:
 
     def _thread_main(self, rank: int, fn: Callable, results: list) -> None:
         comm = SimCommunicator(self, rank)
+        _current.comm = comm
         try:
             with self._cv:
                 self._wait_turn(rank)

@@ -1,0 +1,145 @@
+"""Use farsync inside your own training loop.
+
+    algo = farsync.wrap(model, optimizer, "diloco", sync_every=20)
+    for x, y in loader:
+        loss_fn(model(x), y).backward()
+        algo.step()
+        algo.zero_grad()
+    with algo.eval_params() as m:
+        evaluate(m)
+
+`wrap` finds its communicator by itself: inside `farsync.simulate` it is the simulated worker's;
+under torchrun it is the default process group (initialized from torchrun's environment if
+needed). The returned object is the same `Algorithm` class the runner uses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .algorithms import Algorithm, get_algorithm
+from .comm import CommStats, Communicator, NetworkModel, SimCluster, TimeModel
+from .comm.sim import current_sim_communicator
+from .units import parse_bandwidth, parse_duration
+
+
+def default_communicator(device: torch.device | None = None) -> Communicator:
+    """The simulated worker's communicator, or the torch.distributed default group."""
+    comm = current_sim_communicator()
+    if comm is not None:
+        return comm
+    import torch.distributed as dist
+
+    from .comm.torch_dist import TorchCommunicator
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise RuntimeError(
+                "farsync.wrap found no communicator: call it inside farsync.simulate(...), run under torchrun, "
+                "or pass comm=..."
+            )
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
+    return TorchCommunicator()
+
+
+def wrap(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    algorithm: str | dict[str, Any] = "diloco",
+    comm: Communicator | None = None,
+    **options: Any,
+) -> Algorithm:
+    """Wrap `model` and its (inner) `optimizer` in a distributed algorithm.
+
+    `algorithm` is a name (``"ddp"``, ``"local-sgd"``, ``"diloco"``) with keyword options, or a
+    dict in the config's ``algorithm`` form (``{"name": "diloco", "sync_every": 20, "outer":
+    {...}}``; ``inner`` is not allowed: the optimizer is yours). Options are validated like the
+    config: ``sync_every``, ``outer`` (optimizer config dict, or a callable params -> optimizer),
+    ``grad_clip`` and the algorithm's own options.
+    """
+    spec = dict(algorithm) if isinstance(algorithm, dict) else {"name": algorithm}
+    spec.update(options)
+    if "inner" in spec:
+        raise ValueError("wrap() takes your optimizer as the inner optimizer; remove 'inner'")
+    name = spec.pop("name", None)
+    if name is None:
+        raise ValueError("algorithm needs a 'name'")
+    cls = get_algorithm(name)
+    kwargs: dict[str, Any] = {
+        "sync_every": spec.pop("sync_every", 1),
+        "grad_clip": spec.pop("grad_clip", None),
+    }
+    if "outer" in spec:
+        if not cls.uses_outer:
+            raise ValueError(f"algorithm {name!r} has no outer optimizer; remove 'outer'")
+        outer = spec.pop("outer")
+        if isinstance(outer, dict):
+            from .config import DEFAULT_OUTER
+            from .optim import check_optimizer_config
+
+            outer = {**DEFAULT_OUTER, **outer} if "name" not in outer else outer
+            check_optimizer_config(outer, "outer")
+        kwargs["outer"] = outer
+    if kwargs["sync_every"] != 1 and not cls.uses_sync_every:
+        raise ValueError(f"algorithm {name!r} synchronizes every step; remove 'sync_every'")
+    kwargs["options"] = cls.Options(**spec)  # unknown keys -> pydantic error naming them
+    device = next(model.parameters()).device
+    return cls(model, optimizer, comm if comm is not None else default_communicator(device), **kwargs)
+
+
+@dataclass
+class SimReport:
+    """What `simulate` returns: each worker's return value and counters, and totals."""
+
+    results: list[Any]
+    stats: list[CommStats]
+
+    @property
+    def sim_time_s(self) -> float:
+        return max(s.clock_s for s in self.stats)
+
+    @property
+    def bytes_sent_total(self) -> int:
+        return sum(s.bytes_sent for s in self.stats)
+
+    @property
+    def compute_utilization(self) -> float | None:
+        t = self.sim_time_s
+        return sum(s.compute_time_s for s in self.stats) / (len(self.stats) * t) if t > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "workers": len(self.stats),
+            "sim_time_s": self.sim_time_s,
+            "bytes_sent_total": self.bytes_sent_total,
+            "bytes_sent_per_worker": [s.bytes_sent for s in self.stats],
+            "peak_bytes_per_sync": max(s.peak_bytes_per_sync for s in self.stats),
+            "compute_utilization": self.compute_utilization,
+            "blocked_time_s_per_worker": [s.blocked_time_s for s in self.stats],
+        }
+
+
+def simulate(
+    train_fn: Callable[[Communicator], Any],
+    workers: int = 4,
+    bandwidth: str | float = "1Gbps",
+    latency: str | float = "10ms",
+    step_time: str | float = 0.0,
+    speeds: list[float] | None = None,
+    bytes_scale: float = 1.0,
+) -> SimReport:
+    """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
+
+    Inside `train_fn`, ``farsync.wrap`` picks up the worker's communicator; ``comm.rank`` and
+    ``comm.world_size`` tell the worker which data shard is its. `step_time` is the virtual compute
+    time of one ``algo.step()`` (scaled by ``speeds[rank]``).
+    """
+    network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale)
+    cluster = SimCluster(workers, network, TimeModel(parse_duration(step_time), tuple(speeds or ())))
+    results = cluster.run(train_fn)
+    return SimReport(results, list(cluster.stats))

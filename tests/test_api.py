@@ -1,0 +1,128 @@
+"""The drop-in API (wrap, simulate), custom tasks, and the examples in reduced form."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import farsync
+from farsync.config import load_config
+from farsync.runner import build_cluster, build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = {
+    "name": "tiny",
+    "seed": 3,
+    "task": {"name": "shakespeare-gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "eval_windows": 8},
+    "cluster": {"workers": 3, "bandwidth": "100Mbps", "latency": "5ms"},
+    "algorithm": {"name": "diloco", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}, "outer": {"lr": 0.5}},
+    "train": {"steps": 9, "batch_size": 4, "eval_every": 9, "log_every": 3},
+}
+
+
+def test_wrap_in_a_user_loop_gives_the_same_trajectory_as_farsync_run(tmp_path):
+    ran = farsync.run(CFG, out=tmp_path / "run", progress=False)
+    cfg = load_config(CFG)
+    task = build_task(cfg)
+    step_time = build_cluster(cfg, task).time_model.step_time_s
+
+    def user_loop(comm):  # an ordinary PyTorch loop
+        torch.manual_seed(3)
+        model = task.build_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=0.003)
+        algo = farsync.wrap(model, opt, {"name": "diloco", "sync_every": 3, "outer": {"lr": 0.5}})
+        sampler = task.sampler(comm.rank, 4)
+        for _ in range(9):
+            task.loss(model, sampler.next_batch()).backward()
+            algo.step()
+            algo.zero_grad()
+        with algo.eval_params() as m:
+            return {k: v.clone() for k, v in m.state_dict().items()}, task.evaluate(m)
+
+    report = farsync.simulate(user_loop, workers=3, bandwidth="100Mbps", latency="5ms", step_time=step_time)
+    final = torch.load(ran.run_dir / "model.pt", weights_only=True)
+    for state, ev in report.results:
+        assert all(torch.equal(state[k], final[k]) for k in final)
+        assert ev == ran.summary["final_eval_loss"]
+    s = report.summary()
+    assert s["bytes_sent_per_worker"] == ran.summary["bytes_sent_per_worker"]
+    assert s["sim_time_s"] == ran.summary["sim_time_s"]
+    assert s["peak_bytes_per_sync"] == ran.summary["peak_bytes_per_sync"]
+
+
+def test_wrap_validates_its_arguments():
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def bad(kwargs):
+        return lambda comm: farsync.wrap(model, opt, **kwargs)
+
+    cases = [
+        ({"algorithm": "dilocoo"}, "unknown algorithm 'dilocoo'"),
+        ({"algorithm": {"name": "diloco", "inner": {"name": "sgd", "lr": 1}}}, "remove 'inner'"),
+        ({"algorithm": "ddp", "outer": {"lr": 0.5}}, "has no outer optimizer"),
+        ({"algorithm": "ddp", "sync_every": 5}, "synchronizes every step"),
+        ({"algorithm": "diloco", "outer": {"lr": -1}}, "outer.lr must be a finite number > 0"),
+        ({"algorithm": "local-sgd", "reset_inner_sate": True}, "reset_inner_sate"),
+    ]
+    for kwargs, msg in cases:
+        with pytest.raises(Exception, match=msg):
+            farsync.simulate(bad(kwargs), workers=1)
+
+
+def test_wrap_outside_simulate_and_torchrun_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(RuntimeError, match="inside farsync.simulate"):
+        farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "ddp")
+
+
+def test_custom_task_from_a_user_module_runs_end_to_end(tmp_path):
+    cfg = {
+        "task": {"name": "custom_tasks:LineFit", "slope": 3.0},
+        "cluster": {"workers": 2},
+        "algorithm": {"name": "local-sgd", "sync_every": 4, "inner": {"name": "sgd", "lr": 0.1}},
+        "train": {"steps": 40, "batch_size": 8, "eval_every": 20},
+    }
+    res = farsync.run(cfg, out=tmp_path / "r", progress=False)
+    assert res.status == "completed" and res.summary["task"] == "custom_tasks:LineFit"
+    assert res.summary["final_eval_loss"] < 1e-3 < res.metrics[0]["train_loss"]
+    with pytest.raises(farsync.ConfigError, match="unknown key 'slop'"):
+        farsync.run(dict(cfg, task={"name": "custom_tasks:LineFit", "slop": 1}), out=tmp_path / "x")
+
+
+def run_example(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "examples"))
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_example_plain_loop_simulated_and_under_torchrun():
+    p = run_example("examples/diloco_loop.py", "--steps", 40)
+    assert p.returncode == 0, p.stderr
+    acc = float(p.stdout.split("accuracy of the global model: ")[1].split()[0])
+    assert acc > 0.5
+    p = run_example("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2, "examples/diloco_loop.py", "--steps", 40)
+    assert p.returncode == 0, p.stderr
+    accs = {line.split("accuracy ")[1] for line in p.stdout.splitlines() if "accuracy" in line}
+    assert len(accs) == 1 and float(accs.pop()) > 0.5  # both ranks evaluate the same global model
+
+
+def test_example_custom_task(tmp_path):
+    p = run_example("examples/custom_task.py", "--steps", 60, "--out", tmp_path / "r")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("completed: eval MSE")
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["task"] == "sine-regression"
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
+)
+def test_example_fashion_mnist_cnn():
+    p = run_example("examples/fashion_mnist_cnn.py", "--steps", 30, "--test-samples", 1000)
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout.split("test accuracy ")[1].split()[0]) > 0.3
