@@ -126,3 +126,14 @@ def test_example_fashion_mnist_cnn():
     p = run_example("examples/fashion_mnist_cnn.py", "--steps", 30, "--test-samples", 1000)
     assert p.returncode == 0, p.stderr
     assert float(p.stdout.split("test accuracy ")[1].split()[0]) > 0.3
+
+
+def test_readme_own_loop_example_runs_and_is_at_most_15_lines():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Use it in your own training loop", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    namespace: dict = {}
+    exec(compile(code, "README example", "exec"), namespace)
+    report = namespace["report"]
+    assert report.results[0] < 0.3 and report.bytes_sent_total == 4 * 10 * 252  # 10 syncs of 42 floats
