@@ -174,6 +174,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
             gathered = comm.gather_object(_to_cpu(state))
             if rank0:
                 save_checkpoint(ctx.run_dir, {"config": cfg.to_dict(), "step": step, "workers": gathered, "metrics": list(ctx.log.records)})
+            comm.all_gather_object(None)  # commit: nobody goes on until the checkpoint is on disk
 
 
 def _to_cpu(obj: Any) -> Any:
