@@ -11,6 +11,7 @@ FORBIDDEN = {
     "comm": {"algorithms", "tasks", "runner", "cli", "config", "report"},
     "tasks": {"comm", "algorithms", "runner", "cli", "config", "report"},
     "algorithms": {"runner", "cli", "config", "report", "tasks"},
+    "compress": {"algorithms", "tasks", "runner", "cli", "config", "report", "loop", "api"},
 }
 
 

@@ -60,7 +60,8 @@ def wrap(
     dict in the config's ``algorithm`` form (``{"name": "diloco", "sync_every": 20, "outer":
     {...}}``; ``inner`` is not allowed: the optimizer is yours). Options are validated like the
     config: ``sync_every``, ``outer`` (optimizer config dict, or a callable params -> optimizer),
-    ``grad_clip`` and the algorithm's own options.
+    ``grad_clip``, ``compress`` (a `farsync.compress` config dict or Compressor) and the
+    algorithm's own options.
     """
     spec = dict(algorithm) if isinstance(algorithm, dict) else {"name": algorithm}
     spec.update(options)
@@ -73,6 +74,7 @@ def wrap(
     kwargs: dict[str, Any] = {
         "sync_every": spec.pop("sync_every", 1),
         "grad_clip": spec.pop("grad_clip", None),
+        "compress": spec.pop("compress", None),
     }
     if "outer" in spec:
         if not cls.uses_outer:

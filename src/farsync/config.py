@@ -116,6 +116,17 @@ class AlgorithmConfig(BaseModel):
     sync_every: int = Field(1, ge=1, description="H: inner steps between synchronizations")
     inner: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_INNER), description="inner (local) optimizer")
     outer: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OUTER), description="outer optimizer")
+    compress: dict[str, Any] | None = Field(
+        None, description="compressor of what is averaged, e.g. {name: int8, block: 64, error_feedback: ef}"
+    )
+
+    @field_validator("compress")
+    @classmethod
+    def _compress(cls, v):
+        from .compress import build_compressor
+
+        build_compressor(v)  # raises ValueError naming the bad name or option
+        return v
 
     @field_validator("inner", "outer", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..comm import Communicator
+from ..compress import Compressor, all_reduce_mean, build_compressor
 from ..optim import build_optimizer
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -50,6 +51,7 @@ class Algorithm:
         outer: OuterSpec | None = None,
         grad_clip: float | None = None,
         options: BaseModel | dict | None = None,
+        compress: dict[str, Any] | Compressor | None = None,
     ):
         if sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
@@ -61,6 +63,9 @@ class Algorithm:
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.local_step = 0  # inner steps taken by this worker
+        self.compressor = compress if isinstance(compress, Compressor) or compress is None else build_compressor(compress)
+        self.compress_state: dict | None = None  # created on first use (needs the tensor's shape)
+        self.compress_gen = torch.Generator().manual_seed(1_000_003 + comm.rank)  # stochastic rounding
 
     # ------------------------------------------------------------------ loop API
     def step(self) -> None:
@@ -80,15 +85,20 @@ class Algorithm:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
 
+    def _mean(self, flat: torch.Tensor) -> torch.Tensor:
+        """Average `flat` over workers, through the compressor if one is configured."""
+        if self.compressor is not None and self.compress_state is None:
+            self.compress_state = self.compressor.init(flat)
+        out, self.compress_state = all_reduce_mean(self.comm, flat, self.compressor, self.compress_state or {}, self.compress_gen)
+        return out
+
     def _average_gradients(self) -> None:
-        """All-reduce (mean) the gradients as one flat buffer; a missing ``.grad`` counts as zeros."""
+        """Average the gradients as one flat buffer; a missing ``.grad`` counts as zeros."""
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         grads = [p.grad for p in self.params]
-        flat = flatten(grads)
-        self.comm.all_reduce(flat, op="mean")
-        unflatten_into(flat, grads)
+        unflatten_into(self._mean(flatten(grads)), grads)
 
     def _sync_due(self) -> bool:
         """True on the step that completes a round of `sync_every` inner steps."""
@@ -101,11 +111,19 @@ class Algorithm:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"local_step": self.local_step, "optimizer": self.optimizer.state_dict()}
+        return {
+            "local_step": self.local_step,
+            "optimizer": self.optimizer.state_dict(),
+            "compress_state": self.compress_state,
+            "compress_gen": self.compress_gen.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.local_step = state["local_step"]
         self.optimizer.load_state_dict(state["optimizer"])
+        self.compress_state = state.get("compress_state")
+        if "compress_gen" in state:
+            self.compress_gen.set_state(state["compress_gen"])
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

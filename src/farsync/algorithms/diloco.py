@@ -46,7 +46,7 @@ class DiLoCo(Algorithm):
     def sync(self) -> None:
         """One outer step: average the pseudo-gradients, step phi, reset theta to phi."""
         delta = flatten([g.detach() for g in self.global_params]) - flatten([p.detach() for p in self.params])
-        self.comm.all_reduce(delta, op="mean")
+        delta = self._mean(delta)  # through the compressor, if any
         for g in self.global_params:
             g.grad = torch.empty_like(g)
         unflatten_into(delta, [g.grad for g in self.global_params])

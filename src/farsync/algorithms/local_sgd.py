@@ -48,8 +48,11 @@ class LocalSGD(Algorithm):
             return
         self._optimizer_step()
         if self._sync_due():
-            flat = flatten([p.detach() for p in self.params])
-            self.comm.all_reduce(flat, op="mean")
+            if self.compressor is None:
+                flat = self._mean(flatten([p.detach() for p in self.params]))
+            else:  # compress the update since the last average, not the parameters
+                last = flatten(self.averaged)
+                flat = last + self._mean(flatten([p.detach() for p in self.params]) - last)
             unflatten_into(flat, self.params)
             unflatten_into(flat, self.averaged)
             if self.options.reset_inner_state:

@@ -1,0 +1,65 @@
+"""`farsync.compress`: compressors, error feedback, and compressed averaging.
+
+Build one from a config dict::
+
+    {name: int8, block: 64, rounding: stochastic}
+    {name: topk, ratio: 0.01, error_feedback: ef}
+    {name: int4, block: 64, rotate: 64}          # Hadamard rotation on blocks of 64 first
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .base import Compressor, Identity, Payload
+from .collective import all_reduce_mean
+from .quantize import FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
+from .sparsify import RandomK, TopK
+from .transforms import ErrorFeedback, Rotate
+
+COMPRESSORS: dict[str, tuple[type[Compressor], dict[str, Any]]] = {
+    "none": (Identity, {}),
+    "bf16": (Cast, {"dtype": "bfloat16"}),
+    "fp16": (Cast, {"dtype": "float16"}),
+    "int8": (IntQuant, {"bits": 8}),
+    "int4": (IntQuant, {"bits": 4}),
+    "fp8": (FP8, {}),
+    "qsgd": (QSGD, {}),
+    "terngrad": (TernGrad, {}),
+    "topk": (TopK, {}),
+    "randomk": (RandomK, {}),
+    "sign": (ScaledSign, {}),
+}
+ERROR_FEEDBACK = ("none", "ef")
+
+
+def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
+    """A compressor from ``{name, **options, error_feedback: none|ef, rotate: block|null}``."""
+    if spec is None:
+        return None
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {name!r}; valid choices: {', '.join(COMPRESSORS)}")
+    ef = spec.pop("error_feedback", "none")
+    if ef not in ERROR_FEEDBACK:
+        raise ValueError(f"unknown error_feedback {ef!r}; valid choices: {', '.join(ERROR_FEEDBACK)}")
+    rotate = spec.pop("rotate", None)
+    cls, fixed = COMPRESSORS[name]
+    valid = [p for p in inspect.signature(cls).parameters if p not in fixed]
+    bad = sorted(set(spec) - set(valid))
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for compressor {name!r}; valid: {', '.join(valid + ['error_feedback', 'rotate'])}")
+    comp: Compressor = cls(**fixed, **spec)
+    if rotate:
+        comp = Rotate(comp, block=int(rotate))
+    if ef == "ef":
+        comp = ErrorFeedback(comp)
+    return None if type(comp) is Identity else comp
+
+
+__all__ = [
+    "COMPRESSORS", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
+    "RandomK", "Rotate", "ScaledSign", "TernGrad", "TopK", "all_reduce_mean", "build_compressor",
+]

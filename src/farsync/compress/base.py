@@ -1,0 +1,110 @@
+"""The compressor interface: a tensor -> a payload of real packed tensors -> a tensor.
+
+    state = comp.init(x)                       # per-tensor state (error-feedback residual, ...)
+    payload, state = comp.encode(x, state, gen) # gen: torch.Generator for stochastic rounding
+    x_hat = comp.decode(payload)               # float32, shape of x
+
+A `Payload` holds what crosses the wire (`tensors`, counted byte for byte) and what the receiver
+knows anyway (`meta`: shapes, the shared seed of random-k; not counted). `pack()` turns the
+tensors into one uint8 buffer: one message per synchronization.
+Compressors compose like optax transformations: ``ErrorFeedback(TopK(0.01))``,
+``Rotate(Int4(block=64))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class Payload:
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def pack(self) -> torch.Tensor:
+        """All tensors as one flat uint8 buffer (in key order)."""
+        parts = [t.contiguous().reshape(-1).view(torch.uint8) for _, t in sorted(self.tensors.items())]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+
+    def unpack(self, buf: torch.Tensor) -> Payload:
+        """A payload shaped like this one, with tensors read from `buf` (another worker's pack())."""
+        out, offset = {}, 0
+        for k, t in sorted(self.tensors.items()):
+            n = t.numel() * t.element_size()
+            out[k] = buf[offset : offset + n].clone().view(t.dtype).reshape(t.shape)  # clone: aligned
+            offset += n
+        return Payload(out, self.meta)
+
+
+class Compressor:
+    """Base class: stateless and deterministic unless a subclass says otherwise."""
+
+    name: ClassVar[str] = ""
+    unbiased: ClassVar[bool] = False  # E[decode(encode(x))] == x
+
+    def init(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def encode(self, x: torch.Tensor, state: dict, gen: torch.Generator | None = None) -> tuple[Payload, dict]:
+        raise NotImplementedError
+
+    def decode(self, payload: Payload) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Identity(Compressor):
+    """No compression: the tensor itself (float32)."""
+
+    name = "none"
+    unbiased = True
+
+    def encode(self, x, state, gen=None):
+        return Payload({"x": x.float()}, {"shape": tuple(x.shape)}), state
+
+    def decode(self, payload):
+        return payload.tensors["x"].reshape(payload.meta["shape"])
+
+
+def blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """Flatten `x` to float32, zero-pad to a multiple of `block`, view as (n_blocks, block)."""
+    flat = x.reshape(-1).float()
+    pad = (-flat.numel()) % block
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(-1, block), x.numel()
+
+
+def stochastic_round(y: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """floor(y + u), u ~ U[0, 1): unbiased rounding to integers."""
+    u = torch.rand(y.shape, generator=gen, dtype=y.dtype, device=y.device)
+    return torch.floor(y + u)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned integer codes < 2**bits (bits in 1, 2, 4, 8) into uint8, 8/bits codes per byte."""
+    per = 8 // bits
+    c = codes.reshape(-1).to(torch.uint8)
+    pad = (-c.numel()) % per
+    if pad:
+        c = torch.cat([c, c.new_zeros(pad)])
+    c = c.view(-1, per).to(torch.int32)
+    shifts = torch.arange(per, dtype=torch.int32, device=c.device) * bits
+    return (c << shifts).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
+    c = (packed.to(torch.int32)[:, None] >> shifts) & ((1 << bits) - 1)
+    return c.reshape(-1)[:n]

@@ -1,0 +1,32 @@
+"""Averaging a tensor over workers through a compressor.
+
+Compressed payloads are not summed on the wire: every worker packs its payload into one uint8
+buffer, the buffers are all-gathered (bytes = the real payload size), and every worker decodes
+each contribution and averages them in float32, in rank order - so 4-bit contributions are never
+re-quantized when summed. `none` uses a plain all-reduce.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..comm import Communicator
+from .base import Compressor, Identity
+
+
+def all_reduce_mean(
+    comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
+) -> tuple[torch.Tensor, dict]:
+    """Return (mean over workers of decode(encode(x_r)), new compressor state)."""
+    if comp is None or type(comp) is Identity:
+        out = x.clone()
+        comm.all_reduce(out, op="mean")
+        return out, state
+    payload, state = comp.encode(x, state, gen)
+    buf = payload.pack()
+    bufs = [torch.empty_like(buf) for _ in range(comm.world_size)]
+    comm.all_gather(bufs, buf)
+    acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for b in bufs:
+        acc += comp.decode(payload.unpack(b))
+    return (acc / comm.world_size).to(x.dtype), state

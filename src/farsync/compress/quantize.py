@@ -1,0 +1,162 @@
+"""Casts and quantizers (spec: ../shared/specs/compression.md).
+
+- `Cast(dtype)`: bf16 / fp16, 2 bytes per value.
+- `IntQuant(bits, block, rounding)`: symmetric integer codes in [-(2^(b-1)-1), 2^(b-1)-1] with a
+  float32 absmax scale per block of `block` values; 8 bits -> int8, 4 bits -> two codes per byte.
+  Nearest rounding: |x - x_hat| <= scale/2 per value; stochastic rounding is unbiased.
+- `FP8(format, block)`: per-block scale mapping the block's absmax to the format's max
+  (e4m3: 448, e5m2: 57344), values cast to torch's float8 dtype (1 byte each).
+- `QSGD(levels, bucket)` (Alistarh et al. 2017): per bucket of `bucket` values, its norm (fp32) and
+  sign(v) * xi with xi the stochastic rounding of s|v|/||v|| in {0..s} (int8 codes); unbiased.
+- `TernGrad()` (Wen et al. 2017): clip at 2.5 std, s = max|v|, codes sign(v) * Bernoulli(|v|/s) in
+  {-1, 0, 1} packed 4 per byte, plus s; unbiased for the clipped vector.
+- `ScaledSign()`: 1 bit per value plus one scale ||v||_1 / d (biased: use with error feedback).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Compressor, Payload, blocks, pack_bits, stochastic_round, unpack_bits
+
+
+class Cast(Compressor):
+    name = "cast"
+
+    def __init__(self, dtype: str = "bfloat16"):
+        if dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"cast dtype must be 'bfloat16' or 'float16', got {dtype!r}")
+        self.dtype = dtype
+
+    def encode(self, x, state, gen=None):
+        return Payload({"x": x.to(getattr(torch, self.dtype))}, {"shape": tuple(x.shape)}), state
+
+    def decode(self, payload):
+        return payload.tensors["x"].float().reshape(payload.meta["shape"])
+
+
+class IntQuant(Compressor):
+    name = "int"
+
+    def __init__(self, bits: int = 8, block: int = 64, rounding: str = "nearest"):
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        if rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+        self.bits, self.block, self.rounding = bits, block, rounding
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.rounding == "stochastic"
+
+    def encode(self, x, state, gen=None):
+        qmax = 2 ** (self.bits - 1) - 1
+        b, n = blocks(x, self.block)
+        scale = b.abs().amax(1, keepdim=True) / qmax  # (n_blocks, 1)
+        y = b / torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = (stochastic_round(y, gen) if self.rounding == "stochastic" else torch.round(y)).clamp_(-qmax, qmax)
+        if self.bits == 8:
+            codes = q.to(torch.int8)
+        else:
+            codes = pack_bits((q + qmax + 1).to(torch.uint8), 4)  # 0..15, 2 per byte
+        meta = {"shape": tuple(x.shape), "n": n, "n_blocks": b.shape[0]}
+        return Payload({"codes": codes, "scale": scale.reshape(-1)}, meta), state
+
+    def decode(self, payload):
+        m, t = payload.meta, payload.tensors
+        qmax = 2 ** (self.bits - 1) - 1
+        if self.bits == 8:
+            q = t["codes"].float()
+        else:
+            q = unpack_bits(t["codes"], 4, m["n_blocks"] * self.block).float() - (qmax + 1)
+        x = q.view(m["n_blocks"], self.block) * t["scale"][:, None]
+        return x.reshape(-1)[: m["n"]].reshape(m["shape"])
+
+
+class FP8(Compressor):
+    name = "fp8"
+    FORMATS = {"e4m3": (torch.float8_e4m3fn, 448.0), "e5m2": (torch.float8_e5m2, 57344.0)}
+
+    def __init__(self, format: str = "e4m3", block: int = 64):
+        if format not in self.FORMATS:
+            raise ValueError(f"fp8 format must be one of {sorted(self.FORMATS)}, got {format!r}")
+        self.format, self.block = format, block
+
+    def encode(self, x, state, gen=None):
+        dtype, fmax = self.FORMATS[self.format]
+        b, n = blocks(x, self.block)
+        scale = b.abs().amax(1, keepdim=True) / fmax
+        y = b / torch.where(scale > 0, scale, torch.ones_like(scale))
+        codes = y.to(dtype).view(torch.uint8)
+        meta = {"shape": tuple(x.shape), "n": n}
+        return Payload({"codes": codes, "scale": scale.reshape(-1)}, meta), state
+
+    def decode(self, payload):
+        dtype, _ = self.FORMATS[self.format]
+        t, m = payload.tensors, payload.meta
+        x = t["codes"].view(dtype).float() * t["scale"][:, None]
+        return x.reshape(-1)[: m["n"]].reshape(m["shape"])
+
+
+class QSGD(Compressor):
+    name = "qsgd"
+    unbiased = True
+
+    def __init__(self, levels: int = 15, bucket: int = 512):
+        if not 1 <= levels <= 127:
+            raise ValueError(f"qsgd levels must be in [1, 127], got {levels}")
+        self.levels, self.bucket = levels, bucket
+
+    def encode(self, x, state, gen=None):
+        b, n = blocks(x, min(self.bucket, x.numel()))  # a tensor smaller than a bucket is one bucket
+        norm = b.norm(dim=1, keepdim=True)
+        y = b.abs() / torch.where(norm > 0, norm, torch.ones_like(norm)) * self.levels
+        xi = stochastic_round(y, gen).clamp_(0, self.levels)
+        codes = (torch.sign(b) * xi).to(torch.int8)
+        return Payload({"codes": codes, "norm": norm.reshape(-1)}, {"shape": tuple(x.shape), "n": n}), state
+
+    def decode(self, payload):
+        t, m = payload.tensors, payload.meta
+        x = t["codes"].float() * t["norm"][:, None] / self.levels
+        return x.reshape(-1)[: m["n"]].reshape(m["shape"])
+
+
+class TernGrad(Compressor):
+    name = "terngrad"
+    unbiased = True  # for the clipped vector
+
+    def __init__(self, clip_std: float = 2.5):
+        self.clip_std = clip_std
+
+    def encode(self, x, state, gen=None):
+        v = x.reshape(-1).float()
+        c = self.clip_std * v.std() if v.numel() > 1 else v.abs().max()
+        v = v.clamp(-c, c)
+        s = v.abs().max()
+        p = v.abs() / s if s > 0 else torch.zeros_like(v)
+        keep = torch.rand(v.shape, generator=gen, dtype=v.dtype) < p
+        codes = (torch.sign(v) * keep).to(torch.int8) + 1  # {0, 1, 2}
+        meta = {"shape": tuple(x.shape), "n": v.numel()}
+        return Payload({"codes": pack_bits(codes, 2), "scale": s.reshape(1)}, meta), state
+
+    def decode(self, payload):
+        t, m = payload.tensors, payload.meta
+        codes = unpack_bits(t["codes"], 2, m["n"]).float() - 1
+        return (codes * t["scale"]).reshape(m["shape"])
+
+
+class ScaledSign(Compressor):
+    name = "sign"
+
+    def encode(self, x, state, gen=None):
+        v = x.reshape(-1).float()
+        scale = v.abs().mean().reshape(1)
+        bits = (v >= 0).to(torch.uint8)
+        return Payload({"bits": pack_bits(bits, 1), "scale": scale}, {"shape": tuple(x.shape), "n": v.numel()}), state
+
+    def decode(self, payload):
+        t, m = payload.tensors, payload.meta
+        sign = unpack_bits(t["bits"], 1, m["n"]).float() * 2 - 1
+        return (sign * t["scale"]).reshape(m["shape"])

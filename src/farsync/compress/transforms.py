@@ -1,0 +1,87 @@
+"""Compressor transformations: error feedback and a Hadamard rotation.
+
+`ErrorFeedback(c)` (EF; Seide et al. 2014, Karimireddy et al. 2019)::
+
+    a = e + x;   q = c(a);   e = a - decode(q);   send q
+
+so that decode(q) + e_new == x + e_old (up to the rounding of a = e + x).
+
+`Rotate(c, block)`: y = H D x per block of `block` (a power of two) values, where D is a fixed
+random +-1 diagonal (seed) and H the orthonormal Walsh-Hadamard matrix; c compresses y and decode
+applies D H (H is its own inverse). Spreads outliers before quantizing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Compressor, Payload, blocks
+
+
+class ErrorFeedback(Compressor):
+    name = "ef"
+
+    def __init__(self, inner: Compressor):
+        self.inner = inner
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return False
+
+    def init(self, x):
+        return {"residual": torch.zeros(x.shape, dtype=torch.float32, device=x.device), "inner": self.inner.init(x)}
+
+    def encode(self, x, state, gen=None):
+        acc = state["residual"] + x.float()
+        payload, inner_state = self.inner.encode(acc, state["inner"], gen)
+        residual = acc - self.inner.decode(payload)
+        return payload, {"residual": residual, "inner": inner_state}
+
+    def decode(self, payload):
+        return self.inner.decode(payload)
+
+
+def hadamard(y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal fast Walsh-Hadamard transform along the last dim (a power of two)."""
+    n = y.shape[-1]
+    h = 1
+    out = y.clone()
+    while h < n:
+        out = out.view(*out.shape[:-1], n // (2 * h), 2, h)
+        a, b = out[..., 0, :], out[..., 1, :]
+        out = torch.stack([a + b, a - b], dim=-2).view(*y.shape)
+        h *= 2
+    return out / math.sqrt(n)
+
+
+class Rotate(Compressor):
+    name = "rotate"
+
+    def __init__(self, inner: Compressor, block: int = 64, seed: int = 0):
+        if block < 1 or block & (block - 1):
+            raise ValueError(f"rotation block must be a power of two, got {block}")
+        self.inner, self.block, self.seed = inner, block, seed
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.inner.unbiased
+
+    def _signs(self, device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        return (torch.randint(0, 2, (self.block,), generator=g) * 2 - 1).float().to(device)
+
+    def init(self, x):
+        return self.inner.init(torch.zeros(blocks(x, self.block)[0].shape, device=x.device))
+
+    def encode(self, x, state, gen=None):
+        b, n = blocks(x, self.block)
+        y = hadamard(b * self._signs(b.device))
+        payload, state = self.inner.encode(y, state, gen)
+        return Payload(payload.tensors, {**payload.meta, "rot_shape": tuple(x.shape), "rot_n": n}), state
+
+    def decode(self, payload):
+        y = self.inner.decode(payload)
+        x = hadamard(y) * self._signs(y.device)
+        return x.reshape(-1)[: payload.meta["rot_n"]].reshape(payload.meta["rot_shape"])

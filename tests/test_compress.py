@@ -1,0 +1,195 @@
+"""Compressors: packed sizes, error bounds, unbiasedness, contractiveness, error feedback, and
+their use inside algorithms (bytes, identity path, checkpoint/resume)."""
+
+import math
+
+import pytest
+import torch
+
+import farsync
+from farsync.compress import (
+    COMPRESSORS, ErrorFeedback, Identity, IntQuant, QSGD, RandomK, TernGrad, TopK, all_reduce_mean, build_compressor,
+)
+from farsync.compress.transforms import hadamard
+from farsync.comm import SimCluster
+
+SPECS = [{"name": n} for n in COMPRESSORS if n != "none"] + [
+    {"name": "int4", "rotate": 64},
+    {"name": "topk", "ratio": 0.05, "error_feedback": "ef"},
+    {"name": "fp8", "format": "e5m2"},
+]
+
+
+def vec(n=1000, seed=0):
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_packed_size_equals_payload_bytes_and_roundtrips(spec):
+    comp = build_compressor(spec)
+    x = vec(1003)  # not a multiple of any block
+    payload, _ = comp.encode(x, comp.init(x), torch.Generator().manual_seed(1))
+    buf = payload.pack()
+    assert buf.dtype == torch.uint8 and buf.numel() == payload.nbytes
+    assert payload.nbytes == sum(t.numel() * t.element_size() for t in payload.tensors.values())
+    y = comp.decode(payload)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert torch.equal(comp.decode(payload.unpack(buf)), y)
+
+
+def test_payload_sizes_of_the_formats():
+    x = vec(4096)
+    size = lambda spec: build_compressor(spec).encode(x, {}, torch.Generator())[0].nbytes
+    assert size({"name": "bf16"}) == 2 * 4096
+    assert size({"name": "int8", "block": 64}) == 4096 + 4 * 64  # codes + one fp32 scale per block
+    assert size({"name": "int4", "block": 64}) == 2048 + 4 * 64  # two codes per byte
+    assert size({"name": "fp8", "block": 128}) == 4096 + 4 * 32
+    assert size({"name": "sign"}) == 512 + 4
+    assert size({"name": "terngrad"}) == 1024 + 4
+    assert size({"name": "topk", "ratio": 0.01}) == 41 * 8  # fp32 value + int32 index
+    assert size({"name": "randomk", "ratio": 0.01}) == 41 * 4  # indices come from the shared seed
+    assert size({"name": "int4", "block": 64}) * 8 < 4 * 4096 * 1.13  # 4-bit: 1/8 of fp32 plus scales
+
+
+@pytest.mark.parametrize("bits,block", [(8, 64), (4, 64), (8, 128)])
+def test_integer_quantizer_error_bound(bits, block):
+    x = vec(10_240) * torch.linspace(0.01, 10, 10_240)
+    comp = IntQuant(bits=bits, block=block)
+    y = comp.decode(comp.encode(x, {})[0])
+    scale = x.view(-1, block).abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+    assert ((y - x).view(-1, block).abs() <= scale / 2 * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("spec,rel", [({"name": "fp8", "format": "e4m3"}, 2**-4), ({"name": "fp8", "format": "e5m2"}, 2**-3), ({"name": "bf16"}, 2**-8), ({"name": "fp16"}, 2**-11)])
+def test_float_format_relative_error_bound(spec, rel):
+    x = vec(8192).sign() * torch.logspace(-1, 0, 8192)  # within one block's normal range
+    comp = build_compressor(dict(spec, block=8192) if spec["name"] == "fp8" else spec)
+    y = comp.decode(comp.encode(x, {})[0])
+    assert ((y - x).abs() <= rel * x.abs() * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize(
+    "comp", [QSGD(levels=4, bucket=128), RandomK(ratio=0.1), TernGrad(), IntQuant(bits=4, rounding="stochastic")],
+    ids=["qsgd", "randomk", "terngrad", "int4-stochastic"],
+)
+def test_unbiased_compressors(comp):
+    x = torch.rand(256, generator=torch.Generator().manual_seed(3)) * 2 - 1  # no value beyond 2.5 std
+    gen = torch.Generator().manual_seed(4)
+    state = comp.init(x)
+    draws = 4000
+    total = torch.zeros_like(x)
+    for _ in range(draws):
+        payload, state = comp.encode(x, state, gen)
+        total += comp.decode(payload)
+    mean = total / draws
+    # per-coordinate std of one draw is at most ~ max|x| * sqrt(d/k) (random-k, the widest here)
+    assert (mean - x).abs().max() < 6 * math.sqrt(10) / math.sqrt(draws)
+    assert (mean - x).norm() / x.norm() < 0.05
+
+
+def test_topk_is_contractive():
+    for seed in range(20):
+        x = vec(500, seed) ** 3
+        for ratio in (0.01, 0.1, 0.5):
+            comp = TopK(ratio)
+            y = comp.decode(comp.encode(x, {})[0])
+            k = max(1, round(ratio * 500))
+            assert (y - x).pow(2).sum() <= (1 - k / 500) * x.pow(2).sum()
+            assert (y != 0).sum() == k
+
+
+@pytest.mark.parametrize(
+    "inner,exact",
+    [(TopK(0.05), True), (IntQuant(bits=4), True), (IntQuant(bits=8), True), (build_compressor({"name": "sign"}), False)],
+    ids=["topk", "int4", "int8", "sign"],
+)
+def test_error_feedback_residual_identity(inner, exact):
+    """sent + new residual == input + old residual. Exact when `acc - sent` is exact in float32
+    (sparsifiers: sent is acc or 0; integer codes: sent is within a factor 2 of acc or 0); for
+    scaled sign the subtraction rounds, so the identity holds to one float32 ulp."""
+    ef = ErrorFeedback(inner)
+    state = ef.init(vec(300))
+    for step in range(10):
+        x = vec(300, step)
+        old = state["residual"].clone()
+        payload, state = ef.encode(x, state)
+        lhs, rhs = ef.decode(payload) + state["residual"], old + x
+        if exact:
+            assert torch.equal(lhs, rhs)  # nothing is lost, exactly
+        else:
+            assert ((lhs - rhs).abs() <= 2**-23 * (rhs.abs() + ef.decode(payload).abs())).all()
+
+
+def test_hadamard_is_orthonormal_and_involutive():
+    y = vec(4 * 64).view(4, 64)
+    h = hadamard(y)
+    torch.testing.assert_close(h.norm(dim=1), y.norm(dim=1))
+    torch.testing.assert_close(hadamard(h), y, atol=1e-5, rtol=1e-5)
+
+
+class PassThrough(Identity):
+    """The identity, but forced through the compressed (all-gather) path."""
+
+
+def test_identity_through_the_compressed_path_equals_plain_all_reduce_bitwise():
+    def fn(comm, comp):
+        x = vec(257, comm.rank)
+        out, _ = all_reduce_mean(comm, x, comp, {}, None)
+        return out
+
+    plain = SimCluster(4).run(lambda c: fn(c, None))
+    forced = SimCluster(4).run(lambda c: fn(c, PassThrough()))
+    assert all(torch.equal(a, b) for a, b in zip(plain, forced))
+
+
+QUAD = {
+    "name": "q",
+    "task": {"name": "quadratic", "dim": 64, "dtype": "float32"},
+    "cluster": {"workers": 4},
+    "algorithm": {"name": "ddp", "inner": {"name": "sgd", "lr": 0.1}},
+    "train": {"steps": 40, "batch_size": 4, "eval_every": 20, "log_every": 10},
+}
+
+
+def test_compressed_ddp_counts_the_real_payload_bytes(tmp_path):
+    cfg = dict(QUAD, algorithm=dict(QUAD["algorithm"], compress={"name": "int8", "block": 64}))
+    res = farsync.run(cfg, out=tmp_path / "r", progress=False)
+    payload = 64 + 4  # 64 int8 codes + one fp32 scale
+    assert res.summary["bytes_sent_per_worker"] == [40 * 3 * payload] * 4  # all-gather: (n-1) x payload
+    assert res.summary["peak_bytes_per_sync"] == 3 * payload
+
+
+def test_error_feedback_makes_sign_compression_converge(tmp_path):
+    sign = farsync.run(dict(QUAD, train=dict(QUAD["train"], steps=200), algorithm=dict(QUAD["algorithm"], compress={"name": "sign"})), out=tmp_path / "a", progress=False)
+    ef = farsync.run(dict(QUAD, train=dict(QUAD["train"], steps=200), algorithm=dict(QUAD["algorithm"], compress={"name": "sign", "error_feedback": "ef"})), out=tmp_path / "b", progress=False)
+    assert ef.summary["final_eval_loss"] < 0.1 * sign.summary["final_eval_loss"]
+
+
+def test_compressor_state_survives_checkpoint_and_resume(tmp_path, monkeypatch):
+    cfg = dict(
+        QUAD,
+        algorithm={"name": "diloco", "sync_every": 5, "inner": {"name": "sgd", "lr": 0.1},
+                   "compress": {"name": "int4", "rounding": "stochastic", "error_feedback": "ef"}},
+        train=dict(QUAD["train"], checkpoint_every=20),
+    )
+    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    monkeypatch.setenv("FARSYNC_FAULT", "2:27")
+    assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
+    monkeypatch.delenv("FARSYNC_FAULT")
+    resumed = farsync.run(resume=tmp_path / "r", progress=False)
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "wall_time_s"} for m in ms]
+    assert strip(resumed.metrics) == strip(full.metrics)
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"name": "int7"}, "unknown compressor 'int7'"),
+    ({"name": "int8", "ratio": 0.1}, "unknown option(s) ['ratio'] for compressor 'int8'"),
+    ({"name": "topk", "ratio": 2.0}, "topk ratio must be in (0, 1]"),
+    ({"name": "int4", "rotate": 48}, "power of two"),
+    ({"name": "topk", "error_feedback": "ef22"}, "unknown error_feedback 'ef22'"),
+])
+def test_bad_compressor_configs(spec, msg):
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        build_compressor(spec)
+    with pytest.raises(farsync.ConfigError):
+        farsync.load_config(dict(QUAD, algorithm=dict(QUAD["algorithm"], compress=spec)))
