@@ -193,3 +193,28 @@ def test_bad_compressor_configs(spec, msg):
         build_compressor(spec)
     with pytest.raises(farsync.ConfigError):
         farsync.load_config(dict(QUAD, algorithm=dict(QUAD["algorithm"], compress=spec)))
+
+
+def test_ef21_global_state_is_the_mean_of_the_local_states_and_converges(tmp_path):
+    comp = build_compressor({"name": "topk", "ratio": 0.1, "error_feedback": "ef21"})
+
+    def fn(comm):
+        state = comp.init(vec(200))
+        outs = []
+        for step in range(15):
+            out, state = all_reduce_mean(comm, vec(200, 100 * step + comm.rank), comp, state, None)
+            outs.append(out)
+        return state, outs
+
+    results = SimCluster(3).run(fn)
+    g_locals = torch.stack([st["g_local"] for st, _ in results])
+    for st, outs in results:
+        torch.testing.assert_close(st["g_global"], g_locals.mean(0), rtol=1e-5, atol=1e-6)
+        assert torch.equal(outs[-1], results[0][1][-1])  # every worker gets the same result
+    cfg = dict(QUAD, train=dict(QUAD["train"], steps=300),
+               algorithm=dict(QUAD["algorithm"], compress={"name": "topk", "ratio": 0.1, "error_feedback": "ef21"}))
+    res = farsync.run(cfg, out=tmp_path / "r", progress=False)
+    no_ef = dict(cfg, algorithm=dict(cfg["algorithm"], compress={"name": "topk", "ratio": 0.1}))
+    biased = farsync.run(no_ef, out=tmp_path / "p", progress=False)
+    # measured: top-10% alone stalls at 3.48, with EF21 it reaches 0.0092 (uncompressed: 0.0023)
+    assert res.summary["final_eval_loss"] < 0.01 * biased.summary["final_eval_loss"]

@@ -16,7 +16,7 @@ from .base import Compressor, Identity, Payload
 from .collective import all_reduce_mean
 from .quantize import FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
 from .sparsify import RandomK, TopK
-from .transforms import ErrorFeedback, Rotate
+from .transforms import EF21, ErrorFeedback, Rotate
 
 COMPRESSORS: dict[str, tuple[type[Compressor], dict[str, Any]]] = {
     "none": (Identity, {}),
@@ -31,11 +31,11 @@ COMPRESSORS: dict[str, tuple[type[Compressor], dict[str, Any]]] = {
     "randomk": (RandomK, {}),
     "sign": (ScaledSign, {}),
 }
-ERROR_FEEDBACK = ("none", "ef")
+ERROR_FEEDBACK = ("none", "ef", "ef21")
 
 
 def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
-    """A compressor from ``{name, **options, error_feedback: none|ef, rotate: block|null}``."""
+    """A compressor from ``{name, **options, error_feedback: none|ef|ef21, rotate: block|null}``."""
     if spec is None:
         return None
     spec = dict(spec)
@@ -56,10 +56,12 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
         comp = Rotate(comp, block=int(rotate))
     if ef == "ef":
         comp = ErrorFeedback(comp)
+    elif ef == "ef21":
+        comp = EF21(comp)
     return None if type(comp) is Identity else comp
 
 
 __all__ = [
-    "COMPRESSORS", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
+    "COMPRESSORS", "EF21", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
     "RandomK", "Rotate", "ScaledSign", "TernGrad", "TopK", "all_reduce_mean", "build_compressor",
 ]

@@ -58,6 +58,10 @@ class Compressor:
     def decode(self, payload: Payload) -> torch.Tensor:
         raise NotImplementedError
 
+    def finalize(self, mean: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Turn the workers' mean of decoded payloads into the result (EF21 keeps a running sum)."""
+        return mean, state
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"

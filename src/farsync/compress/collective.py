@@ -29,4 +29,5 @@ def all_reduce_mean(
     acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for b in bufs:
         acc += comp.decode(payload.unpack(b))
-    return (acc / comm.world_size).to(x.dtype), state
+    mean, state = comp.finalize(acc / comm.world_size, state)
+    return mean.to(x.dtype), state

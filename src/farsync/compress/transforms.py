@@ -1,4 +1,4 @@
-"""Compressor transformations: error feedback and a Hadamard rotation.
+"""Compressor transformations: error feedback (EF, EF21) and a Hadamard rotation.
 
 `ErrorFeedback(c)` (EF; Seide et al. 2014, Karimireddy et al. 2019)::
 
@@ -41,6 +41,37 @@ class ErrorFeedback(Compressor):
 
     def decode(self, payload):
         return self.inner.decode(payload)
+
+
+class EF21(Compressor):
+    """EF21 (Richtarik, Sokolov, Fatkhullin 2021). Worker i keeps g_i, every worker keeps g::
+
+        c_i = C(x_i - g_i);   g_i += decode(c_i);   send c_i
+        g  += mean_j decode(c_j)          # g == mean_j g_j: the result of the average
+
+    Must be the outermost transformation (it owns the result of the average).
+    """
+
+    name = "ef21"
+
+    def __init__(self, inner: Compressor):
+        self.inner = inner
+
+    def init(self, x):
+        z = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        return {"g_local": z, "g_global": z.clone(), "inner": self.inner.init(x)}
+
+    def encode(self, x, state, gen=None):
+        payload, inner_state = self.inner.encode(x.float() - state["g_local"], state["inner"], gen)
+        g_local = state["g_local"] + self.inner.decode(payload)
+        return payload, {**state, "g_local": g_local, "inner": inner_state}
+
+    def decode(self, payload):
+        return self.inner.decode(payload)
+
+    def finalize(self, mean, state):
+        g_global = state["g_global"] + mean
+        return g_global.clone(), {**state, "g_global": g_global}
 
 
 def hadamard(y: torch.Tensor) -> torch.Tensor:
