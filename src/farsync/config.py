@@ -141,6 +141,7 @@ class AlgorithmConfig(BaseModel):
 
         cls = get_algorithm(self.name)
         check_optimizer_config(self.inner, "algorithm.inner")
+        cls.check_config(self.inner, self.compress)
         if cls.uses_outer:
             check_optimizer_config(self.outer, "algorithm.outer")
         elif "outer" in self.model_fields_set:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .base import Algorithm
 from .ddp import DDP
+from .demo import DecoupledMomentum
 from .diloco import DiLoCo
 from .local_sgd import LocalSGD
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, DecoupledMomentum)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -17,4 +18,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DiLoCo", "LocalSGD", "get_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DecoupledMomentum", "DiLoCo", "LocalSGD", "get_algorithm"]

@@ -67,6 +67,10 @@ class Algorithm:
         self.compress_state: dict | None = None  # created on first use (needs the tensor's shape)
         self.compress_gen = torch.Generator().manual_seed(1_000_003 + comm.rank)  # stochastic rounding
 
+    @classmethod
+    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
+        """Raise ValueError if the inner optimizer / compressor config cannot work with this algorithm."""
+
     # ------------------------------------------------------------------ loop API
     def step(self) -> None:
         """One inner step (call after ``loss.backward()``)."""
