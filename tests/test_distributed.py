@@ -179,3 +179,12 @@ def test_bad_launch_and_checkpoint_settings(tmp_path, capsys):
     torch_cfg = cfg_file(tmp_path, cluster={"workers": 2, "backend": "torch"})
     assert main(["run", str(torch_cfg), "--quiet"]) == 2
     assert "farsync launch" in capsys.readouterr().err
+
+
+def test_ddp_run_resumes_from_its_own_resolved_config(tmp_path, monkeypatch):
+    """config.yaml carries every default (also `outer` for ddp); resuming must accept it."""
+    cfg = cfg_file(tmp_path, algorithm=ALGOS["ddp"])
+    monkeypatch.setenv(FAULT_ENV, "0:8")
+    farsync.run(cfg, out=tmp_path / "r", progress=False)
+    monkeypatch.delenv(FAULT_ENV)
+    assert main(["run", "--resume", str(tmp_path / "r"), "--quiet"]) == 0

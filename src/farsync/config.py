@@ -123,9 +123,9 @@ class AlgorithmConfig(BaseModel):
     @field_validator("compress")
     @classmethod
     def _compress(cls, v):
-        from .compress import build_compressor
+        from .compress import build_reducer
 
-        build_compressor(v)  # raises ValueError naming the bad name or option
+        build_reducer(v, [])  # raises ValueError naming the bad name or option
         return v
 
     @field_validator("inner", "outer", mode="before")
@@ -144,7 +144,7 @@ class AlgorithmConfig(BaseModel):
         cls.check_config(self.inner, self.compress)
         if cls.uses_outer:
             check_optimizer_config(self.outer, "algorithm.outer")
-        elif "outer" in self.model_fields_set:
+        elif "outer" in self.model_fields_set and self.outer != DEFAULT_OUTER:  # resolved configs carry the default
             raise ValueError(f"algorithm {self.name!r} has no outer optimizer; remove algorithm.outer")
         if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
             raise ValueError(f"algorithm {self.name!r} synchronizes every step; remove algorithm.sync_every")

@@ -14,6 +14,7 @@ from typing import Any
 
 from .base import Compressor, Identity, Payload
 from .collective import all_reduce_mean
+from .powersgd import PowerSGD
 from .quantize import FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
 from .sparsify import RandomK, TopK
 from .transforms import EF21, ErrorFeedback, Rotate
@@ -34,6 +35,24 @@ COMPRESSORS: dict[str, tuple[type[Compressor], dict[str, Any]]] = {
 ERROR_FEEDBACK = ("none", "ef", "ef21")
 
 
+POWERSGD_OPTIONS = ("rank", "warm_start", "min_compression_rate", "seed", "error_feedback")
+
+
+def build_reducer(spec: dict[str, Any] | None, shapes: list[tuple[int, ...]]) -> Compressor | PowerSGD | None:
+    """`build_compressor`, plus ``{name: powersgd, rank, warm_start, min_compression_rate, seed,
+    error_feedback: ef|none}``, which needs the parameters' shapes."""
+    if spec is None or spec.get("name") != "powersgd":
+        return build_compressor(spec)
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    bad = sorted(set(opts) - set(POWERSGD_OPTIONS))
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for compressor 'powersgd'; valid: {', '.join(POWERSGD_OPTIONS)}")
+    ef = opts.pop("error_feedback", "ef")
+    if ef not in ("ef", "none"):
+        raise ValueError(f"powersgd error_feedback must be 'ef' or 'none', got {ef!r}")
+    return PowerSGD(shapes, error_feedback=ef == "ef", **opts)
+
+
 def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
     """A compressor from ``{name, **options, error_feedback: none|ef|ef21, rotate: block|null}``."""
     if spec is None:
@@ -41,7 +60,7 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in COMPRESSORS:
-        raise ValueError(f"unknown compressor {name!r}; valid choices: {', '.join(COMPRESSORS)}")
+        raise ValueError(f"unknown compressor {name!r}; valid choices: {', '.join([*COMPRESSORS, 'powersgd'])}")
     ef = spec.pop("error_feedback", "none")
     if ef not in ERROR_FEEDBACK:
         raise ValueError(f"unknown error_feedback {ef!r}; valid choices: {', '.join(ERROR_FEEDBACK)}")
@@ -63,5 +82,5 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
 
 __all__ = [
     "COMPRESSORS", "EF21", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
-    "RandomK", "Rotate", "ScaledSign", "TernGrad", "TopK", "all_reduce_mean", "build_compressor",
+    "PowerSGD", "RandomK", "Rotate", "ScaledSign", "TernGrad", "TopK", "all_reduce_mean", "build_compressor", "build_reducer",
 ]

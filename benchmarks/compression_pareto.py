@@ -1,0 +1,71 @@
+"""Compression on the demo setting: final eval loss vs total bytes (a Pareto plot).
+
+    python benchmarks/compression_pareto.py [--out runs/pareto] [--only NAME ...]
+
+Shakespeare GPT (the demo configs), 4 simulated workers, 600 steps, equal tokens. Writes
+`results.jsonl` and `pareto.png` into --out; the table and plot are copied into docs/benchmarks.md.
+"""
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import farsync  # noqa: E402
+
+RUNS = [
+    ("ddp", "ddp", []),
+    ("ddp-bf16", "ddp", ["algorithm.compress={name: bf16}"]),
+    ("ddp-int8", "ddp", ["algorithm.compress={name: int8, block: 64}"]),
+    ("ddp-int4", "ddp", ["algorithm.compress={name: int4, block: 64}"]),
+    ("ddp-top1%-ef", "ddp", ["algorithm.compress={name: topk, ratio: 0.01, error_feedback: ef}"]),
+    ("ddp-sign-ef", "ddp", ["algorithm.compress={name: sign, error_feedback: ef}"]),
+    ("demo", "ddp", ["algorithm.name=decoupled-momentum", "algorithm.inner={name: sgd, lr: 0.001}"]),
+    ("diloco", "diloco", []),
+    ("diloco-int8", "diloco", ["algorithm.compress={name: int8, block: 64}"]),
+    ("diloco-int4", "diloco", ["algorithm.compress={name: int4, block: 64}"]),
+    ("diloco-top10%-ef", "diloco", ["algorithm.compress={name: topk, ratio: 0.1, error_feedback: ef}"]),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/pareto")
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, base, sets in RUNS:
+        if args.only and label not in args.only:
+            continue
+        cfg = str(resources.files("farsync") / "configs" / f"demo_{base}.yaml")
+        res = farsync.run(cfg, overrides=sets + [f"name={label}"], out=out / label, progress=False)
+        s = res.summary
+        row = {"run": label, "overrides": sets, "final_eval_loss": s["final_eval_loss"], "bytes_sent_total": s["bytes_sent_total"],
+               "peak_bytes_per_sync": s["peak_bytes_per_sync"], "status": s["status"]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(out / "results.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r["final_eval_loss"] is None:
+            continue
+        ax.scatter(r["bytes_sent_total"], r["final_eval_loss"], color="C1" if r["run"].startswith("diloco") else "C0")
+        ax.annotate(r["run"], (r["bytes_sent_total"], r["final_eval_loss"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes sent, all workers (log)")
+    ax.set_ylabel("final eval loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
