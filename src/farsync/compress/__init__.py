@@ -15,9 +15,9 @@ from typing import Any
 from .base import Compressor, Identity, Payload
 from .collective import all_reduce_mean
 from .powersgd import PowerSGD
-from .quantize import FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
+from .quantize import FP4, FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
 from .sparsify import RandomK, TopK
-from .transforms import EF21, ErrorFeedback, Rotate
+from .transforms import EF21, EControl, ErrorFeedback, Rotate
 
 COMPRESSORS: dict[str, tuple[type[Compressor], dict[str, Any]]] = {
     "none": (Identity, {}),
@@ -26,13 +26,14 @@ COMPRESSORS: dict[str, tuple[type[Compressor], dict[str, Any]]] = {
     "int8": (IntQuant, {"bits": 8}),
     "int4": (IntQuant, {"bits": 4}),
     "fp8": (FP8, {}),
+    "fp4": (FP4, {}),
     "qsgd": (QSGD, {}),
     "terngrad": (TernGrad, {}),
     "topk": (TopK, {}),
     "randomk": (RandomK, {}),
     "sign": (ScaledSign, {}),
 }
-ERROR_FEEDBACK = ("none", "ef", "ef21")
+ERROR_FEEDBACK = ("none", "ef", "ef21", "econtrol")
 
 
 POWERSGD_OPTIONS = ("rank", "warm_start", "min_compression_rate", "seed", "error_feedback")
@@ -54,7 +55,7 @@ def build_reducer(spec: dict[str, Any] | None, shapes: list[tuple[int, ...]]) ->
 
 
 def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
-    """A compressor from ``{name, **options, error_feedback: none|ef|ef21, rotate: block|null}``."""
+    """A compressor from ``{name, **options, error_feedback: none|ef|ef21|econtrol (eta), rotate: block|null}``."""
     if spec is None:
         return None
     spec = dict(spec)
@@ -62,6 +63,9 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
     if name not in COMPRESSORS:
         raise ValueError(f"unknown compressor {name!r}; valid choices: {', '.join([*COMPRESSORS, 'powersgd'])}")
     ef = spec.pop("error_feedback", "none")
+    eta = spec.pop("eta", None)
+    if eta is not None and ef != "econtrol":
+        raise ValueError("'eta' is an option of error_feedback: econtrol")
     if ef not in ERROR_FEEDBACK:
         raise ValueError(f"unknown error_feedback {ef!r}; valid choices: {', '.join(ERROR_FEEDBACK)}")
     rotate = spec.pop("rotate", None)
@@ -77,10 +81,12 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
         comp = ErrorFeedback(comp)
     elif ef == "ef21":
         comp = EF21(comp)
+    elif ef == "econtrol":
+        comp = EControl(comp, eta=0.01 if eta is None else eta)
     return None if type(comp) is Identity else comp
 
 
 __all__ = [
-    "COMPRESSORS", "EF21", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
+    "COMPRESSORS", "EF21", "EControl", "FP4", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
     "PowerSGD", "RandomK", "Rotate", "ScaledSign", "TernGrad", "TopK", "all_reduce_mean", "build_compressor", "build_reducer",
 ]

@@ -6,6 +6,7 @@
   Nearest rounding: |x - x_hat| <= scale/2 per value; stochastic rounding is unbiased.
 - `FP8(format, block)`: per-block scale mapping the block's absmax to the format's max
   (e4m3: 448, e5m2: 57344), values cast to torch's float8 dtype (1 byte each).
+- `FP4(block)`: e2m1 values {0, 0.5, 1, 1.5, 2, 3, 4, 6} x sign, per-block scale, 2 codes per byte.
 - `QSGD(levels, bucket)` (Alistarh et al. 2017): per bucket of `bucket` values, its norm (fp32) and
   sign(v) * xi with xi the stochastic rounding of s|v|/||v|| in {0..s} (int8 codes); unbiased.
 - `TernGrad()` (Wen et al. 2017): clip at 2.5 std, s = max|v|, codes sign(v) * Bernoulli(|v|/s) in
@@ -97,6 +98,38 @@ class FP8(Compressor):
         dtype, _ = self.FORMATS[self.format]
         t, m = payload.tensors, payload.meta
         x = t["codes"].view(dtype).float() * t["scale"][:, None]
+        return x.reshape(-1)[: m["n"]].reshape(m["shape"])
+
+
+class FP4(Compressor):
+    """fp4 e2m1 with a float32 scale per block: values {0, 0.5, 1, 1.5, 2, 3, 4, 6} x sign, the
+    block's absmax mapped to 6; nearest rounding on the grid; 4-bit codes (sign, 3-bit index),
+    two per byte."""
+
+    name = "fp4"
+    GRID = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+    def __init__(self, block: int = 64):
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.block = block
+
+    def encode(self, x, state, gen=None):
+        b, n = blocks(x, self.block)
+        scale = b.abs().amax(1, keepdim=True) / 6.0
+        y = b / torch.where(scale > 0, scale, torch.ones_like(scale))
+        grid = self.GRID.to(y.device)
+        mag = (y.abs()[..., None] - grid).abs().argmin(-1)  # nearest grid point, 0..7
+        codes = mag + 8 * (y < 0)
+        meta = {"shape": tuple(x.shape), "n": n, "n_blocks": b.shape[0]}
+        return Payload({"codes": pack_bits(codes, 4), "scale": scale.reshape(-1)}, meta), state
+
+    def decode(self, payload):
+        t, m = payload.tensors, payload.meta
+        codes = unpack_bits(t["codes"], 4, m["n_blocks"] * self.block)
+        grid = self.GRID.to(codes.device)
+        v = grid[codes % 8] * (1 - 2 * (codes >= 8).float())
+        x = v.view(m["n_blocks"], self.block) * t["scale"][:, None]
         return x.reshape(-1)[: m["n"]].reshape(m["shape"])
 
 

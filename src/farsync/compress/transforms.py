@@ -74,6 +74,44 @@ class EF21(Compressor):
         return g_global.clone(), {**state, "g_global": g_global}
 
 
+class EControl(Compressor):
+    """EControl (Gao, Islamov, Stich; arXiv 2311.05645). Worker i keeps e_i and h_i; all keep h::
+
+        Delta_i = C(eta * e_i + x_i - h_i)
+        e_i    += x_i - h_i - Delta_i
+        h_i    += Delta_i;     h += mean_j Delta_j     # result: h == mean_j h_j (= mean of h_j + Delta_j)
+
+    eta must be small (the paper's theory: ~delta/400; a toy check diverged at eta >= 0.1 with
+    delta = 0.05). Must be the outermost transformation.
+    """
+
+    name = "econtrol"
+
+    def __init__(self, inner: Compressor, eta: float = 0.01):
+        if not 0 <= eta <= 1:
+            raise ValueError(f"econtrol eta must be in [0, 1], got {eta}")
+        self.inner, self.eta = inner, eta
+
+    def init(self, x):
+        z = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        return {"e": z, "h_local": z.clone(), "h_global": z.clone(), "inner": self.inner.init(x)}
+
+    def encode(self, x, state, gen=None):
+        x = x.float()
+        v = self.eta * state["e"] + x - state["h_local"]
+        payload, inner_state = self.inner.encode(v, state["inner"], gen)
+        delta = self.inner.decode(payload)
+        e = state["e"] + x - state["h_local"] - delta
+        return payload, {**state, "e": e, "h_local": state["h_local"] + delta, "inner": inner_state}
+
+    def decode(self, payload):
+        return self.inner.decode(payload)
+
+    def finalize(self, mean, state):
+        h_global = state["h_global"] + mean
+        return h_global.clone(), {**state, "h_global": h_global}
+
+
 def hadamard(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal fast Walsh-Hadamard transform along the last dim (a power of two)."""
     n = y.shape[-1]
