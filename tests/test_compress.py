@@ -248,3 +248,15 @@ def test_econtrol_keeps_the_mean_of_h_and_converges(tmp_path):
                algorithm=dict(QUAD["algorithm"], compress={"name": "topk", "ratio": 0.1, "error_feedback": "econtrol", "eta": 0.05}))
     res = farsync.run(cfg, out=tmp_path / "r", progress=False)
     assert res.summary["final_eval_loss"] < 0.05  # top-10% without error feedback stalls at 3.48
+
+
+def test_bf16_cast_all_reduces_in_bf16_with_half_the_bytes():
+    def fn(comm, comp):
+        out, _ = all_reduce_mean(comm, vec(1000, comm.rank), comp, {}, None)
+        return out
+
+    plain, c1 = SimCluster(4), SimCluster(4)
+    exact = plain.run(lambda c: fn(c, None))[0]
+    got = c1.run(lambda c: fn(c, build_compressor({"name": "bf16"})))[0]
+    assert c1.stats[0].bytes_sent * 2 == plain.stats[0].bytes_sent
+    assert ((got - exact).abs() <= 2**-7 * exact.abs() + 1e-3).all()
