@@ -259,4 +259,5 @@ def test_bf16_cast_all_reduces_in_bf16_with_half_the_bytes():
     exact = plain.run(lambda c: fn(c, None))[0]
     got = c1.run(lambda c: fn(c, build_compressor({"name": "bf16"})))[0]
     assert c1.stats[0].bytes_sent * 2 == plain.stats[0].bytes_sent
-    assert ((got - exact).abs() <= 2**-7 * exact.abs() + 1e-3).all()
+    scale = torch.stack([vec(1000, r).abs() for r in range(4)]).mean(0)  # bf16 rounding is relative to the summands
+    assert ((got - exact).abs() <= 4 * 2**-8 * scale).all()
