@@ -25,6 +25,7 @@ RUNS = [
     ("ddp-int4", "ddp", ["algorithm.compress={name: int4, block: 64}"]),
     ("ddp-top1%-ef", "ddp", ["algorithm.compress={name: topk, ratio: 0.01, error_feedback: ef}"]),
     ("ddp-sign-ef", "ddp", ["algorithm.compress={name: sign, error_feedback: ef}"]),
+    ("ddp-powersgd-r4", "ddp", ["algorithm.compress={name: powersgd, rank: 4}"]),
     ("demo", "ddp", ["algorithm.name=decoupled-momentum", "algorithm.inner={name: sgd, lr: 0.001}"]),
     ("diloco", "diloco", []),
     ("diloco-int8", "diloco", ["algorithm.compress={name: int8, block: 64}"]),
@@ -40,19 +41,22 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] if (out / "results.jsonl").exists() else []
     for label, base, sets in RUNS:
         if args.only and label not in args.only:
             continue
         cfg = str(resources.files("farsync") / "configs" / f"demo_{base}.yaml")
+        if (out / label).exists():
+            import shutil
+
+            shutil.rmtree(out / label)
         res = farsync.run(cfg, overrides=sets + [f"name={label}"], out=out / label, progress=False)
         s = res.summary
         row = {"run": label, "overrides": sets, "final_eval_loss": s["final_eval_loss"], "bytes_sent_total": s["bytes_sent_total"],
                "peak_bytes_per_sync": s["peak_bytes_per_sync"], "status": s["status"]}
-        rows.append(row)
+        rows = [r for r in rows if r["run"] != label] + [row]
         print(json.dumps(row), flush=True)
-        with open(out / "results.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         if r["final_eval_loss"] is None:
