@@ -70,6 +70,10 @@ def _cmd_list(args) -> int:
     for name, cls in sorted(OPTIMIZERS.items()):
         print(f"  {name:18s} torch.optim.{cls.__name__}")
     print("lr schedules (train.lr_schedule.name): " + ", ".join(SCHEDULES))
+    from .compress import COMPRESSORS, ERROR_FEEDBACK
+
+    print("compressors (algorithm.compress.name): " + ", ".join([*COMPRESSORS, "powersgd"]))
+    print("error feedback (algorithm.compress.error_feedback): " + ", ".join(ERROR_FEEDBACK))
     return 0
 
 
