@@ -48,6 +48,7 @@ if __name__ == "__main__":
         comm = farsync.default_communicator()
         acc = train(comm, args.steps)
         print(f"rank {comm.rank}: accuracy {acc:.3f}")
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     else:
         report = farsync.simulate(lambda comm: train(comm, args.steps), workers=4, bandwidth="100Mbps", step_time="50ms")

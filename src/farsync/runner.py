@@ -277,6 +277,7 @@ def run_distributed_worker(
         finally:
             if comm.rank == 0 and ctx.log is not None:
                 result = _finish(cfg, ctx, status, wall0, n_params)
+        dist.barrier()  # leave together: tearing down gloo while a peer still works can abort at exit
         return result if comm.rank == 0 else None
     finally:
         dist.destroy_process_group()
