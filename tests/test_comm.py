@@ -69,8 +69,25 @@ def test_all_gather_broadcast_and_p2p():
         assert s.bytes_received == (N - 1) * gather_b + recv_bcast + p2p_b
 
 
+def test_all_to_all_delivers_chunk_r_of_each_rank_to_rank_r_and_counts_bytes():
+    cluster = SimCluster(N)
+
+    def fn(comm):
+        inputs = [torch.full((3,), 10.0 * comm.rank + j) for j in range(N)]
+        out = [torch.empty(3) for _ in range(N)]
+        comm.all_to_all(out, inputs)
+        return out
+
+    for r, out in enumerate(cluster.run(fn)):
+        assert [o.tolist() for o in out] == [[10.0 * j + r] * 3 for j in range(N)]
+    for s in cluster.stats:
+        assert s.bytes_sent == s.bytes_received == (N - 1) * 12  # own chunk stays local
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        SimCluster(2).run(lambda c: c.all_to_all([torch.empty(2), torch.empty(3)], [torch.empty(2), torch.empty(2)]))
+
+
 def test_wire_bytes_single_worker_is_zero():
-    for kind in ("all_reduce", "all_gather", "broadcast"):
+    for kind in ("all_reduce", "all_gather", "all_to_all", "broadcast"):
         assert wire_bytes(kind, 1000, 1, 0) == (0, 0)
 
 
@@ -79,6 +96,7 @@ def test_cost_model_formulas():
     B, ranks = 1_000_000, list(range(4))
     assert net.time("all_reduce", B, ranks) == pytest.approx(2 * 3 / 4 * 1.0 + 2 * 3 * 0.01)
     assert net.time("all_gather", B, ranks) == pytest.approx(3 * 1.0 + 3 * 0.01)
+    assert net.time("all_to_all", B, ranks) == pytest.approx(3 * 1.0 + 3 * 0.01)  # B = one chunk
     assert net.time("broadcast", B, ranks) == pytest.approx(1.0 + 3 * 0.01)
     assert net.time("send", B, [0, 1]) == pytest.approx(1.0 + 0.01)
     assert net.time("all_reduce", B, [0]) == 0.0

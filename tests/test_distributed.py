@@ -31,6 +31,7 @@ ALGOS = {
     "ddp": {"name": "ddp", "inner": {"name": "adamw", "lr": 0.003}},
     "local-sgd": {"name": "local-sgd", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}},
     "diloco": CFG["algorithm"],
+    "diloco-int4-reduce-scatter": {**CFG["algorithm"], "compress": {"name": "int4", "collective": "reduce_scatter", "error_feedback": "ef"}},
 }
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..comm import Communicator
-from ..compress import Compressor, PowerSGD, all_reduce_mean, build_reducer
+from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import build_optimizer
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -51,7 +51,7 @@ class Algorithm:
         outer: OuterSpec | None = None,
         grad_clip: float | None = None,
         options: BaseModel | dict | None = None,
-        compress: dict[str, Any] | Compressor | PowerSGD | None = None,
+        compress: dict[str, Any] | Compressor | Reducer | None = None,
     ):
         if sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
@@ -63,9 +63,16 @@ class Algorithm:
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.local_step = 0  # inner steps taken by this worker
-        self.compressor = compress if not isinstance(compress, dict) else build_reducer(compress, [tuple(p.shape) for p in self.params])
-        self.compress_state: dict | None = None  # created on first use (needs the tensor's shape)
-        self.compress_gen = torch.Generator().manual_seed(1_000_003 + comm.rank)  # stochastic rounding
+        self.reducer = self._build_reducer(compress)
+
+    def _build_reducer(self, compress: dict[str, Any] | Compressor | Reducer | None) -> Reducer:
+        if isinstance(compress, Reducer):
+            return compress
+        if isinstance(compress, Compressor):
+            return GatherReducer(compress, self.comm.rank)
+        if compress is None:
+            return MeanReducer()
+        return build_reducer(compress, [tuple(p.shape) for p in self.params], self.comm.rank)
 
     @classmethod
     def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
@@ -90,13 +97,8 @@ class Algorithm:
         self.optimizer.step()
 
     def _mean(self, flat: torch.Tensor) -> torch.Tensor:
-        """Average `flat` over workers, through the compressor if one is configured."""
-        if isinstance(self.compressor, PowerSGD):  # low-rank, linear: its own all-reduces
-            return self.compressor.reduce(self.comm, flat)
-        if self.compressor is not None and self.compress_state is None:
-            self.compress_state = self.compressor.init(flat)
-        out, self.compress_state = all_reduce_mean(self.comm, flat, self.compressor, self.compress_state or {}, self.compress_gen)
-        return out
+        """Average `flat` over workers through the reducer (compressed if configured); may overwrite `flat`."""
+        return self.reducer.reduce(self.comm, flat)
 
     def _average_gradients(self) -> None:
         """Average the gradients as one flat buffer; a missing ``.grad`` counts as zeros."""
@@ -120,19 +122,13 @@ class Algorithm:
         return {
             "local_step": self.local_step,
             "optimizer": self.optimizer.state_dict(),
-            "compress_state": self.compressor.state_dict() if isinstance(self.compressor, PowerSGD) else self.compress_state,
-            "compress_gen": self.compress_gen.get_state(),
+            "reducer": self.reducer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.local_step = state["local_step"]
         self.optimizer.load_state_dict(state["optimizer"])
-        if isinstance(self.compressor, PowerSGD):
-            self.compressor.load_state_dict(state["compress_state"])
-        else:
-            self.compress_state = state.get("compress_state")
-        if "compress_gen" in state:
-            self.compress_gen.set_state(state["compress_gen"])
+        self.reducer.load_state_dict(state["reducer"])
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

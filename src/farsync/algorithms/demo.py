@@ -53,7 +53,7 @@ class DecoupledMomentum(Algorithm):
         opt = self.optimizer
         if not isinstance(opt, torch.optim.SGD) or any(g["momentum"] or g["weight_decay"] for g in opt.param_groups):
             raise ValueError(self.NEEDS)
-        if self.compressor is not None:
+        if self.reducer.compressed:
             raise ValueError("decoupled-momentum compresses by itself (DCT top-k); remove algorithm.compress")
         self.momentum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.transforms = [ChunkedDCT(tuple(p.shape), self.options.chunk) for p in self.params]

@@ -48,7 +48,7 @@ class LocalSGD(Algorithm):
             return
         self._optimizer_step()
         if self._sync_due():
-            if self.compressor is None:
+            if not self.reducer.compressed:
                 flat = self._mean(flatten([p.detach() for p in self.params]))
             else:  # compress the update since the last average, not the parameters
                 last = flatten(self.averaged)

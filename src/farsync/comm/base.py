@@ -47,17 +47,19 @@ def wire_bytes(kind: str, nbytes: int, world_size: int, rank: int, src: int = 0)
     - all_reduce, ring (reduce-scatter + all-gather): each worker sends and receives
       2(n-1)/n * B.
     - all_gather, ring, B = one worker's contribution: each sends and receives (n-1) * B.
+    - all_to_all, B = one of a worker's n chunks: each sends and receives (n-1) * B (its own
+      chunk stays local).
     - broadcast, pipelined chain from `src`: every worker but the last in the chain sends B,
       every worker but `src` receives B.
     - send / recv: B on the sending / receiving side.
     """
     n = world_size
-    if n <= 1 and kind in ("all_reduce", "all_gather", "broadcast"):
+    if n <= 1 and kind in ("all_reduce", "all_gather", "all_to_all", "broadcast"):
         return 0, 0
     if kind == "all_reduce":
         b = (2 * (n - 1) * nbytes) // n
         return b, b
-    if kind == "all_gather":
+    if kind in ("all_gather", "all_to_all"):
         b = (n - 1) * nbytes
         return b, b
     if kind == "broadcast":
@@ -104,6 +106,15 @@ class Communicator(abc.ABC):
         self, tensor_list: list[torch.Tensor], tensor: torch.Tensor, async_op: bool = False
     ) -> Work | None:
         """Fill ``tensor_list[r]`` with rank r's `tensor` (all the same shape and dtype)."""
+
+    @abc.abstractmethod
+    def all_to_all(
+        self, output_list: list[torch.Tensor], input_list: list[torch.Tensor], async_op: bool = False
+    ) -> Work | None:
+        """Send ``input_list[j]`` to rank j; ``output_list[r]`` receives rank r's ``input_list[rank]``.
+
+        All chunks have one shape and dtype.
+        """
 
     @abc.abstractmethod
     def broadcast(self, tensor: torch.Tensor, src: int, async_op: bool = False) -> Work | None:

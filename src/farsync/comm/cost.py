@@ -5,6 +5,7 @@ Communication time of one call with payload B bytes (per worker), n workers, lin
 
     all_reduce (ring):  2(n-1)/n * B*8/bw + 2(n-1) * a
     all_gather (ring):  (n-1) * B*8/bw   + (n-1) * a
+    all_to_all (pairwise exchange, B = one chunk):  (n-1) * B*8/bw + (n-1) * a
     broadcast (chain, pipelined):  B*8/bw + (n-1) * a
     send/recv:          B*8/bw + a
     barrier:            (n-1) * a
@@ -45,7 +46,7 @@ class NetworkModel:
             return 0.0
         if kind == "all_reduce":
             return 2 * (n - 1) / n * bits / bw + 2 * (n - 1) * a
-        if kind == "all_gather":
+        if kind in ("all_gather", "all_to_all"):
             return (n - 1) * bits / bw + (n - 1) * a
         if kind == "broadcast":
             return bits / bw + (n - 1) * a

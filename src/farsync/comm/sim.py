@@ -255,6 +255,12 @@ class SimCluster:
                 for j in ranks:
                     out_list[j].copy_(op.entries[j][0][1])
             nbytes = tensor_nbytes(op.entries[ranks[0]][0][1])
+        elif kind == "all_to_all":
+            for r in ranks:
+                out_list = op.entries[r][0][0]
+                for j in ranks:
+                    out_list[j].copy_(op.entries[j][0][1][r])
+            nbytes = tensor_nbytes(op.entries[ranks[0]][0][1][0])
         elif kind == "broadcast":
             src = op.spec[2]  # type: ignore[attr-defined]
             for r in ranks:
@@ -316,6 +322,15 @@ class SimCommunicator(Communicator):
             raise ValueError(f"all_gather needs {self.world_size} output tensors, got {len(tensor_list)}")
         spec = (tuple(tensor.shape), tensor.dtype, None)
         o = self.cluster._issue_collective(self.rank, "all_gather", (tensor_list, tensor), spec)
+        return self._finish(o, async_op)
+
+    def all_to_all(self, output_list, input_list, async_op=False):
+        if len(output_list) != self.world_size or len(input_list) != self.world_size:
+            raise ValueError(f"all_to_all needs {self.world_size} input and output tensors, got {len(input_list)} and {len(output_list)}")
+        if len({(tuple(t.shape), t.dtype) for t in [*input_list, *output_list]}) != 1:
+            raise ValueError("all_to_all chunks must all have one shape and dtype")
+        spec = (tuple(input_list[0].shape), input_list[0].dtype, None)
+        o = self.cluster._issue_collective(self.rank, "all_to_all", (output_list, input_list), spec)
         return self._finish(o, async_op)
 
     def broadcast(self, tensor, src, async_op=False):

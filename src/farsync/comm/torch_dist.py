@@ -83,6 +83,10 @@ class TorchCommunicator(Communicator):
         self._record("all_gather", tensor_nbytes(tensor))
         return self._run(lambda a: dist.all_gather(tensor_list, tensor, group=self.group, async_op=a), async_op)
 
+    def all_to_all(self, output_list, input_list, async_op=False):
+        self._record("all_to_all", tensor_nbytes(input_list[0]))
+        return self._run(lambda a: dist.all_to_all(output_list, input_list, group=self.group, async_op=a), async_op)
+
     def broadcast(self, tensor, src, async_op=False):
         self._record("broadcast", tensor_nbytes(tensor), src)
         return self._run(lambda a: dist.broadcast(tensor, src, group=self.group, async_op=a), async_op)

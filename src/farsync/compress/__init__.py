@@ -5,6 +5,7 @@ Build one from a config dict::
     {name: int8, block: 64, rounding: stochastic}
     {name: topk, ratio: 0.01, error_feedback: ef}
     {name: int4, block: 64, rotate: 64}          # Hadamard rotation on blocks of 64 first
+    {name: int4, block: 64, collective: reduce_scatter}   # ring all-reduce bytes (see collective.py)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 from typing import Any
 
 from .base import Compressor, Identity, Payload
-from .collective import all_reduce_mean
+from .collective import GatherReducer, MeanReducer, Reducer, ScatterReducer, gathered_mean
 from .powersgd import PowerSGD
 from .quantize import FP4, FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
 from .sparsify import RandomK, TopK
@@ -37,13 +38,21 @@ ERROR_FEEDBACK = ("none", "ef", "ef21", "econtrol")
 
 
 POWERSGD_OPTIONS = ("rank", "warm_start", "min_compression_rate", "seed", "error_feedback")
+COLLECTIVES = {"all_gather": GatherReducer, "reduce_scatter": ScatterReducer}
 
 
-def build_reducer(spec: dict[str, Any] | None, shapes: list[tuple[int, ...]]) -> Compressor | PowerSGD | None:
-    """`build_compressor`, plus ``{name: powersgd, rank, warm_start, min_compression_rate, seed,
-    error_feedback: ef|none}``, which needs the parameters' shapes."""
+def build_reducer(spec: dict[str, Any] | None, shapes: list[tuple[int, ...]], rank: int = 0) -> Reducer:
+    """The reducer for ``algorithm.compress``: `build_compressor`'s spec plus ``collective:
+    all_gather (default) | reduce_scatter``; or ``{name: powersgd, rank, warm_start,
+    min_compression_rate, seed, error_feedback: ef|none}``, which needs the parameters' shapes.
+    `rank` seeds the worker's stochastic rounding."""
     if spec is None or spec.get("name") != "powersgd":
-        return build_compressor(spec)
+        spec = dict(spec or {})
+        collective = spec.pop("collective", "all_gather")
+        if collective not in COLLECTIVES:
+            raise ValueError(f"unknown collective {collective!r}; valid choices: {', '.join(COLLECTIVES)}")
+        comp = build_compressor(spec or None)
+        return MeanReducer() if comp is None else COLLECTIVES[collective](comp, rank)
     opts = {k: v for k, v in spec.items() if k != "name"}
     bad = sorted(set(opts) - set(POWERSGD_OPTIONS))
     if bad:
@@ -87,6 +96,7 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
 
 
 __all__ = [
-    "COMPRESSORS", "EF21", "EControl", "FP4", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "Identity", "IntQuant", "Payload",
-    "PowerSGD", "RandomK", "Rotate", "ScaledSign", "TernGrad", "TopK", "all_reduce_mean", "build_compressor", "build_reducer",
+    "COMPRESSORS", "EF21", "EControl", "FP4", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "GatherReducer", "Identity",
+    "IntQuant", "MeanReducer", "Payload", "PowerSGD", "RandomK", "Reducer", "Rotate", "ScaledSign", "ScatterReducer", "TernGrad",
+    "TopK", "build_compressor", "build_reducer", "gathered_mean",
 ]

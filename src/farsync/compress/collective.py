@@ -1,10 +1,32 @@
-"""Averaging a tensor over workers through a compressor.
+"""Reducers: how an algorithm averages one flat buffer over the workers, through a compressor.
 
-Compressed payloads are not summed on the wire: every worker packs its payload into one uint8
-buffer, the buffers are all-gathered (bytes = the real payload size), and every worker decodes
-each contribution and averages them in float32, in rank order - so 4-bit contributions are never
-re-quantized when summed. `none` uses a plain all-reduce; a bare bf16/fp16 cast is summable and
-all-reduces in its own dtype (x/n cast, summed, cast back: like torch's bf16_compress_hook).
+Every algorithm calls one `Reducer` at each synchronization::
+
+    mean = reducer.reduce(comm, x)     # (1/n) sum_r C(x_r), identical on every worker; x may be overwritten
+    reducer.state_dict() / reducer.load_state_dict(state)   # residuals, RNG, PowerSGD's Q: in checkpoints
+
+- `MeanReducer`: no compression, ``all_reduce(mean)`` (exact up to the sum's order).
+- `GatherReducer(C)`: every worker packs its payload C(x_r) into one uint8 buffer, the buffers are
+  all-gathered ((n-1) x payload per worker), and every worker decodes each contribution and
+  averages them in float32, in rank order - never summed in compressed form. A bare bf16/fp16 cast
+  is summable and all-reduces in its own dtype instead (x/n cast, summed, cast back; like torch's
+  bf16_compress_hook).
+- `ScatterReducer(C)`: the same average with the bytes of a ring all-reduce (2(n-1)/n x payload),
+  a compressed reduce-scatter followed by a compressed all-gather (as ZeRO++'s qgZ)::
+
+      x (zero-padded) = [x^0 | x^1 | ... | x^(n-1)]        # n shards of S values
+      worker r: p_r^j = C(x_r^j) for each shard j          # error feedback (EF) acts here
+      all_to_all: worker j receives p_0^j ... p_(n-1)^j    # (n-1)/n x payload
+      worker j: m^j = (1/n) sum_r decode(p_r^j)            # float32, rank order
+      worker j: q^j = C(m^j)                               # with EF: the shard owner's own residual
+      all_gather q^0 ... q^(n-1); mean = [decode(q^0) | ... | decode(q^(n-1))]   # (n-1)/n x payload
+
+  Contributions are still decoded and summed in float32; the price is a second compression of the
+  mean. With error feedback (EF) both compressions keep residuals: each worker one per shard it
+  sends, each shard owner one for its mean (worker and server error compensation, as in the
+  compressed all-reduce of 1-bit Adam, Tang et al. 2021). EF21 and EControl keep a global copy of
+  the mean and are not supported here.
+- `PowerSGD` (powersgd.py): low-rank, linear: all-reduces its factors.
 """
 
 from __future__ import annotations
@@ -14,12 +36,38 @@ import torch
 from ..comm import Communicator
 from .base import Compressor, Identity
 from .quantize import Cast
+from .transforms import EF21, EControl
 
 
-def all_reduce_mean(
+class Reducer:
+    """Averages a flat buffer over workers. Subclasses implement `reduce`; stateless by default."""
+
+    compressed = True  # False only when the result is the exact mean
+
+    def reduce(self, comm: Communicator, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MeanReducer(Reducer):
+    """No compression: ``all_reduce(x, mean)`` in place."""
+
+    compressed = False
+
+    def reduce(self, comm, x):
+        comm.all_reduce(x, op="mean")
+        return x
+
+
+def gathered_mean(
     comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
 ) -> tuple[torch.Tensor, dict]:
-    """Return (mean over workers of decode(encode(x_r)), new compressor state)."""
+    """Return (mean over workers of decode(encode(x_r)), new compressor state): the all-gather path."""
     if comp is None or type(comp) is Identity:
         out = x.clone()
         comm.all_reduce(out, op="mean")
@@ -37,3 +85,74 @@ def all_reduce_mean(
         acc += comp.decode(payload.unpack(b))
     mean, state = comp.finalize(acc / comm.world_size, state)
     return mean.to(x.dtype), state
+
+
+class _CompressorReducer(Reducer):
+    """Holds a compressor, its state (made on first use) and the generator of its random draws."""
+
+    def __init__(self, comp: Compressor, rank: int = 0):
+        self.comp = comp
+        self.state: object = None
+        self.gen = torch.Generator().manual_seed(1_000_003 + rank)  # stochastic rounding
+
+    def state_dict(self):
+        return {"compress_state": self.state, "compress_gen": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.state = state.get("compress_state")
+        if "compress_gen" in state:
+            self.gen.set_state(state["compress_gen"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.comp!r})"
+
+
+class GatherReducer(_CompressorReducer):
+    """All-gather the packed payloads; decode and average in float32 on every worker."""
+
+    def reduce(self, comm, x):
+        if self.state is None:
+            self.state = self.comp.init(x)
+        out, self.state = gathered_mean(comm, x, self.comp, self.state, self.gen)
+        return out
+
+
+class ScatterReducer(_CompressorReducer):
+    """Compressed reduce-scatter (all_to_all) + compressed all-gather of the shard means."""
+
+    def __init__(self, comp: Compressor, rank: int = 0):
+        if isinstance(comp, (EF21, EControl)):
+            raise ValueError("collective: reduce_scatter supports error_feedback none or ef (EF21/EControl keep a global copy)")
+        super().__init__(comp, rank)
+
+    def reduce(self, comm, x):
+        n = comm.world_size
+        d = x.numel()
+        size = -(-d // n)  # shard length S
+        flat = torch.zeros(n * size, dtype=torch.float32, device=x.device)
+        flat[:d] = x.reshape(-1)
+        shards = flat.view(n, size)
+        if self.state is None:
+            self.state = {"shards": [self.comp.init(s) for s in shards], "mean": self.comp.init(shards[0])}
+        # phase 1: compressed reduce-scatter
+        payloads, states = [], []
+        for j in range(n):
+            p, s = self.comp.encode(shards[j], self.state["shards"][j], self.gen)
+            payloads.append(p)
+            states.append(s)
+        sent = [p.pack() for p in payloads]
+        got = [torch.empty_like(sent[comm.rank]) for _ in range(n)]
+        comm.all_to_all(got, sent)
+        mine = payloads[comm.rank]
+        acc = torch.zeros(size, dtype=torch.float32, device=x.device)
+        for b in got:
+            acc += self.comp.decode(mine.unpack(b))
+        acc /= n
+        # phase 2: compressed all-gather of the shard means
+        q, mean_state = self.comp.encode(acc, self.state["mean"], self.gen)
+        buf = q.pack()
+        bufs = [torch.empty_like(buf) for _ in range(n)]
+        comm.all_gather(bufs, buf)
+        out = torch.cat([self.comp.decode(q.unpack(b)) for b in bufs])[:d]
+        self.state = {"shards": states, "mean": mean_state}
+        return out.to(x.dtype).reshape(x.shape)

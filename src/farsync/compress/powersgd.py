@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..comm import Communicator
+from .collective import Reducer
 
 
 def orthonormalize(m: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
@@ -40,7 +41,7 @@ def orthonormalize(m: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return m
 
 
-class PowerSGD:
+class PowerSGD(Reducer):
     """Low-rank averaging of a flat buffer laid out as `shapes` (one instance per worker)."""
 
     def __init__(self, shapes: list[tuple[int, ...]], rank: int = 4, warm_start: bool = True,
