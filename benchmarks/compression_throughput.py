@@ -2,8 +2,12 @@
 
     python benchmarks/compression_throughput.py [--mb 64] [--repeats 5]
 
-GB/s = input bytes / (encode + decode time), median of repeats; "copy" is `y.copy_(x)` (the
-memory-bandwidth limit). Target (issue 4): casts and int8 >= 0.25x of copy speed.
+GB/s = input bytes / (encode + decode time), median of repeats. Two baselines: "copy" is
+`y.copy_(x)` into an existing tensor (the memory-bandwidth limit), "clone" is `x.clone()` (the
+result in freshly allocated memory: on Linux, a buffer this large is mmapped and page-faulted
+anew on every call). Compressors are timed both ways: `decode` returns a new tensor, `decode_into`
+writes into an existing one (what the reducers do, with a buffer reused across contributions).
+Target (issue 4): casts and int8 >= 0.25x of copy speed.
 """
 
 import argparse
@@ -42,19 +46,25 @@ def main():
     y = torch.empty_like(x)
     gb = x.numel() * 4 / 1e9
     copy = gb / timeit(lambda: y.copy_(x), args.repeats)
-    print(json.dumps({"compressor": "copy", "GB/s": round(copy, 2)}))
+    clone = gb / timeit(lambda: x.clone(), args.repeats)
+    print(json.dumps({"compressor": "copy", "GB/s": round(copy, 2), "clone GB/s": round(clone, 2),
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
     gen = torch.Generator().manual_seed(1)
     for spec in SPECS:
         comp = build_compressor(spec)
         state = comp.init(x)
 
-        def run():
+        def fresh():
             payload, _ = comp.encode(x, state, gen)
             comp.decode(payload)
 
-        rate = gb / timeit(run, args.repeats)
-        print(json.dumps({"compressor": spec, "GB/s": round(rate, 3), "vs_copy": round(rate / copy, 3),
-                          "threads": torch.get_num_threads()}), flush=True)
+        def into():
+            payload, _ = comp.encode(x, state, gen)
+            comp.decode_into(payload, y)
+
+        rate, rate_into = gb / timeit(fresh, args.repeats), gb / timeit(into, args.repeats)
+        print(json.dumps({"compressor": spec, "GB/s": round(rate, 3), "vs_clone": round(rate / clone, 3),
+                          "into GB/s": round(rate_into, 3), "into vs_copy": round(rate_into / copy, 3)}), flush=True)
 
 
 if __name__ == "__main__":

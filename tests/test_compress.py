@@ -11,6 +11,7 @@ from farsync.compress import (
     COMPRESSORS, ErrorFeedback, GatherReducer, Identity, IntQuant, MeanReducer, QSGD, RandomK, ScatterReducer, TernGrad, TopK,
     build_compressor, build_reducer, gathered_mean,
 )
+from farsync.compress.base import pack_bits, unpack_bits
 from farsync.compress.transforms import hadamard
 from farsync.comm import SimCluster
 
@@ -36,6 +37,27 @@ def test_packed_size_equals_payload_bytes_and_roundtrips(spec):
     y = comp.decode(payload)
     assert y.shape == x.shape and y.dtype == torch.float32
     assert torch.equal(comp.decode(payload.unpack(buf)), y)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("n", [1003, 64 * 5000])  # padded, and whole blocks spanning several slabs
+def test_decode_into_equals_decode_bitwise(spec, n):
+    comp = build_compressor(spec)
+    x = vec(n)
+    payload, _ = comp.encode(x, comp.init(x), torch.Generator().manual_seed(1))
+    out = torch.full_like(x, float("nan"))
+    assert comp.decode_into(payload, out) is out
+    assert torch.equal(out, comp.decode(payload))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_pack_bits_round_trip_and_layout(bits):
+    codes = torch.randint(0, 2**bits, (1001,), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.numel() == -(-1001 * bits // 8)
+    assert torch.equal(unpack_bits(packed, bits, 1001), codes)
+    per = 8 // bits  # code k of a byte sits in bits [k*bits, (k+1)*bits)
+    assert int(packed[0]) == sum(int(codes[k]) << (k * bits) for k in range(per))
 
 
 def test_payload_sizes_of_the_formats():

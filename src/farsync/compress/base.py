@@ -58,6 +58,11 @@ class Compressor:
     def decode(self, payload: Payload) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_into(self, payload: Payload, out: torch.Tensor) -> torch.Tensor:
+        """Write decode(payload) into `out` (float32, its shape) and return it; quantizers override
+        this to skip the freshly allocated result."""
+        return out.copy_(self.decode(payload))
+
     def finalize(self, mean: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """Turn the workers' mean of decoded payloads into the result (EF21 keeps a running sum)."""
         return mean, state
@@ -96,19 +101,37 @@ def stochastic_round(y: torch.Tensor, gen: torch.Generator | None) -> torch.Tens
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned integer codes < 2**bits (bits in 1, 2, 4, 8) into uint8, 8/bits codes per byte."""
+    """Pack unsigned integer codes < 2**bits (bits in 1, 2, 4, 8) into uint8, 8/bits codes per byte
+    (code k of a byte in bits [k*bits, (k+1)*bits))."""
     per = 8 // bits
     c = codes.reshape(-1).to(torch.uint8)
     pad = (-c.numel()) % per
     if pad:
         c = torch.cat([c, c.new_zeros(pad)])
-    c = c.view(-1, per).to(torch.int32)
-    shifts = torch.arange(per, dtype=torch.int32, device=c.device) * bits
-    return (c << shifts).sum(1).to(torch.uint8)
+    c = c.view(-1, per)
+    out = c[:, 0].clone()
+    for k in range(1, per):
+        out |= c[:, k] << (k * bits)
+    return out
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The first `n` codes of `pack_bits` output, as uint8."""
     per = 8 // bits
-    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
-    c = (packed.to(torch.int32)[:, None] >> shifts) & ((1 << bits) - 1)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    c = (packed[:, None] >> shifts) & ((1 << bits) - 1)
     return c.reshape(-1)[:n]
+
+
+def absmax_rows(b: torch.Tensor) -> torch.Tensor:
+    """max |b| over each row, without a full-size |b| temporary."""
+    return torch.maximum(b.amax(1), b.amin(1).neg())
+
+
+SLAB = 1 << 18  # values per slab: elementwise temporaries stay in cache, below malloc's mmap threshold
+
+
+def slabs(n_rows: int, row: int) -> list[tuple[int, int]]:
+    """(start, stop) rows of slabs of about SLAB values; every start is even (4-bit packing)."""
+    step = max(2, (SLAB // max(row, 1)) // 2 * 2)
+    return [(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]

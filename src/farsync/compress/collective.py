@@ -81,8 +81,9 @@ def gathered_mean(
     bufs = [torch.empty_like(buf) for _ in range(comm.world_size)]
     comm.all_gather(bufs, buf)
     acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    tmp = torch.empty_like(acc)
     for b in bufs:
-        acc += comp.decode(payload.unpack(b))
+        acc += comp.decode_into(payload.unpack(b), tmp)
     mean, state = comp.finalize(acc / comm.world_size, state)
     return mean.to(x.dtype), state
 
@@ -145,14 +146,18 @@ class ScatterReducer(_CompressorReducer):
         comm.all_to_all(got, sent)
         mine = payloads[comm.rank]
         acc = torch.zeros(size, dtype=torch.float32, device=x.device)
+        tmp = torch.empty_like(acc)
         for b in got:
-            acc += self.comp.decode(mine.unpack(b))
+            acc += self.comp.decode_into(mine.unpack(b), tmp)
         acc /= n
         # phase 2: compressed all-gather of the shard means
         q, mean_state = self.comp.encode(acc, self.state["mean"], self.gen)
         buf = q.pack()
         bufs = [torch.empty_like(buf) for _ in range(n)]
         comm.all_gather(bufs, buf)
-        out = torch.cat([self.comp.decode(q.unpack(b)) for b in bufs])[:d]
+        out = torch.empty(n, size, dtype=torch.float32, device=x.device)
+        for j, b in enumerate(bufs):
+            self.comp.decode_into(q.unpack(b), out[j])
+        out = out.view(-1)[:d]
         self.state = {"shards": states, "mean": mean_state}
         return out.to(x.dtype).reshape(x.shape)

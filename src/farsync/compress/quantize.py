@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, Payload, blocks, pack_bits, stochastic_round, unpack_bits
+from .base import Compressor, Payload, absmax_rows, blocks, pack_bits, slabs, stochastic_round, unpack_bits
 
 
 class Cast(Compressor):
@@ -34,6 +34,9 @@ class Cast(Compressor):
 
     def decode(self, payload):
         return payload.tensors["x"].float().reshape(payload.meta["shape"])
+
+    def decode_into(self, payload, out):
+        return out.copy_(payload.tensors["x"].reshape(out.shape))
 
 
 class IntQuant(Compressor):
@@ -55,25 +58,42 @@ class IntQuant(Compressor):
     def encode(self, x, state, gen=None):
         qmax = 2 ** (self.bits - 1) - 1
         b, n = blocks(x, self.block)
-        scale = b.abs().amax(1, keepdim=True) / qmax  # (n_blocks, 1)
-        y = b / torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = (stochastic_round(y, gen) if self.rounding == "stochastic" else torch.round(y)).clamp_(-qmax, qmax)
-        if self.bits == 8:
-            codes = q.to(torch.int8)
-        else:
-            codes = pack_bits((q + qmax + 1).to(torch.uint8), 4)  # 0..15, 2 per byte
+        scale = absmax_rows(b) / qmax  # (n_blocks,)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+        q = torch.empty(b.shape, dtype=torch.int8, device=b.device)
+        for i, j in slabs(*b.shape):  # y = b / scale, rounded, clamped: one slab at a time
+            y = b[i:j] / safe[i:j]
+            y = stochastic_round(y, gen) if self.rounding == "stochastic" else y.round_()
+            q[i:j].copy_(y.clamp_(-qmax, qmax))
+        codes = q if self.bits == 8 else pack_bits(q + (qmax + 1), 4)  # 4 bits: 0..15, 2 per byte
         meta = {"shape": tuple(x.shape), "n": n, "n_blocks": b.shape[0]}
-        return Payload({"codes": codes, "scale": scale.reshape(-1)}, meta), state
+        return Payload({"codes": codes, "scale": scale}, meta), state
 
     def decode(self, payload):
-        m, t = payload.meta, payload.tensors
-        qmax = 2 ** (self.bits - 1) - 1
-        if self.bits == 8:
-            q = t["codes"].float()
-        else:
-            q = unpack_bits(t["codes"], 4, m["n_blocks"] * self.block).float() - (qmax + 1)
-        x = q.view(m["n_blocks"], self.block) * t["scale"][:, None]
-        return x.reshape(-1)[: m["n"]].reshape(m["shape"])
+        m = payload.meta
+        full = self._decode_blocks(payload, torch.empty(m["n_blocks"], self.block, device=payload.tensors["scale"].device))
+        return full.reshape(-1)[: m["n"]].reshape(m["shape"])
+
+    def decode_into(self, payload, out):
+        m = payload.meta
+        if m["n"] != m["n_blocks"] * self.block or not out.is_contiguous():  # padded: decode, then copy
+            return out.copy_(self.decode(payload).reshape(out.shape))
+        self._decode_blocks(payload, out.view(m["n_blocks"], self.block))
+        return out
+
+    def _decode_blocks(self, payload, out2d):
+        """out2d (n_blocks, block) = codes * scale, one slab at a time."""
+        codes, scale = payload.tensors["codes"], payload.tensors["scale"]
+        blk, half = self.block, 2 ** (self.bits - 1)
+        for i, j in slabs(*out2d.shape):
+            o = out2d[i:j]
+            if self.bits == 8:
+                o.copy_(codes[i:j])
+            else:
+                o.view(-1).copy_(unpack_bits(codes[i * blk // 2 : (j * blk + 1) // 2], 4, (j - i) * blk))
+                o.sub_(half)
+            o.mul_(scale[i:j, None])
+        return out2d
 
 
 class FP8(Compressor):
@@ -88,17 +108,34 @@ class FP8(Compressor):
     def encode(self, x, state, gen=None):
         dtype, fmax = self.FORMATS[self.format]
         b, n = blocks(x, self.block)
-        scale = b.abs().amax(1, keepdim=True) / fmax
-        y = b / torch.where(scale > 0, scale, torch.ones_like(scale))
-        codes = y.to(dtype).view(torch.uint8)
+        scale = absmax_rows(b) / fmax
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+        codes = torch.empty(b.shape, dtype=torch.uint8, device=b.device)
+        for i, j in slabs(*b.shape):
+            codes[i:j].copy_((b[i:j] / safe[i:j]).to(dtype).view(torch.uint8))
         meta = {"shape": tuple(x.shape), "n": n}
-        return Payload({"codes": codes, "scale": scale.reshape(-1)}, meta), state
+        return Payload({"codes": codes, "scale": scale}, meta), state
 
     def decode(self, payload):
-        dtype, _ = self.FORMATS[self.format]
         t, m = payload.tensors, payload.meta
-        x = t["codes"].view(dtype).float() * t["scale"][:, None]
-        return x.reshape(-1)[: m["n"]].reshape(m["shape"])
+        full = self._decode_blocks(payload, torch.empty(t["codes"].shape, device=t["codes"].device))
+        return full.reshape(-1)[: m["n"]].reshape(m["shape"])
+
+    def decode_into(self, payload, out):
+        codes = payload.tensors["codes"]
+        if payload.meta["n"] != codes.numel() or not out.is_contiguous():
+            return out.copy_(self.decode(payload).reshape(out.shape))
+        self._decode_blocks(payload, out.view(codes.shape))
+        return out
+
+    def _decode_blocks(self, payload, out2d):
+        dtype, _ = self.FORMATS[self.format]
+        codes, scale = payload.tensors["codes"], payload.tensors["scale"]
+        for i, j in slabs(*out2d.shape):
+            o = out2d[i:j]
+            o.copy_(codes[i:j].view(dtype))
+            o.mul_(scale[i:j, None])
+        return out2d
 
 
 class FP4(Compressor):
@@ -126,7 +163,7 @@ class FP4(Compressor):
 
     def decode(self, payload):
         t, m = payload.tensors, payload.meta
-        codes = unpack_bits(t["codes"], 4, m["n_blocks"] * self.block)
+        codes = unpack_bits(t["codes"], 4, m["n_blocks"] * self.block).long()
         grid = self.GRID.to(codes.device)
         v = grid[codes % 8] * (1 - 2 * (codes >= 8).float())
         x = v.view(m["n_blocks"], self.block) * t["scale"][:, None]

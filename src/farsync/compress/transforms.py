@@ -42,6 +42,9 @@ class ErrorFeedback(Compressor):
     def decode(self, payload):
         return self.inner.decode(payload)
 
+    def decode_into(self, payload, out):
+        return self.inner.decode_into(payload, out)
+
 
 class EF21(Compressor):
     """EF21 (Richtarik, Sokolov, Fatkhullin 2021). Worker i keeps g_i, every worker keeps g::
@@ -68,6 +71,9 @@ class EF21(Compressor):
 
     def decode(self, payload):
         return self.inner.decode(payload)
+
+    def decode_into(self, payload, out):
+        return self.inner.decode_into(payload, out)
 
     def finalize(self, mean, state):
         g_global = state["g_global"] + mean
@@ -106,6 +112,9 @@ class EControl(Compressor):
 
     def decode(self, payload):
         return self.inner.decode(payload)
+
+    def decode_into(self, payload, out):
+        return self.inner.decode_into(payload, out)
 
     def finalize(self, mean, state):
         h_global = state["h_global"] + mean
