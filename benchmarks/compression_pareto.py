@@ -1,6 +1,6 @@
 """Compression on the demo setting: final eval loss vs total bytes (a Pareto plot).
 
-    python benchmarks/compression_pareto.py [--out runs/pareto] [--only NAME ...]
+    python benchmarks/compression_pareto.py [--out runs/pareto] [--only NAME ...] [--skip NAME ...]
 
 Shakespeare GPT (the demo configs), 4 simulated workers, 600 steps, equal tokens. Writes
 `results.jsonl` and `pareto.png` into --out; the table and plot are copied into docs/benchmarks.md.
@@ -36,6 +36,9 @@ RUNS = [
     ("diloco-int8", "diloco", ["algorithm.compress={name: int8, block: 64}"]),
     ("diloco-int4", "diloco", ["algorithm.compress={name: int4, block: 64}"]),
     ("diloco-top10%-ef", "diloco", ["algorithm.compress={name: topk, ratio: 0.1, error_feedback: ef}"]),
+    # compressed reduce-scatter + all-gather: ring all-reduce bytes
+    ("ddp-int4-rs", "ddp", ["algorithm.compress={name: int4, block: 64, collective: reduce_scatter}"]),
+    ("diloco-int4-rs", "diloco", ["algorithm.compress={name: int4, block: 64, collective: reduce_scatter}"]),
 ]
 
 
@@ -43,12 +46,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/pareto")
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--skip", nargs="*", default=[])
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] if (out / "results.jsonl").exists() else []
     for label, base, sets in RUNS:
-        if args.only and label not in args.only:
+        if (args.only and label not in args.only) or label in args.skip:
             continue
         cfg = str(resources.files("farsync") / "configs" / f"demo_{base}.yaml")
         if (out / label).exists():
