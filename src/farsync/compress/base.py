@@ -96,8 +96,14 @@ def blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
 
 def stochastic_round(y: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """floor(y + u), u ~ U[0, 1): unbiased rounding to integers."""
-    u = torch.rand(y.shape, generator=gen, dtype=y.dtype, device=y.device)
-    return torch.floor(y + u)
+    return torch.floor(y + uniform(y.shape, gen, y))
+
+
+def uniform(shape: torch.Size | tuple[int, ...], gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) draws of `like`'s dtype on `like`'s device, from `gen` on its own device (a CPU
+    generator gives the same numbers whatever the tensor's device)."""
+    device = gen.device if gen is not None else like.device
+    return torch.rand(shape, generator=gen, dtype=like.dtype, device=device).to(like.device)
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -45,12 +45,12 @@ class ChunkedDCT:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         m = x.reshape(self.rows // self.c1, self.c1, self.cols // self.c2, self.c2).float()
-        c = torch.einsum("ij,ajbk,lk->abil", self.d1, m, self.d2)  # (row chunks, col chunks, c1, c2)
+        c = torch.einsum("ij,ajbk,lk->abil", self.d1.to(m.device), m, self.d2.to(m.device))  # (row chunks, col chunks, c1, c2)
         return c.reshape(-1, self.c1 * self.c2)
 
     def decode(self, coeffs: torch.Tensor) -> torch.Tensor:
         c = coeffs.reshape(self.rows // self.c1, self.cols // self.c2, self.c1, self.c2)
-        m = torch.einsum("ij,abil,lk->ajbk", self.d1, c, self.d2)
+        m = torch.einsum("ij,abil,lk->ajbk", self.d1.to(c.device), c, self.d2.to(c.device))
         return m.reshape(self.shape)
 
 

@@ -107,7 +107,7 @@ class PowerSGD(Reducer):
             if self.qs is None or not self.warm_start:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.rng.randint(1_000_000_000))
-                    qs = [orthonormalize(torch.randn(1, cols, r, dtype=x.dtype)) for _, _, cols, r in self.plan]
+                    qs = [orthonormalize(torch.randn(1, cols, r, dtype=x.dtype).to(x.device)) for _, _, cols, r in self.plan]
             else:
                 qs = [orthonormalize(q.clone()) for q in self.qs]
             p_flat = torch.cat([torch.bmm(m, q).reshape(-1) for m, q in zip(mats, qs)])

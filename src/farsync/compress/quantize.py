@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, Payload, absmax_rows, blocks, pack_bits, slabs, stochastic_round, unpack_bits
+from .base import Compressor, Payload, absmax_rows, blocks, pack_bits, slabs, stochastic_round, uniform, unpack_bits
 
 
 class Cast(Compressor):
@@ -206,7 +206,7 @@ class TernGrad(Compressor):
         v = v.clamp(-c, c)
         s = v.abs().max()
         p = v.abs() / s if s > 0 else torch.zeros_like(v)
-        keep = torch.rand(v.shape, generator=gen, dtype=v.dtype) < p
+        keep = uniform(v.shape, gen, v) < p
         codes = (torch.sign(v) * keep).to(torch.int8) + 1  # {0, 1, 2}
         meta = {"shape": tuple(x.shape), "n": v.numel()}
         return Payload({"codes": pack_bits(codes, 2), "scale": s.reshape(1)}, meta), state
