@@ -29,9 +29,9 @@ RUNS = [
     ("demo", "ddp", ["algorithm.name=decoupled-momentum", "algorithm.inner={name: sgd, lr: 0.001}"]),
     # DeMo learning-rate sweep (sign update: lr is the per-coordinate step), then fewer coefficients
     *[(f"demo-lr{lr}", "ddp", ["algorithm.name=decoupled-momentum", f"algorithm.inner={{name: sgd, lr: {lr}}}"])
-      for lr in ("0.002", "0.004", "0.008")],
+      for lr in ("0.002", "0.003", "0.004")],
     *[(f"demo-top{k}-lr{lr}", "ddp", ["algorithm.name=decoupled-momentum", f"algorithm.inner={{name: sgd, lr: {lr}}}",
-                                      f"algorithm.topk={k}"]) for k, lr in (("8", "0.004"),)],
+                                      f"algorithm.topk={k}"]) for k, lr in (("16", "0.002"), ("8", "0.002"))],
     ("diloco", "diloco", []),
     ("diloco-int8", "diloco", ["algorithm.compress={name: int8, block: 64}"]),
     ("diloco-int4", "diloco", ["algorithm.compress={name: int4, block: 64}"]),
