@@ -149,6 +149,7 @@ class AlgorithmConfig(BaseModel):
         if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
             raise ValueError(f"algorithm {self.name!r} synchronizes every step; remove algorithm.sync_every")
         opts = _validate_params(cls.Options, self.model_extra, f"algorithm {self.name!r}")
+        cls.check_options(self.sync_every, opts)
         for k, v in opts.model_dump().items():
             setattr(self, k, v)
         return self

@@ -7,8 +7,9 @@ from .ddp import DDP
 from .demo import DecoupledMomentum
 from .diloco import DiLoCo
 from .local_sgd import LocalSGD
+from .streaming_diloco import StreamingDiLoCo
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, DecoupledMomentum)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, DecoupledMomentum)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -18,4 +19,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DecoupledMomentum", "DiLoCo", "LocalSGD", "get_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DecoupledMomentum", "DiLoCo", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]

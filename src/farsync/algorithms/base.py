@@ -78,6 +78,10 @@ class Algorithm:
     def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
         """Raise ValueError if the inner optimizer / compressor config cannot work with this algorithm."""
 
+    @classmethod
+    def check_options(cls, sync_every: int, options: BaseModel) -> None:
+        """Raise ValueError if the algorithm's options do not fit `sync_every` (checked before training)."""
+
     # ------------------------------------------------------------------ loop API
     def step(self) -> None:
         """One inner step (call after ``loss.backward()``)."""

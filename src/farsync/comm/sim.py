@@ -203,6 +203,7 @@ class SimCluster:
                     f"rank issued {op.kind}{op.spec}"  # type: ignore[attr-defined]
                 )
             op.entries[rank] = (payload, self.stats[rank].clock_s)
+            self._book(rank, kind, payload, spec)
             if len(op.entries) == self.world_size:
                 del self._coll_ops[seq]
                 self._complete(op)
@@ -221,6 +222,7 @@ class SimCluster:
             if op is None:
                 op = self._p2p_ops[key] = _Op("p2p", (src, dst))
             op.entries[rank] = (tensor, self.stats[rank].clock_s)
+            self._book(rank, kind, tensor, None)
             if len(op.entries) == 2:
                 del self._p2p_ops[key]
                 s, d = op.entries[src][0], op.entries[dst][0]
@@ -228,6 +230,20 @@ class SimCluster:
                     raise RuntimeError(f"send/recv mismatch {src}->{dst}: {tuple(s.shape)} {s.dtype} vs {tuple(d.shape)} {d.dtype}")
                 self._complete(op)
             return op
+
+    def _book(self, rank: int, kind: str, payload: Any, spec: tuple | None) -> None:
+        """Count `rank`'s wire bytes when it issues a call (as the torch backend does)."""
+        if kind in ("all_gather_object", "gather_object", "scatter_object"):  # control plane: free
+            return
+        if kind == "all_gather":
+            nbytes = tensor_nbytes(payload[1])
+        elif kind == "all_to_all":
+            nbytes = tensor_nbytes(payload[1][0])
+        else:  # all_reduce, broadcast, send, recv: the tensor; barrier: nothing
+            nbytes = tensor_nbytes(payload) if payload is not None else 0
+        src = spec[2] if kind == "broadcast" else 0
+        sent, received = wire_bytes(kind, nbytes, self.world_size, rank, src)
+        self.stats[rank].record(sent, received, nbytes)
 
     def _complete(self, op: _Op) -> None:
         """All participants have issued `op`: compute its result and its virtual timing."""
@@ -281,12 +297,6 @@ class SimCluster:
         op.end_time = start + self.network.time(cost_kind, nbytes, ranks)
         for r in ranks:
             self._link_free[r] = op.end_time
-            if kind == "p2p":
-                sent, received = wire_bytes("send" if r == ranks[0] else "recv", nbytes, n, r)
-            else:
-                src = op.spec[2] if kind == "broadcast" else 0  # type: ignore[attr-defined]
-                sent, received = wire_bytes(kind, nbytes, self.world_size, r, src)
-            self.stats[r].record(sent, received, nbytes)
         op.done = True
 
     def _wait_op(self, rank: int, op: _Op) -> None:

@@ -3,6 +3,7 @@
 Every algorithm calls one `Reducer` at each synchronization::
 
     mean = reducer.reduce(comm, x)     # (1/n) sum_r C(x_r), identical on every worker; x may be overwritten
+    pending = reducer.start(comm, x)   # the same, non-blocking: compute on, then mean = pending.wait()
     reducer.state_dict() / reducer.load_state_dict(state)   # residuals, RNG, PowerSGD's Q: in checkpoints
 
 - `MeanReducer`: no compression, ``all_reduce(mean)`` (exact up to the sum's order).
@@ -31,6 +32,8 @@ Every algorithm calls one `Reducer` at each synchronization::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..comm import Communicator
@@ -39,13 +42,31 @@ from .quantize import Cast
 from .transforms import EF21, EControl
 
 
+class Pending:
+    """A started reduction: ``wait()`` blocks until it has arrived and returns the mean (once)."""
+
+    def __init__(self, finish: Callable[[], torch.Tensor]):
+        self._finish, self._result = finish, None
+
+    def wait(self) -> torch.Tensor:
+        if self._result is None:
+            self._result = self._finish()
+        return self._result
+
+
 class Reducer:
-    """Averages a flat buffer over workers. Subclasses implement `reduce`; stateless by default."""
+    """Averages a flat buffer over workers. Subclasses implement `reduce` (blocking) or `start`
+    (non-blocking, where the collectives allow it); stateless by default."""
 
     compressed = True  # False only when the result is the exact mean
 
     def reduce(self, comm: Communicator, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.start(comm, x).wait()
+
+    def start(self, comm: Communicator, x: torch.Tensor) -> Pending:
+        """Issue the reduction; by default it completes at once (blocking)."""
+        out = self.reduce(comm, x)
+        return Pending(lambda: out)
 
     def state_dict(self) -> dict:
         return {}
@@ -63,29 +84,46 @@ class MeanReducer(Reducer):
         comm.all_reduce(x, op="mean")
         return x
 
+    def start(self, comm, x):
+        work = comm.all_reduce(x, op="mean", async_op=True)
+        return Pending(lambda: (work.wait(), x)[1])
+
+
+def start_gathered_mean(
+    comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
+) -> Callable[[], tuple[torch.Tensor, dict]]:
+    """Encode and issue the collective now (non-blocking); the returned function waits for it and
+    returns (mean over workers of decode(encode(x_r)), new compressor state): the all-gather path."""
+    if comp is None or type(comp) is Identity:
+        out = x.clone()
+        work = comm.all_reduce(out, op="mean", async_op=True)
+        return lambda: (work.wait(), (out, state))[1]
+    if type(comp) is Cast:  # summable as it is: all-reduce in bf16/fp16 (like torch's bf16_compress_hook)
+        low = (x / comm.world_size).to(getattr(torch, comp.dtype))
+        work = comm.all_reduce(low, op="sum", async_op=True)
+        return lambda: (work.wait(), (low.to(x.dtype), state))[1]
+    payload, state = comp.encode(x, state, gen)
+    buf = payload.pack()
+    bufs = [torch.empty_like(buf) for _ in range(comm.world_size)]
+    work = comm.all_gather(bufs, buf, async_op=True)
+
+    def finish() -> tuple[torch.Tensor, dict]:
+        work.wait()
+        acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        tmp = torch.empty_like(acc)
+        for b in bufs:
+            acc += comp.decode_into(payload.unpack(b), tmp)
+        mean, new_state = comp.finalize(acc / comm.world_size, state)
+        return mean.to(x.dtype), new_state
+
+    return finish
+
 
 def gathered_mean(
     comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
 ) -> tuple[torch.Tensor, dict]:
-    """Return (mean over workers of decode(encode(x_r)), new compressor state): the all-gather path."""
-    if comp is None or type(comp) is Identity:
-        out = x.clone()
-        comm.all_reduce(out, op="mean")
-        return out, state
-    if type(comp) is Cast:  # summable as it is: all-reduce in bf16/fp16 (like torch's bf16_compress_hook)
-        low = (x / comm.world_size).to(getattr(torch, comp.dtype))
-        comm.all_reduce(low, op="sum")
-        return low.to(x.dtype), state
-    payload, state = comp.encode(x, state, gen)
-    buf = payload.pack()
-    bufs = [torch.empty_like(buf) for _ in range(comm.world_size)]
-    comm.all_gather(bufs, buf)
-    acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    tmp = torch.empty_like(acc)
-    for b in bufs:
-        acc += comp.decode_into(payload.unpack(b), tmp)
-    mean, state = comp.finalize(acc / comm.world_size, state)
-    return mean.to(x.dtype), state
+    """Blocking `start_gathered_mean`: (mean over workers of decode(encode(x_r)), new state)."""
+    return start_gathered_mean(comm, x, comp, state, gen)()
 
 
 class _CompressorReducer(Reducer):
@@ -111,15 +149,21 @@ class _CompressorReducer(Reducer):
 class GatherReducer(_CompressorReducer):
     """All-gather the packed payloads; decode and average in float32 on every worker."""
 
-    def reduce(self, comm, x):
+    def start(self, comm, x):
         if self.state is None:
             self.state = self.comp.init(x)
-        out, self.state = gathered_mean(comm, x, self.comp, self.state, self.gen)
-        return out
+        finish = start_gathered_mean(comm, x, self.comp, self.state, self.gen)
+
+        def done() -> torch.Tensor:
+            out, self.state = finish()
+            return out
+
+        return Pending(done)
 
 
 class ScatterReducer(_CompressorReducer):
-    """Compressed reduce-scatter (all_to_all) + compressed all-gather of the shard means."""
+    """Compressed reduce-scatter (all_to_all) + compressed all-gather of the shard means (blocking:
+    the second phase needs the first's result)."""
 
     def __init__(self, comp: Compressor, rank: int = 0):
         if isinstance(comp, (EF21, EControl)):

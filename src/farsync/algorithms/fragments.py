@@ -1,0 +1,69 @@
+"""Splitting a model's parameters into F fragments (Streaming DiLoCo).
+
+- ``strided`` (default for models with repeated blocks): the model's largest ``nn.ModuleList``
+  holds its blocks; fragment k gets blocks {k, k+F, k+2F, ...} (the paper's strided pattern). The
+  parameters outside the blocks (embeddings, final norm, head) are given one tensor at a time, in
+  model order, to the fragment that is smallest so far, so fragments stay of similar size.
+- ``contiguous`` (and the fallback when there is no block list with at least F blocks): the
+  parameter tensors in model order cut into F runs of about d/F values each.
+
+Both return, per fragment, the indices into ``params`` (the model's trainable parameters in
+``model.parameters()`` order), each list sorted, every index in exactly one fragment.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+RULES = ("strided", "contiguous")
+
+
+def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int, rule: str = "strided") -> list[list[int]]:
+    if rule not in RULES:
+        raise ValueError(f"unknown fragment rule {rule!r}; valid choices: {', '.join(RULES)}")
+    if not 1 <= n <= len(params):
+        raise ValueError(f"fragments must be in [1, {len(params)}] (the number of parameter tensors), got {n}")
+    blocks = _largest_block_list(model)
+    if rule == "strided" and blocks is not None and len(blocks) >= n:
+        return _strided(blocks, params, n)
+    return _contiguous(params, n)
+
+
+def _largest_block_list(model: nn.Module) -> nn.ModuleList | None:
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
+    return max(lists, key=len, default=None)
+
+
+def _strided(blocks: nn.ModuleList, params: list[torch.Tensor], n: int) -> list[list[int]]:
+    index = {id(p): i for i, p in enumerate(params)}
+    frags: list[list[int]] = [[] for _ in range(n)]
+    in_blocks = set()
+    for b, block in enumerate(blocks):
+        for p in block.parameters():
+            if id(p) in index and id(p) not in in_blocks:
+                frags[b % n].append(index[id(p)])
+                in_blocks.add(id(p))
+    size = [sum(params[i].numel() for i in f) for f in frags]
+    for i, p in enumerate(params):
+        if id(p) not in in_blocks:
+            k = min(range(n), key=lambda j: (size[j], j))
+            frags[k].append(i)
+            size[k] += p.numel()
+    return [sorted(f) for f in frags]
+
+
+def _contiguous(params: list[torch.Tensor], n: int) -> list[list[int]]:
+    sizes = [p.numel() for p in params]
+    total = sum(sizes)
+    frags: list[list[int]] = []
+    current, seen = [], 0
+    for i, size in enumerate(sizes):
+        current.append(i)
+        seen += size
+        frags_left, tensors_left = n - len(frags) - 1, len(sizes) - i - 1
+        if frags_left > 0 and (seen * n >= total * (len(frags) + 1) or tensors_left == frags_left):
+            frags.append(current)  # cut at the next multiple of d/n, keeping a tensor for each later fragment
+            current = []
+    frags.append(current)
+    return frags

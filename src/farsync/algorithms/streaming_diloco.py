@@ -1,0 +1,145 @@
+"""`streaming-diloco`: Streaming DiLoCo (Douillard et al., arXiv 2501.18512).
+
+DiLoCo with the parameters split into F fragments (`fragments.py`) that synchronize in turn, each
+with its own outer optimizer and global copy phi_f, and whose all-reduce overlaps tau inner steps.
+With S = H / F (``sync_every`` must be a multiple of F) and delay tau < S, the k-th
+synchronization (k = 1, 2, ...) belongs to fragment f = (k - 1) mod F, so every fragment syncs
+every H steps, fragment f first at step (f + 1) S::
+
+    after inner step kS - tau:  delta_f = phi_f - theta_f          # taken now, then
+                                start reduce(delta_f)              # non-blocking (compressed if configured)
+    after inner step kS:        delta = wait()                     # mean over workers
+                                phi_f = OuterOpt_f.step(phi_f, grad=delta)
+                                theta_f = alpha * theta_f + (1 - alpha) * phi_f
+
+theta_f on the last line is the local fragment after step kS: the tau steps taken while the
+all-reduce was in flight survive only through alpha (alpha = 0 replaces them). The inner
+optimizer's state is never reset. These are the semantics of torchft's ``DiLoCo``
+(``fragment_sync_delay`` = tau, ``fragment_update_alpha`` = alpha), which our spec confirmed by
+running it. Reduction: F = 1, tau = 0, alpha = 0 is ``diloco`` exactly. Evaluation point: phi.
+
+Low-precision exchange: ``compress: {name: int4, ...}`` etc., one reducer (and error-feedback
+state) per fragment; contributions are decoded and summed in fp32. A compressed
+``collective: reduce_scatter`` or PowerSGD does not overlap (it completes when started).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..compress import PowerSGD
+from ..compress.collective import Pending
+from .base import Algorithm, flatten, swapped_params, unflatten_into
+from .fragments import split_into_fragments
+
+
+class StreamingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fragments: int = Field(1, ge=1, description="F: fragments, synced in turn (sync_every must be a multiple of F)")
+    delay: int = Field(0, ge=0, description="tau: inner steps between starting a fragment's all-reduce and applying it (< sync_every/F)")
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="on arrival theta = alpha * theta_local + (1 - alpha) * phi")
+    fragment_rule: Literal["strided", "contiguous"] = Field("strided", description="how parameters are split (fragments.py)")
+
+
+class StreamingDiLoCo(Algorithm):
+    name = "streaming-diloco"
+    summary = "DiLoCo with fragments synced in turn, overlapped all-reduce (tau), mixing alpha"
+    uses_outer = True
+    uses_sync_every = True
+    Options = StreamingOptions
+
+    @classmethod
+    def check_config(cls, inner, compress):
+        if compress is not None and compress.get("name") == "powersgd":
+            raise ValueError("streaming-diloco does not support compress: powersgd (its plan is per model, not per fragment)")
+
+    @classmethod
+    def check_options(cls, sync_every, options):
+        if sync_every % options.fragments:
+            raise ValueError(f"sync_every ({sync_every}) must be a multiple of fragments ({options.fragments})")
+        if options.delay >= sync_every // options.fragments:
+            raise ValueError(f"delay must be < sync_every / fragments = {sync_every // options.fragments}, got {options.delay}")
+
+    def __init__(self, *args, outer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        o = self.options
+        self.check_options(self.sync_every, o)
+        self.period = self.sync_every // o.fragments  # S
+        if isinstance(self.reducer, PowerSGD):
+            raise ValueError("streaming-diloco does not support compress: powersgd (its plan is per model, not per fragment)")
+        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+        self.fragments = split_into_fragments(self.model, self.params, o.fragments, o.fragment_rule)
+        self.global_params = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params]
+        self.outer_optimizers = [self.build_outer([self.global_params[i] for i in frag], outer) for frag in self.fragments]
+        self.reducers = [self.reducer] + [copy.deepcopy(self.reducer) for _ in self.fragments[1:]]
+        self.pending: tuple[int, int, Pending] | None = None  # (fragment, step to apply at, reduction)
+
+    def _step(self) -> None:
+        self._optimizer_step()
+        t = self.local_step + 1  # inner steps done, this one included
+        if (t + self.options.delay) % self.period == 0:
+            k = (t + self.options.delay) // self.period
+            self._start(fragment=(k - 1) % len(self.fragments), apply_at=k * self.period)
+        if self.pending is not None and self.pending[1] == t:
+            self._apply()
+
+    def _start(self, fragment: int, apply_at: int) -> None:
+        frag = self.fragments[fragment]
+        delta = flatten([self.global_params[i].detach() for i in frag]) - flatten([self.params[i].detach() for i in frag])
+        self.pending = (fragment, apply_at, self.reducers[fragment].start(self.comm, delta))
+
+    def _apply(self) -> None:
+        fragment, _, reduction = self.pending
+        self.pending = None
+        frag = self.fragments[fragment]
+        delta = reduction.wait()
+        glob = [self.global_params[i] for i in frag]
+        for g in glob:
+            g.grad = torch.empty_like(g)
+        unflatten_into(delta, [g.grad for g in glob])
+        self.outer_optimizers[fragment].step()
+        alpha = self.options.alpha
+        with torch.no_grad():
+            for i in frag:
+                p, g = self.params[i], self.global_params[i]
+                p.copy_(g if alpha == 0 else torch.lerp(g, p, alpha))
+
+    @contextmanager
+    def eval_params(self) -> Iterator[nn.Module]:
+        with swapped_params(self.params, [g.detach() for g in self.global_params]):
+            yield self.model
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        pending = None
+        if self.pending is not None:  # a reduction in flight is waited for; its result is saved
+            fragment, apply_at, reduction = self.pending
+            pending = {"fragment": fragment, "apply_at": apply_at, "mean": reduction.wait().clone()}
+        return {
+            **super().state_dict(),
+            "global_params": [g.detach().clone() for g in self.global_params],
+            "outer_optimizers": [opt.state_dict() for opt in self.outer_optimizers],
+            "reducers": [r.state_dict() for r in self.reducers],
+            "pending": pending,
+        }
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for g, s in zip(self.global_params, state["global_params"]):
+                g.copy_(s)
+        for opt, s in zip(self.outer_optimizers, state["outer_optimizers"]):
+            opt.load_state_dict(s)
+        for r, s in zip(self.reducers, state["reducers"]):
+            r.load_state_dict(s)
+        p = state["pending"]
+        if p is not None:
+            mean = p["mean"].clone()
+            self.pending = (p["fragment"], p["apply_at"], Pending(lambda: mean))
