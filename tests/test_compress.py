@@ -8,7 +8,7 @@ import torch
 
 import farsync
 from farsync.compress import (
-    COMPRESSORS, ErrorFeedback, GatherReducer, Identity, IntQuant, MeanReducer, QSGD, RandomK, ScatterReducer, TernGrad, TopK,
+    COMPRESSORS, FP4, FP8, ErrorFeedback, GatherReducer, Identity, IntQuant, MeanReducer, QSGD, RandomK, ScatterReducer, TernGrad, TopK,
     build_compressor, build_reducer, gathered_mean,
 )
 from farsync.compress.base import pack_bits, unpack_bits
@@ -16,6 +16,7 @@ from farsync.compress.transforms import hadamard
 from farsync.comm import SimCluster
 
 SPECS = [{"name": n} for n in COMPRESSORS if n != "none"] + [
+    {"name": "fp8", "rounding": "stochastic"}, {"name": "fp4", "rounding": "stochastic"},
     {"name": "int4", "rotate": 64},
     {"name": "topk", "ratio": 0.05, "error_feedback": "ef"},
     {"name": "fp8", "format": "e5m2"},
@@ -92,8 +93,9 @@ def test_float_format_relative_error_bound(spec, rel):
 
 
 @pytest.mark.parametrize(
-    "comp", [QSGD(levels=4, bucket=128), RandomK(ratio=0.1), TernGrad(), IntQuant(bits=4, rounding="stochastic")],
-    ids=["qsgd", "randomk", "terngrad", "int4-stochastic"],
+    "comp", [QSGD(levels=4, bucket=128), RandomK(ratio=0.1), TernGrad(), IntQuant(bits=4, rounding="stochastic"),
+             FP8("e4m3", rounding="stochastic"), FP8("e5m2", rounding="stochastic"), FP4(rounding="stochastic")],
+    ids=["qsgd", "randomk", "terngrad", "int4-stochastic", "fp8-e4m3-stochastic", "fp8-e5m2-stochastic", "fp4-stochastic"],
 )
 def test_unbiased_compressors(comp):
     x = torch.rand(256, generator=torch.Generator().manual_seed(3)) * 2 - 1  # no value beyond 2.5 std
@@ -108,6 +110,25 @@ def test_unbiased_compressors(comp):
     # per-coordinate std of one draw is at most ~ max|x| * sqrt(d/k) (random-k, the widest here)
     assert (mean - x).abs().max() < 6 * math.sqrt(10) / math.sqrt(draws)
     assert (mean - x).norm() / x.norm() < 0.05
+
+
+@pytest.mark.parametrize("fmt,top,vals", [
+    ("fp4", 6.0, [0.2, -0.7, 1.2, 2.6, -4.9, 5.3, 0.05]),             # grid {0,.5,1,1.5,2,3,4,6}
+    ("e4m3", 448.0, [1.03, -2.1, 3.3, 0.011, -300.0, 17.4, 100.5]),  # 3 mantissa bits
+    ("e5m2", 57344.0, [1.1, -2.6, 3.3, 0.011, -300.0, 17.4, 40000.0]),  # 2 mantissa bits
+])
+def test_stochastic_float_rounding_is_unbiased_where_nearest_is_not(fmt, top, vals):
+    x = torch.tensor([top, *vals])  # absmax == the format's largest value: scale 1
+    make = lambda r: FP4(block=8, rounding=r) if fmt == "fp4" else FP8(fmt, block=8, rounding=r)
+    nearest, stoch = make("nearest"), make("stochastic")
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([stoch.decode(stoch.encode(x, {}, gen)[0]) for _ in range(4000)])
+    near = nearest.decode(nearest.encode(x, {})[0])
+    assert ((draws.mean(0) - x).abs() <= 0.15 * (near - x).abs() + 1e-6 * x.abs()).all()
+    assert (near - x).abs().max() > 0  # nearest rounding is biased on these values
+    for j in range(x.numel()):  # every draw is one of the two representable neighbours of x_j
+        seen = draws[:, j].unique()
+        assert len(seen) <= 2 and seen.min() <= x[j] <= seen.max() and near[j] in seen
 
 
 def test_topk_is_contractive():

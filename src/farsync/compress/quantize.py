@@ -96,14 +96,49 @@ class IntQuant(Compressor):
         return out2d
 
 
+def _check_rounding(rounding: str) -> None:
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+
+
+def round_between(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """lo or hi (lo <= a <= hi), hi with probability (a - lo) / (hi - lo): unbiased rounding."""
+    gap = hi - lo
+    p = torch.where(gap > 0, (a - lo) / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(a))
+    return torch.where(uniform(a.shape, gen, a) < p, hi, lo)
+
+
 class FP8(Compressor):
+    """Stochastic rounding picks one of the two fp8 neighbours of |y| (codes are ordered by
+    magnitude within a sign) with probabilities that make it unbiased."""
+
     name = "fp8"
     FORMATS = {"e4m3": (torch.float8_e4m3fn, 448.0), "e5m2": (torch.float8_e5m2, 57344.0)}
+    MAX_CODE = {"e4m3": 0x7E, "e5m2": 0x7B}  # largest finite magnitude
 
-    def __init__(self, format: str = "e4m3", block: int = 64):
+    def __init__(self, format: str = "e4m3", block: int = 64, rounding: str = "nearest"):
         if format not in self.FORMATS:
             raise ValueError(f"fp8 format must be one of {sorted(self.FORMATS)}, got {format!r}")
-        self.format, self.block = format, block
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        _check_rounding(rounding)
+        self.format, self.block, self.rounding = format, block, rounding
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.rounding == "stochastic"
+
+    def _stochastic(self, y: torch.Tensor, gen) -> torch.Tensor:
+        dtype, _ = self.FORMATS[self.format]
+        a = y.abs()
+        near = a.to(dtype)
+        code = near.view(torch.uint8).to(torch.int16)
+        below = near.float() <= a
+        lo_code = torch.where(below, code, (code - 1).clamp_(min=0))
+        hi_code = torch.where(below, (code + 1).clamp_(max=self.MAX_CODE[self.format]), code)
+        as_float = lambda c: c.to(torch.uint8).view(dtype).float()
+        mag = round_between(a, as_float(lo_code), as_float(hi_code), gen)
+        return (mag * torch.where(y < 0, -1.0, 1.0)).to(dtype)
 
     def encode(self, x, state, gen=None):
         dtype, fmax = self.FORMATS[self.format]
@@ -112,7 +147,8 @@ class FP8(Compressor):
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
         codes = torch.empty(b.shape, dtype=torch.uint8, device=b.device)
         for i, j in slabs(*b.shape):
-            codes[i:j].copy_((b[i:j] / safe[i:j]).to(dtype).view(torch.uint8))
+            y = b[i:j] / safe[i:j]
+            codes[i:j].copy_((self._stochastic(y, gen) if self.rounding == "stochastic" else y.to(dtype)).view(torch.uint8))
         meta = {"shape": tuple(x.shape), "n": n}
         return Payload({"codes": codes, "scale": scale}, meta), state
 
@@ -140,23 +176,35 @@ class FP8(Compressor):
 
 class FP4(Compressor):
     """fp4 e2m1 with a float32 scale per block: values {0, 0.5, 1, 1.5, 2, 3, 4, 6} x sign, the
-    block's absmax mapped to 6; nearest rounding on the grid; 4-bit codes (sign, 3-bit index),
-    two per byte."""
+    block's absmax mapped to 6; nearest (ties to the lower point) or stochastic (unbiased)
+    rounding on the grid; 4-bit codes (sign, 3-bit index), two per byte."""
 
     name = "fp4"
     GRID = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
-    def __init__(self, block: int = 64):
+    def __init__(self, block: int = 64, rounding: str = "nearest"):
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
-        self.block = block
+        _check_rounding(rounding)
+        self.block, self.rounding = block, rounding
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return self.rounding == "stochastic"
 
     def encode(self, x, state, gen=None):
         b, n = blocks(x, self.block)
         scale = b.abs().amax(1, keepdim=True) / 6.0
         y = b / torch.where(scale > 0, scale, torch.ones_like(scale))
         grid = self.GRID.to(y.device)
-        mag = (y.abs()[..., None] - grid).abs().argmin(-1)  # nearest grid point, 0..7
+        if self.rounding == "stochastic":
+            a = y.abs()
+            hi = torch.searchsorted(grid, a.contiguous()).clamp_(max=7)  # first grid point >= |y|
+            lo = (hi - 1).clamp_(min=0)
+            lo = torch.where(grid[hi] == a, hi, lo)
+            mag = torch.where(round_between(a, grid[lo], grid[hi], gen) == grid[hi], hi, lo)
+        else:
+            mag = (y.abs()[..., None] - grid).abs().argmin(-1)  # nearest grid point, 0..7
         codes = mag + 8 * (y < 0)
         meta = {"shape": tuple(x.shape), "n": n, "n_blocks": b.shape[0]}
         return Payload({"codes": pack_bits(codes, 4), "scale": scale.reshape(-1)}, meta), state
