@@ -7,6 +7,12 @@ from farsync.optim import build_optimizer
 from farsync.tasks.quadratic import Quadratic, QuadraticParams
 
 
+def without_wall_time(metrics):
+    """Metrics records without the host's wall-clock time (the only field that differs between
+    two runs of one config on the simulator)."""
+    return [{k: v for k, v in m.items() if k != "wall_time_s"} for m in metrics]
+
+
 def train_sim(name, workers, steps, inner, *, outer=None, sync_every=1, task=None, batch_size=2, options=None):
     """Train `name` on the simulated cluster; return (per-rank local params, eval params, cluster)."""
     task = task or Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), workers, seed=0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import farsync
+from conftest import without_wall_time
 from farsync.compress import (
     COMPRESSORS, FP4, FP8, ErrorFeedback, GatherReducer, Identity, IntQuant, MeanReducer, QSGD, RandomK, ScatterReducer, TernGrad, TopK,
     build_compressor, build_reducer, gathered_mean,
@@ -222,8 +223,7 @@ def test_compressor_state_survives_checkpoint_and_resume(tmp_path, monkeypatch, 
     assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
     monkeypatch.delenv("FARSYNC_FAULT")
     resumed = farsync.run(resume=tmp_path / "r", progress=False)
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "wall_time_s"} for m in ms]
-    assert strip(resumed.metrics) == strip(full.metrics)
+    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
 
 
 @pytest.mark.parametrize("spec,msg", [

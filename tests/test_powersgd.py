@@ -6,6 +6,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState, powerSGD_hook
 
 import farsync
+from conftest import without_wall_time
 from farsync.comm import SimCluster
 from farsync.compress import PowerSGD, build_reducer
 
@@ -99,7 +100,6 @@ def test_powersgd_trains_and_survives_resume(tmp_path, monkeypatch):
     farsync.run(cfg, out=tmp_path / "r", progress=False)
     monkeypatch.delenv("FARSYNC_FAULT")
     resumed = farsync.run(resume=tmp_path / "r", progress=False)
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "wall_time_s"} for m in ms]
-    assert strip(resumed.metrics) == strip(full.metrics)
+    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
     with pytest.raises(farsync.ConfigError, match="unknown option"):
         farsync.load_config(dict(cfg, algorithm=dict(cfg["algorithm"], compress={"name": "powersgd", "rnak": 2})))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import farsync
+from conftest import without_wall_time
 from farsync.algorithms import get_algorithm
 from farsync.algorithms.fragments import split_into_fragments
 from farsync.checkpoint import latest_checkpoint, load_checkpoint
@@ -110,10 +111,6 @@ def with_algo(**algo):
     return {**TINY, "algorithm": {**TINY["algorithm"], **algo}}
 
 
-def strip(metrics):
-    return [{k: v for k, v in m.items() if k != "wall_time_s"} for m in metrics]
-
-
 def final_params(run_dir):
     return torch.load(run_dir / "model.pt", weights_only=True)
 
@@ -122,7 +119,7 @@ def final_params(run_dir):
 def test_one_fragment_no_delay_no_mixing_is_diloco_exactly(tmp_path, compress):
     dil = farsync.run(with_algo(compress=compress), out=tmp_path / "d", progress=False)
     st = farsync.run(with_algo(name="streaming-diloco", fragments=1, delay=0, alpha=0.0, compress=compress), out=tmp_path / "s", progress=False)
-    assert strip(st.metrics) == strip(dil.metrics)
+    assert without_wall_time(st.metrics) == without_wall_time(dil.metrics)
     a, b = final_params(st.run_dir), final_params(dil.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -191,7 +188,7 @@ def test_resume_with_a_reduction_in_flight_reproduces_the_run(tmp_path, monkeypa
     assert ckpt["step"] == 8 and all(w["algorithm"]["pending"]["apply_at"] == 9 for w in ckpt["workers"])
     monkeypatch.delenv("FARSYNC_FAULT")
     resumed = farsync.run(resume=tmp_path / "r", progress=False)
-    assert strip(resumed.metrics) == strip(full.metrics)
+    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
 
 
 @pytest.mark.parametrize("algo,msg", [
