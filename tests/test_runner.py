@@ -117,7 +117,7 @@ BAD_INPUTS = [
     (["--set", "algorithm.inner.lr=0"], "algorithm.inner.lr must be a finite number > 0, got 0"),
     (["--set", "algorithm.outer.lr=-1"], "algorithm.outer.lr must be a finite number > 0, got -1"),
     (["--set", "cluster.workers=0"], "cluster.workers: Input should be greater than or equal to 1"),
-    (["--set", "algorithm.sync_every=0"], "algorithm.sync_every: Input should be greater than or equal to 1"),
+    (["--set", "algorithm.sync_every=0"], "algorithm.sync_every: sync_every must be an integer >= 1 or {rule: qsr, base, alpha}, got 0"),
     (["--set", "cluster.bandwidth=fast"], "malformed bandwidth 'fast'"),
     (["--set", "cluster.latency=10 parsecs"], "malformed duration '10 parsecs'"),
     (["--set", "train.lr_schedule.name=cosinus"], "unknown lr schedule 'cosinus'; valid choices: constant, cosine, linear"),

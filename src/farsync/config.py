@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .algorithms.sync_schedule import QSR, parse_sync_every
 from .optim import SCHEDULES, check_optimizer_config
 from .units import parse_bandwidth, parse_duration, parse_flops
 
@@ -113,12 +114,23 @@ class AlgorithmConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = "ddp"
-    sync_every: int = Field(1, ge=1, description="H: inner steps between synchronizations")
+    sync_every: int | QSR = Field(
+        1, description="H: inner steps between synchronizations, or {rule: qsr, base, alpha} (algorithms/sync_schedule.py)"
+    )
     inner: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_INNER), description="inner (local) optimizer")
     outer: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OUTER), description="outer optimizer")
     compress: dict[str, Any] | None = Field(
         None, description="compressor of what is averaged, e.g. {name: int8, block: 64, error_feedback: ef}"
     )
+
+    @field_validator("sync_every", mode="before")
+    @classmethod
+    def _sync_every(cls, v):
+        try:
+            return parse_sync_every(v)
+        except ValidationError as err:  # a bad {rule: qsr, ...}: name its field
+            e = err.errors()[0]
+            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})") from None
 
     @field_validator("compress")
     @classmethod

@@ -24,6 +24,7 @@ from torch import nn
 from ..comm import Communicator
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import build_optimizer
+from .sync_schedule import QSR, RoundClock, parse_sync_every
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -47,18 +48,18 @@ class Algorithm:
         optimizer: torch.optim.Optimizer,
         comm: Communicator,
         *,
-        sync_every: int = 1,
+        sync_every: int | QSR | dict = 1,
         outer: OuterSpec | None = None,
         grad_clip: float | None = None,
         options: BaseModel | dict | None = None,
         compress: dict[str, Any] | Compressor | Reducer | None = None,
     ):
-        if sync_every < 1:
-            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        sync_every = parse_sync_every(sync_every)
         self.model = model
         self.optimizer = optimizer
         self.comm = comm
         self.sync_every = sync_every
+        self.rounds = RoundClock(sync_every)
         self.grad_clip = grad_clip
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -113,8 +114,8 @@ class Algorithm:
         unflatten_into(self._mean(flatten(grads)), grads)
 
     def _sync_due(self) -> bool:
-        """True on the step that completes a round of `sync_every` inner steps."""
-        return (self.local_step + 1) % self.sync_every == 0
+        """True on the step that completes a round (`sync_every` inner steps, or QSR's H)."""
+        return self.rounds.ends_after(self.local_step + 1, self.optimizer.param_groups[0]["lr"])
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
@@ -127,12 +128,14 @@ class Algorithm:
             "local_step": self.local_step,
             "optimizer": self.optimizer.state_dict(),
             "reducer": self.reducer.state_dict(),
+            "rounds": self.rounds.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.local_step = state["local_step"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.reducer.load_state_dict(state["reducer"])
+        self.rounds.load_state_dict(state["rounds"])
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -2,7 +2,7 @@
 
 State per worker: local params theta_i, the inner optimizer's state (kept across rounds), the
 global params phi (identical on all workers) and the outer optimizer's state over phi. Every
-H = `sync_every` inner steps::
+H = `sync_every` inner steps (or H from the QSR rule, `sync_schedule.py`)::
 
     delta_i = phi - theta_i                       # pseudo-gradient (points downhill)
     delta   = (1/n) * sum_i delta_i               # all_reduce(mean) of one flat buffer

@@ -1,6 +1,6 @@
 """`local-sgd`: Local SGD / FedAvg (Stich 2019; McMahan et al. 2017), with optional post-local phase.
 
-Each worker takes H = `sync_every` local steps of its inner optimizer; then the parameters are
+Each worker takes H = `sync_every` local steps (or H from the QSR rule, `sync_schedule.py`) of its inner optimizer; then the parameters are
 averaged::
 
     theta_i = InnerOpt.step(theta_i, grad f_i(theta_i))          # every step

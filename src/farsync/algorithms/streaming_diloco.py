@@ -62,6 +62,8 @@ class StreamingDiLoCo(Algorithm):
 
     @classmethod
     def check_options(cls, sync_every, options):
+        if not isinstance(sync_every, int):
+            raise ValueError("streaming-diloco needs an integer sync_every (QSR is for local-sgd and diloco)")
         if sync_every % options.fragments:
             raise ValueError(f"sync_every ({sync_every}) must be a multiple of fragments ({options.fragments})")
         if options.delay >= sync_every // options.fragments:

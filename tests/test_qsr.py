@@ -1,0 +1,81 @@
+"""The Quadratic Synchronization Rule: round lengths, the steps it syncs at, the reduction to a
+fixed H, resume, bad input."""
+
+import pytest
+import torch
+
+import farsync
+from conftest import without_wall_time
+from farsync.algorithms import get_algorithm
+from farsync.algorithms.sync_schedule import QSR
+from farsync.comm import SimCluster
+
+
+def test_round_length_is_max_of_base_and_alpha_over_lr_squared():
+    q = QSR(rule="qsr", base=2, alpha=0.125)
+    assert [q.round_length(lr) for lr in (0.5, 0.125, 0.0625, 0.03125, 0.01)] == [2, 2, 4, 16, 156]
+
+
+@pytest.mark.parametrize("name", ["local-sgd", "diloco"])
+def test_syncs_after_rounds_whose_length_comes_from_the_lr_at_their_first_step(name):
+    lrs = [0.125] * 4 + [0.0625] * 4 + [0.03125] * 30  # lr of steps 1, 2, ...
+
+    def fn(comm):
+        model = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=lrs[0])
+        algo = get_algorithm(name)(model, opt, comm, sync_every={"rule": "qsr", "base": 2, "alpha": 0.125})
+        synced = []
+        for step, lr in enumerate(lrs, start=1):
+            opt.param_groups[0]["lr"] = lr
+            model(torch.ones(1, 3)).sum().backward()
+            calls = comm.stats.n_calls
+            algo.step()
+            algo.zero_grad()
+            if comm.stats.n_calls > calls:
+                synced.append(step)
+        return synced
+
+    # rounds: steps 1-2 and 3-4 at lr 1/8 (H = 2); 5-8 at 1/16 (H = 4); then H = 16 from step 9
+    assert SimCluster(2).run(fn)[0] == [2, 4, 8, 24]
+
+
+TINY = {
+    "name": "q", "seed": 2,
+    "task": {"name": "logreg", "dataset": "breast_cancer"},
+    "cluster": {"workers": 3},
+    "algorithm": {"name": "diloco", "sync_every": 4, "inner": {"name": "sgd", "lr": 0.1}},
+    "train": {"steps": 40, "batch_size": 8, "eval_every": 20, "log_every": 4,
+              "lr_schedule": {"name": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1}},
+}
+
+
+def test_qsr_with_a_tiny_alpha_is_the_fixed_base_period(tmp_path):
+    fixed = farsync.run(TINY, out=tmp_path / "f", progress=False)
+    qsr = farsync.run({**TINY, "algorithm": {**TINY["algorithm"], "sync_every": {"rule": "qsr", "base": 4, "alpha": 1e-6}}},
+                      out=tmp_path / "q", progress=False)
+    assert without_wall_time(qsr.metrics) == without_wall_time(fixed.metrics)
+
+
+def test_qsr_rounds_grow_as_the_cosine_schedule_decays_and_survive_resume(tmp_path, monkeypatch):
+    cfg = {**TINY, "algorithm": {**TINY["algorithm"], "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.2}},
+           "train": {**TINY["train"], "checkpoint_every": 20}}
+    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    fixed = farsync.run({**TINY, "algorithm": {**TINY["algorithm"], "sync_every": 2}}, out=tmp_path / "fixed", progress=False)
+    assert full.summary["bytes_sent_total"] < fixed.summary["bytes_sent_total"]  # fewer, longer rounds late on
+    monkeypatch.setenv("FARSYNC_FAULT", "0:27")
+    assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
+    monkeypatch.delenv("FARSYNC_FAULT")
+    resumed = farsync.run(resume=tmp_path / "r", progress=False)
+    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
+
+
+@pytest.mark.parametrize("algo,msg", [
+    ({"sync_every": {"rule": "qsr", "base": 0, "alpha": 0.1}}, "base"),
+    ({"sync_every": {"rule": "qsr", "base": 2, "alpha": -1}}, "alpha"),
+    ({"sync_every": {"rule": "linear", "base": 2, "alpha": 0.1}}, "rule"),
+    ({"name": "streaming-diloco", "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.1}}, "needs an integer sync_every"),
+    ({"name": "ddp", "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.1}}, "synchronizes every step"),
+])
+def test_bad_sync_every_fails_before_training(algo, msg):
+    with pytest.raises(farsync.ConfigError, match=msg):
+        farsync.load_config({**TINY, "algorithm": {**TINY["algorithm"], **algo}})
