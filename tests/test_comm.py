@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from farsync.comm import NetworkModel, SimCluster, SimDeadlock, TimeModel, wire_bytes
+from farsync.comm import NetworkModel, SimCluster, SimDeadlock, Straggler, TimeModel, wire_bytes
 
 N = 4
 
@@ -181,3 +181,19 @@ def test_each_worker_has_its_own_rng_stream_like_a_process():
     first, second = torch.rand(3), torch.rand(3)
     for a, b in outs:  # each rank sees the same stream, unaffected by the others' draws
         assert torch.equal(a, first) and torch.equal(b, second)
+
+
+def test_a_straggler_is_slow_only_inside_its_window():
+    tm = TimeModel(0.5, stragglers=(Straggler(rank=1, factor=4.0, start_s=1.0, end_s=3.0),))
+    cluster = SimCluster(2, time_model=tm)
+
+    def fn(comm):
+        starts = []
+        for _ in range(6):
+            starts.append(comm.stats.clock_s)
+            comm.compute()
+        return starts
+
+    fast, slow = cluster.run(fn)
+    assert fast == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert slow == [0.0, 0.5, 1.0, 3.0, 3.5, 4.0]  # the step started at 1.0 takes 4 x 0.5; 3.0 is past the window

@@ -163,3 +163,29 @@ def test_demo_configs_are_valid_and_match_the_issue():
     a, b = cfgs["ddp"].to_dict(), cfgs["diloco"].to_dict()
     a.pop("algorithm"), b.pop("algorithm"), a.pop("name"), b.pop("name")
     assert a == b  # same task, cluster and training budget: equal tokens
+
+
+def test_stragglers_and_per_worker_links_change_only_the_clock(tmp_path):
+    base = {
+        "name": "s", "task": {"name": "quadratic", "dim": 2000}, "cluster": {"workers": 3, "step_time": "1s", "latency": 0},
+        "algorithm": {"name": "ddp", "inner": {"name": "sgd", "lr": 0.1}},
+        "train": {"steps": 10, "batch_size": 2, "eval_every": 0, "log_every": 5},
+    }
+    plain = farsync.run(base, out=tmp_path / "p", progress=False)
+    slow = farsync.run({**base, "cluster": {**base["cluster"], "stragglers": [{"rank": 2, "factor": 3, "start": "2s", "end": "6s"}]}},
+                       out=tmp_path / "s", progress=False)
+    # DDP waits for the straggler: steps starting at t = 2 and t = 5 (clock after 2 + 3) take 3 s; t >= 6 is past the window
+    assert slow.summary["sim_time_s"] == pytest.approx(plain.summary["sim_time_s"] + 2 * 2)
+    assert [m["train_loss"] for m in slow.metrics] == [m["train_loss"] for m in plain.metrics]
+    narrow = farsync.run({**base, "cluster": {**base["cluster"], "link_bandwidth": ["1Gbps", "1Mbps", "1Gbps"]}},
+                         out=tmp_path / "n", progress=False)
+    sent_bits = 8 * plain.summary["bytes_sent_per_worker"][0]  # ring all-reduce: what one worker sends, per call
+    # every all-reduce runs at the slowest member's link: 1 Mbps instead of 1 Gbps (counted bytes are
+    # floored to whole bytes per call, the time model is not: abs tolerance of a few bytes at 1 Mbps)
+    extra = sent_bits * (1 / 1e6 - 1 / 1e9)
+    assert narrow.summary["sim_time_s"] == pytest.approx(plain.summary["sim_time_s"] + extra, abs=1e-4)
+    assert extra > 100 * 1e-4
+    with pytest.raises(farsync.ConfigError, match="link_bandwidth has 2 entries but workers is 3"):
+        farsync.load_config({**base, "cluster": {**base["cluster"], "link_bandwidth": ["1Gbps", "1Mbps"]}})
+    with pytest.raises(farsync.ConfigError, match="straggler rank 3 is not a worker"):
+        farsync.load_config({**base, "cluster": {**base["cluster"], "stragglers": [{"rank": 3, "factor": 2}]}})

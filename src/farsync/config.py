@@ -69,6 +69,25 @@ class TaskConfig(BaseModel):
 _UNIT_PARSERS = {"bandwidth": parse_bandwidth, "latency": parse_duration, "throughput": parse_flops, "step_time": parse_duration, "timeout": parse_duration}
 
 
+class StragglerConfig(_Strict):
+    """One worker slowed down for a window of (its own) virtual time."""
+
+    rank: int = Field(ge=0, description="the slowed worker")
+    factor: float = Field(gt=0, description="its step time is multiplied by this")
+    start: str | float = Field(0.0, description="window start on the worker's clock, e.g. '100s'")
+    end: str | float | None = Field(None, description="window end (exclusive), e.g. '200s'; none: to the end of the run")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _duration(cls, v):
+        if v is not None:
+            parse_duration(v)  # raises ValueError naming the bad value
+        return v
+
+    def window_s(self) -> tuple[float, float]:
+        return parse_duration(self.start), float("inf") if self.end is None else parse_duration(self.end)
+
+
 class ClusterConfig(_Strict):
     """The cluster the run is simulated on (or runs on)."""
 
@@ -83,6 +102,10 @@ class ClusterConfig(_Strict):
     throughput: str | float = Field("10TFLOPS", description="device FLOP rate for the FLOPs time model")
     step_time: str | float | None = Field(None, description="fixed compute time per inner step; overrides throughput")
     speeds: list[float] | None = Field(None, description="per-worker slowdown factors (>= 1 is slower)")
+    stragglers: list[StragglerConfig] = Field(default_factory=list, description="workers slowed down for a window of time")
+    link_bandwidth: list[str | float] | None = Field(
+        None, description="per-worker link bandwidth (a collective runs at its slowest member's); overrides bandwidth"
+    )
     bytes_scale: float = Field(1.0, gt=0, description="multiply payload bytes by this in the time model only")
 
     @field_validator("bandwidth", "latency", "throughput", "step_time", "timeout")
@@ -92,8 +115,24 @@ class ClusterConfig(_Strict):
             _UNIT_PARSERS[info.field_name](v)  # raises ValueError naming the bad value
         return v
 
+    @field_validator("link_bandwidth")
+    @classmethod
+    def _links(cls, v):
+        for b in v or []:
+            parse_bandwidth(b)  # raises ValueError naming the bad value
+        return v
+
     @model_validator(mode="after")
     def _speeds(self):
+        for name in ("link_bandwidth",):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.workers:
+                raise ValueError(f"{name} has {len(value)} entries but workers is {self.workers}")
+        for s in self.stragglers:
+            if s.rank >= self.workers:
+                raise ValueError(f"straggler rank {s.rank} is not a worker (workers: {self.workers})")
+            if s.window_s()[1] <= s.window_s()[0]:
+                raise ValueError(f"straggler window must have end > start, got start={s.start!r} end={s.end!r}")
         if self.speeds is not None:
             if len(self.speeds) != self.workers:
                 raise ValueError(f"speeds has {len(self.speeds)} entries but workers is {self.workers}")

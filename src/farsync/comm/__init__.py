@@ -1,7 +1,7 @@
 """Communication layer: the `Communicator` interface and its backends."""
 
 from .base import CommStats, Communicator, Work, wire_bytes
-from .cost import NetworkModel, TimeModel
+from .cost import NetworkModel, Straggler, TimeModel
 from .sim import SimCluster, SimCommunicator, SimDeadlock
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "SimCluster",
     "SimCommunicator",
     "SimDeadlock",
+    "Straggler",
     "TimeModel",
     "Work",
     "wire_bytes",

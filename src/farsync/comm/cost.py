@@ -14,7 +14,9 @@ B is multiplied by `bytes_scale` before it enters these formulas, so a small mod
 for a larger one (time only: reported byte counts stay the real ones).
 
 Compute time of one inner step on worker r is ``step_time * speed[r]`` where ``step_time`` is
-fixed or ``flops_per_step / throughput``; ``speed[r] >= 1`` slows a worker down.
+fixed or ``flops_per_step / throughput``; ``speed[r] >= 1`` slows a worker down. A `Straggler`
+multiplies one worker's step time by ``factor`` for the steps it starts at virtual times
+``start_s <= t < end_s`` on its own clock.
 """
 
 from __future__ import annotations
@@ -56,12 +58,27 @@ class NetworkModel:
 
 
 @dataclass(frozen=True)
+class Straggler:
+    """Worker `rank` is `factor` times slower for the steps it starts at start_s <= t < end_s."""
+
+    rank: int
+    factor: float
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class TimeModel:
-    """Compute time per inner step: ``step_time_s * speeds[rank]``."""
+    """Compute time per inner step: ``step_time_s * speeds[rank]`` (x a straggler's factor)."""
 
     step_time_s: float
     speeds: tuple[float, ...] = field(default_factory=tuple)
+    stragglers: tuple[Straggler, ...] = field(default_factory=tuple)
 
-    def step_time(self, rank: int) -> float:
+    def step_time(self, rank: int, clock_s: float = 0.0) -> float:
+        """Compute time of a step that worker `rank` starts at virtual time `clock_s`."""
         factor = self.speeds[rank] if self.speeds else 1.0
+        for s in self.stragglers:
+            if s.rank == rank and s.start_s <= clock_s < s.end_s:
+                factor *= s.factor
         return self.step_time_s * factor

@@ -365,8 +365,8 @@ class SimCommunicator(Communicator):
         self._finish(self.cluster._issue_collective(self.rank, "barrier", None, ((), None, None)), False)
 
     def compute(self, steps: float = 1.0) -> None:
-        dt = self.cluster.time_model.step_time(self.rank) * steps
         st = self.cluster.stats[self.rank]
+        dt = self.cluster.time_model.step_time(self.rank, st.clock_s) * steps
         st.clock_s += dt
         st.compute_time_s += dt
 
