@@ -1,4 +1,4 @@
-"""Command line: ``farsync run | compare | list | demo``."""
+"""Command line: ``farsync run | launch | worker | compare | sweep | list | demo``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def _cmd_compare(args) -> int:
     from .report import compare
 
     report = compare(args.runs, args.out)
+    print(report.read_text())
+    print(f"report written to {report}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    report = sweep(args.configs, args.grid, args.set, args.out, args.target_loss, progress=not args.quiet)
     print(report.read_text())
     print(f"report written to {report}")
     return 0
@@ -135,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run directories")
     c.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
     c.set_defaults(func=_cmd_compare)
+
+    sw = sub.add_parser("sweep", help="configs over a grid of overrides: utilization, time to a target loss")
+    sw.add_argument("configs", nargs="+", help="YAML config files")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...", help="values to sweep (repeatable: all combinations)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every run")
+    sw.add_argument("--target-loss", type=float, help="report the simulated time until eval loss <= this")
+    sw.add_argument("--out", default="runs/sweep", help="output directory (default: runs/sweep)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_cmd_sweep)
 
     ls = sub.add_parser("list", help="available tasks, algorithms and optimizers")
     ls.set_defaults(func=_cmd_list)

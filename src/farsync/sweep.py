@@ -1,0 +1,161 @@
+"""`farsync sweep`: configs over a grid of overrides; compute utilization and time to a target loss.
+
+    farsync sweep A.yaml B.yaml --grid cluster.bandwidth=100Mbps,1Gbps,10Gbps [--grid KEY=V1,V2 ...]
+                  [--set KEY=VALUE ...] [--target-loss 2.2] [--out runs/sweep]
+
+Every combination of grid values is applied (after the --set overrides) to every config, and all
+of them are validated before the first run starts. Each run lands in OUT/<config name>/<key=value
+...>; a completed run already there is reused. OUT/sweep.jsonl holds one line per run, OUT/report.md
+a table (final eval loss, bytes, simulated time, compute utilization, simulated time until the eval
+loss first reaches --target-loss); with one grid key, OUT/utilization.png and OUT/time_to_target.png
+plot those against it (log axis for bandwidths).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, load_config
+from .units import parse_bandwidth, parse_duration
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``a,b,{c: 1, d: 2}`` on the commas outside brackets and braces."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    if any(not v for v in out):
+        raise ConfigError(f"empty value in grid {text!r}")
+    return out
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--grid needs KEY=V1,V2,..., got {item!r}")
+        grid.append((key.strip(), split_values(values)))
+    return grid
+
+
+def _label(point: dict[str, str]) -> str:
+    text = ",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+
+
+def time_to_target(metrics: list[dict[str, Any]], target: float | None) -> float | None:
+    """Simulated time of the first evaluation with eval_loss <= target (None if never)."""
+    if target is None:
+        return None
+    return next((m["sim_time_s"] for m in metrics if m.get("eval_loss") is not None and m["eval_loss"] <= target), None)
+
+
+def _numeric(key: str, value: str) -> float | None:
+    """The grid value as a number (bandwidths in bits/s, durations in s), or None."""
+    parse = parse_bandwidth if "bandwidth" in key else parse_duration if key.endswith(("latency", "step_time")) else float
+    try:
+        return parse(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None = None, out: str | Path = "runs/sweep",
+          target_loss: float | None = None, progress: bool = False) -> Path:
+    """Run the sweep; return the path of report.md."""
+    from .runner import run
+
+    grid = parse_grid(grid_items)
+    points = [dict(zip([k for k, _ in grid], combo)) for combo in itertools.product(*[v for _, v in grid])]
+    plan = []
+    for path in configs:  # validate everything before any work
+        for point in points:
+            sets = list(overrides or []) + [f"{k}={v}" for k, v in point.items()]
+            cfg = load_config(path, sets)
+            plan.append((cfg.name, point, path, sets))
+    out = Path(out)
+    rows = []
+    for name, point, path, sets in plan:
+        run_dir = out / name / _label(point)
+        summary_file = run_dir / "summary.json"
+        done = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "completed"
+        if done:
+            summary = json.loads(summary_file.read_text())
+            metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            print(f"[sweep] {name} {point}", flush=True)
+            result = run(path, overrides=sets, out=run_dir, progress=progress)
+            summary, metrics = result.summary, result.metrics
+        rows.append({
+            "config": name, **point, "run_dir": str(run_dir), "status": summary["status"],
+            "final_eval_loss": summary["final_eval_loss"], "bytes_sent_total": summary["bytes_sent_total"],
+            "sim_time_s": summary["sim_time_s"], "compute_utilization": summary["compute_utilization"],
+            "time_to_target_s": time_to_target(metrics, target_loss),
+        })
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = [k for k, _ in grid]
+    if len(keys) == 1:
+        _plot(rows, keys[0], out, target_loss)
+    return _report(rows, keys, out, target_loss)
+
+
+def _report(rows: list[dict], keys: list[str], out: Path, target: float | None) -> Path:
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)
+    head = ["config", *keys, "final eval loss", "bytes sent", "sim time (s)", "compute util.", f"time to loss {target} (s)", "status"]
+    lines = ["# Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["config"], *[str(r[k]) for k in keys], fmt(r["final_eval_loss"], ".4f"), f"{r['bytes_sent_total']:,}",
+                 fmt(r["sim_time_s"], ".2f"), fmt(r["compute_utilization"], ".3f"), fmt(r["time_to_target_s"], ".2f"), r["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(keys) == 1:
+        lines += ["", "![compute utilization](utilization.png)"] + (["![time to target](time_to_target.png)"] if target is not None else [])
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plot(rows: list[dict], key: str, out: Path, target: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = list(dict.fromkeys(r[key] for r in rows))
+    nums = [_numeric(key, v) for v in values]
+    xs = nums if all(n is not None for n in nums) else list(range(len(values)))
+    xpos = dict(zip(values, xs))
+    for field, ylabel, fname in [("compute_utilization", "compute utilization", "utilization.png"),
+                                 ("time_to_target_s", f"simulated time to eval loss {target} (s)", "time_to_target.png")]:
+        if field == "time_to_target_s" and target is None:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for name in dict.fromkeys(r["config"] for r in rows):
+            pts = [(xpos[r[key]], r[field]) for r in rows if r["config"] == name and r[field] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        if xs is not nums:
+            ax.set_xticks(xs, values)
+        elif "bandwidth" in key:
+            ax.set_xscale("log")
+        ax.set_xlabel(key + (" (bits/s)" if "bandwidth" in key and xs is nums else ""))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
