@@ -110,11 +110,11 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
     (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     keys = [k for k, _ in grid]
     if len(keys) == 1:
-        _plot(rows, keys[0], out, target_loss)
-    return _report(rows, keys, out, target_loss)
+        plot_sweep(rows, keys[0], out, target_loss)
+    return write_report(rows, keys, out, target_loss)
 
 
-def _report(rows: list[dict], keys: list[str], out: Path, target: float | None) -> Path:
+def write_report(rows: list[dict], keys: list[str], out: Path, target: float | None) -> Path:
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
     head = ["config", *keys, "final eval loss", "bytes sent", "sim time (s)", "compute util.", f"time to loss {target} (s)", "status"]
     lines = ["# Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -129,7 +129,7 @@ def _report(rows: list[dict], keys: list[str], out: Path, target: float | None) 
     return path
 
 
-def _plot(rows: list[dict], key: str, out: Path, target: float | None) -> None:
+def plot_sweep(rows: list[dict], key: str, out: Path, target: float | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
