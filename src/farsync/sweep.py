@@ -152,6 +152,8 @@ def plot_sweep(rows: list[dict], key: str, out: Path, target: float | None) -> N
             ax.set_xticks(xs, values)
         elif "bandwidth" in key:
             ax.set_xscale("log")
+        if field == "time_to_target_s":
+            ax.set_yscale("log")
         ax.set_xlabel(key + (" (bits/s)" if "bandwidth" in key and xs is nums else ""))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
