@@ -138,3 +138,18 @@ def test_readme_own_loop_example_runs_and_is_at_most_15_lines():
     exec(compile(code, "README example", "exec"), namespace)
     report = namespace["report"]
     assert report.results[0] < 0.3 and report.bytes_sent_total == 4 * 10 * 252  # 10 syncs of 42 floats
+
+
+def test_simulate_takes_stragglers_and_per_worker_links():
+    def train(comm):
+        model = torch.nn.Linear(4, 1)
+        algo = farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "ddp")
+        for _ in range(4):
+            model(torch.ones(2, 4)).sum().backward()
+            algo.step()
+            algo.zero_grad()
+
+    plain = farsync.simulate(train, workers=2, step_time="1s", latency=0)
+    slow = farsync.simulate(train, workers=2, step_time="1s", latency=0, stragglers=[farsync.Straggler(1, 2.0, 0.0, 2.0)],
+                            link_bandwidth=["1Gbps", "1Gbps"])
+    assert slow.sim_time_s == pytest.approx(plain.sim_time_s + 1.0)  # its step started at t = 0 takes 2 s; at t = 2 the window is over

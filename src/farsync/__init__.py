@@ -10,9 +10,9 @@ Python API (mirrors the CLI)::
     report = farsync.simulate(train_fn, workers=4, bandwidth="1Gbps")  # your loop, simulated
 """
 
-from .algorithms import ALGORITHMS, Algorithm, DDP, DiLoCo, LocalSGD, get_algorithm
+from .algorithms import ALGORITHMS, Algorithm, DDP, DiLoCo, LocalSGD, StreamingDiLoCo, get_algorithm
 from .api import SimReport, default_communicator, simulate, wrap
-from .comm import Communicator, NetworkModel, SimCluster, TimeModel
+from .comm import Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .config import Config, ConfigError, load_config
 from .report import compare
 from .runner import RunResult, run
@@ -36,6 +36,8 @@ __all__ = [
     "SimReport",
     "TASKS",
     "Task",
+    "Straggler",
+    "StreamingDiLoCo",
     "TimeModel",
     "compare",
     "default_communicator",

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .algorithms import Algorithm, get_algorithm
-from .comm import CommStats, Communicator, NetworkModel, SimCluster, TimeModel
+from .comm import CommStats, Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .comm.sim import current_sim_communicator
 from .units import parse_bandwidth, parse_duration
 
@@ -134,14 +134,19 @@ def simulate(
     step_time: str | float = 0.0,
     speeds: list[float] | None = None,
     bytes_scale: float = 1.0,
+    stragglers: list[Straggler] | None = None,
+    link_bandwidth: list[str | float] | None = None,
 ) -> SimReport:
     """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
 
     Inside `train_fn`, ``farsync.wrap`` picks up the worker's communicator; ``comm.rank`` and
     ``comm.world_size`` tell the worker which data shard is its. `step_time` is the virtual compute
-    time of one ``algo.step()`` (scaled by ``speeds[rank]``).
+    time of one ``algo.step()`` (scaled by ``speeds[rank]`` and by a `Straggler`'s factor inside its
+    window); `link_bandwidth` gives each worker its own link (a collective runs at the slowest).
     """
-    network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale)
-    cluster = SimCluster(workers, network, TimeModel(parse_duration(step_time), tuple(speeds or ())))
+    links = tuple(parse_bandwidth(b) for b in link_bandwidth) if link_bandwidth else None
+    network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale, links)
+    time_model = TimeModel(parse_duration(step_time), tuple(speeds or ()), tuple(stragglers or ()))
+    cluster = SimCluster(workers, network, time_model)
     results = cluster.run(train_fn)
     return SimReport(results, list(cluster.stats))
