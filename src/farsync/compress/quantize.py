@@ -58,11 +58,12 @@ class IntQuant(Compressor):
     def encode(self, x, state, gen=None):
         qmax = 2 ** (self.bits - 1) - 1
         b, n = blocks(x, self.block)
-        scale = absmax_rows(b) / qmax  # (n_blocks,)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+        scale = torch.empty(b.shape[0], dtype=torch.float32, device=b.device)
         q = torch.empty(b.shape, dtype=torch.int8, device=b.device)
-        for i, j in slabs(*b.shape):  # y = b / scale, rounded, clamped: one slab at a time
-            y = b[i:j] / safe[i:j]
+        for i, j in slabs(*b.shape):  # one slab at a time, read from memory once
+            bs = b[i:j]
+            s = torch.div(absmax_rows(bs), qmax, out=scale[i:j])
+            y = bs / torch.where(s > 0, s, torch.ones_like(s))[:, None]
             y = stochastic_round(y, gen) if self.rounding == "stochastic" else y.round_()
             q[i:j].copy_(y.clamp_(-qmax, qmax))
         codes = q if self.bits == 8 else pack_bits(q + (qmax + 1), 4)  # 4 bits: 0..15, 2 per byte
@@ -143,11 +144,12 @@ class FP8(Compressor):
     def encode(self, x, state, gen=None):
         dtype, fmax = self.FORMATS[self.format]
         b, n = blocks(x, self.block)
-        scale = absmax_rows(b) / fmax
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+        scale = torch.empty(b.shape[0], dtype=torch.float32, device=b.device)
         codes = torch.empty(b.shape, dtype=torch.uint8, device=b.device)
-        for i, j in slabs(*b.shape):
-            y = b[i:j] / safe[i:j]
+        for i, j in slabs(*b.shape):  # one slab at a time, read from memory once
+            bs = b[i:j]
+            s = torch.div(absmax_rows(bs), fmax, out=scale[i:j])
+            y = bs / torch.where(s > 0, s, torch.ones_like(s))[:, None]
             codes[i:j].copy_((self._stochastic(y, gen) if self.rounding == "stochastic" else y.to(dtype)).view(torch.uint8))
         meta = {"shape": tuple(x.shape), "n": n}
         return Payload({"codes": codes, "scale": scale}, meta), state
