@@ -1,9 +1,10 @@
 """Compression on the demo setting: final eval loss vs total bytes (a Pareto plot).
 
-    python benchmarks/compression_pareto.py [--out runs/pareto] [--only NAME ...] [--skip NAME ...]
+    python benchmarks/compression_pareto.py [--out runs/pareto] [--only NAME ...] [--skip NAME ...] [--table]
 
 Shakespeare GPT (the demo configs), 4 simulated workers, 600 steps, equal tokens. Writes
-`results.jsonl` and `pareto.png` into --out; the table and plot are copied into docs/benchmarks.md.
+`results.jsonl` and `pareto.png` into --out; `--table` prints the markdown table of
+docs/benchmarks.md from results.jsonl (no runs).
 """
 
 import argparse
@@ -42,15 +43,35 @@ RUNS = [
 ]
 
 
+def markdown(rows: list[dict]) -> str:
+    """The results as a table, in RUNS order, relative to the `ddp` row."""
+    by = {r["run"]: r for r in rows}
+    ddp = by["ddp"]
+    lines = ["| run | final eval loss | vs DDP | bytes sent (all workers) | bytes vs DDP | peak bytes/sync |", "|---|---|---|---|---|---|"]
+    for label, _, _ in RUNS:
+        r = by.get(label)
+        if r is None or r["final_eval_loss"] is None:
+            continue
+        rel = (r["final_eval_loss"] - ddp["final_eval_loss"]) / ddp["final_eval_loss"]
+        ratio = ddp["bytes_sent_total"] / r["bytes_sent_total"]
+        lines.append(f"| {label} | {r['final_eval_loss']:.4f} | {rel:+.2%} | {r['bytes_sent_total'] / 1e6:,.1f} MB "
+                     f"| {ratio:.1f}x fewer | {r['peak_bytes_per_sync'] / 1e6:.3f} MB |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/pareto")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--table", action="store_true", help="print the markdown table of results.jsonl and exit")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] if (out / "results.jsonl").exists() else []
+    if args.table:
+        print(markdown(rows))
+        return
     for label, base, sets in RUNS:
         if (args.only and label not in args.only) or label in args.skip:
             continue
