@@ -59,6 +59,24 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], out: Path) -> None:
+    """Final eval loss vs total bytes (log), DDP-family blue, DiLoCo-family orange, DeMo green."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        if r["final_eval_loss"] is None:
+            continue
+        color = "C1" if r["run"].startswith("diloco") else "C2" if r["run"].startswith("demo") else "C0"
+        ax.scatter(r["bytes_sent_total"], r["final_eval_loss"], color=color)
+        ax.annotate(r["run"], (r["bytes_sent_total"], r["final_eval_loss"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes sent, all workers (log)")
+    ax.set_ylabel("final eval loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/pareto")
@@ -70,6 +88,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] if (out / "results.jsonl").exists() else []
     if args.table:
+        plot(rows, out)
         print(markdown(rows))
         return
     for label, base, sets in RUNS:
@@ -87,18 +106,7 @@ def main() -> None:
         rows = [r for r in rows if r["run"] != label] + [row]
         print(json.dumps(row), flush=True)
         (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        if r["final_eval_loss"] is None:
-            continue
-        ax.scatter(r["bytes_sent_total"], r["final_eval_loss"], color="C1" if r["run"].startswith("diloco") else "C0")
-        ax.annotate(r["run"], (r["bytes_sent_total"], r["final_eval_loss"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes sent, all workers (log)")
-    ax.set_ylabel("final eval loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=110)
+    plot(rows, out)
 
 
 if __name__ == "__main__":
