@@ -50,6 +50,8 @@ def world_of_one():
     dist.destroy_process_group()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch's powerSGD_hook expects CUDA tensors when a GPU exists "
+                    "(seen with torch 2.11 on an H100); the oracle runs on CPU-only machines such as CI")
 @pytest.mark.parametrize("rank,warm", [(1, True), (2, True), (4, True), (4, False)])
 def test_matches_torch_powersgd_hook(world_of_one, rank, warm):
     state = PowerSGDState(process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=2,
