@@ -13,6 +13,22 @@ def without_wall_time(metrics):
     return [{k: v for k, v in m.items() if k != "wall_time_s"} for m in metrics]
 
 
+def assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, fault, check_checkpoint=None):
+    """Run `cfg` whole; run it again with FARSYNC_FAULT=`fault` (rank:step), check that it failed
+    (and `check_checkpoint(run_dir)`), resume it, and assert the metrics equal the whole run's."""
+    import farsync
+
+    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    monkeypatch.setenv("FARSYNC_FAULT", fault)
+    assert farsync.run(cfg, out=tmp_path / "crashed", progress=False).status.startswith("failed: InjectedFault")
+    monkeypatch.delenv("FARSYNC_FAULT")
+    if check_checkpoint is not None:
+        check_checkpoint(tmp_path / "crashed")
+    resumed = farsync.run(resume=tmp_path / "crashed", progress=False)
+    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
+    return full
+
+
 def train_sim(name, workers, steps, inner, *, outer=None, sync_every=1, task=None, batch_size=2, options=None):
     """Train `name` on the simulated cluster; return (per-rank local params, eval params, cluster)."""
     task = task or Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), workers, seed=0)

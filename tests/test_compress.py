@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import farsync
-from conftest import without_wall_time
+from conftest import assert_crash_and_resume_reproduce
 from farsync.compress import (
     COMPRESSORS, FP4, FP8, ErrorFeedback, GatherReducer, Identity, IntQuant, MeanReducer, QSGD, RandomK, ScatterReducer, TernGrad, TopK,
     build_compressor, build_reducer, gathered_mean,
@@ -218,12 +218,7 @@ def test_compressor_state_survives_checkpoint_and_resume(tmp_path, monkeypatch, 
                    "compress": {"name": "int4", "rounding": "stochastic", "error_feedback": "ef", "collective": collective}},
         train=dict(QUAD["train"], checkpoint_every=20),
     )
-    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
-    monkeypatch.setenv("FARSYNC_FAULT", "2:27")
-    assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
-    monkeypatch.delenv("FARSYNC_FAULT")
-    resumed = farsync.run(resume=tmp_path / "r", progress=False)
-    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
+    assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:27")
 
 
 @pytest.mark.parametrize("spec,msg", [

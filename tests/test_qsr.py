@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import farsync
-from conftest import without_wall_time
+from conftest import assert_crash_and_resume_reproduce, without_wall_time
 from farsync.algorithms import get_algorithm
 from farsync.algorithms.sync_schedule import QSR
 from farsync.comm import SimCluster
@@ -59,14 +59,9 @@ def test_qsr_with_a_tiny_alpha_is_the_fixed_base_period(tmp_path):
 def test_qsr_rounds_grow_as_the_cosine_schedule_decays_and_survive_resume(tmp_path, monkeypatch):
     cfg = {**TINY, "algorithm": {**TINY["algorithm"], "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.2}},
            "train": {**TINY["train"], "checkpoint_every": 20}}
-    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    full = assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "0:27")
     fixed = farsync.run({**TINY, "algorithm": {**TINY["algorithm"], "sync_every": 2}}, out=tmp_path / "fixed", progress=False)
     assert full.summary["bytes_sent_total"] < fixed.summary["bytes_sent_total"]  # fewer, longer rounds late on
-    monkeypatch.setenv("FARSYNC_FAULT", "0:27")
-    assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
-    monkeypatch.delenv("FARSYNC_FAULT")
-    resumed = farsync.run(resume=tmp_path / "r", progress=False)
-    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
 
 
 @pytest.mark.parametrize("algo,msg", [

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import farsync
-from conftest import without_wall_time
+from conftest import assert_crash_and_resume_reproduce, without_wall_time
 from farsync.algorithms import get_algorithm
 from farsync.algorithms.fragments import split_into_fragments
 from farsync.checkpoint import latest_checkpoint, load_checkpoint
@@ -181,14 +181,11 @@ def test_resume_with_a_reduction_in_flight_reproduces_the_run(tmp_path, monkeypa
     # checkpoint after step 8 holds one in flight.
     cfg = dict(with_algo(name="streaming-diloco", fragments=2, delay=1, alpha=0.5, compress={"name": "int8", "error_feedback": "ef"}),
                train={**TINY["train"], "log_every": 4, "checkpoint_every": 8})
-    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
-    monkeypatch.setenv("FARSYNC_FAULT", "1:10")
-    assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
-    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "r"))
-    assert ckpt["step"] == 8 and all(w["algorithm"]["pending"]["apply_at"] == 9 for w in ckpt["workers"])
-    monkeypatch.delenv("FARSYNC_FAULT")
-    resumed = farsync.run(resume=tmp_path / "r", progress=False)
-    assert without_wall_time(resumed.metrics) == without_wall_time(full.metrics)
+    def in_flight(run_dir):
+        ckpt = load_checkpoint(latest_checkpoint(run_dir))
+        assert ckpt["step"] == 8 and all(w["algorithm"]["pending"]["apply_at"] == 9 for w in ckpt["workers"])
+
+    assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "1:10", in_flight)
 
 
 @pytest.mark.parametrize("algo,msg", [

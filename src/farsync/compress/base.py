@@ -137,6 +137,14 @@ def absmax_rows(b: torch.Tensor) -> torch.Tensor:
 SLAB = 1 << 19  # values per slab (2 MB of fp32): temporaries stay in cache; large enough for 2 threads per op
 
 
+def scaled_slabs(b: torch.Tensor, top: float, scale_out: torch.Tensor):
+    """Per slab of rows of `b`: write each row's scale absmax / `top` into `scale_out` and yield
+    (start, stop, rows / scale) (rows of zeros keep scale 0 and are divided by 1)."""
+    for i, j in slabs(*b.shape):
+        s = torch.div(absmax_rows(b[i:j]), top, out=scale_out[i:j])
+        yield i, j, b[i:j] / torch.where(s > 0, s, torch.ones_like(s))[:, None]
+
+
 def slabs(n_rows: int, row: int) -> list[tuple[int, int]]:
     """(start, stop) rows of slabs of about SLAB values; every start is even (4-bit packing)."""
     step = max(2, (SLAB // max(row, 1)) // 2 * 2)

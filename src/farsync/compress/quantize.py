@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, Payload, absmax_rows, blocks, pack_bits, slabs, stochastic_round, uniform, unpack_bits
+from .base import Compressor, Payload, blocks, pack_bits, scaled_slabs, slabs, stochastic_round, uniform, unpack_bits
 
 
 class Cast(Compressor):
@@ -60,10 +60,7 @@ class IntQuant(Compressor):
         b, n = blocks(x, self.block)
         scale = torch.empty(b.shape[0], dtype=torch.float32, device=b.device)
         q = torch.empty(b.shape, dtype=torch.int8, device=b.device)
-        for i, j in slabs(*b.shape):  # one slab at a time, read from memory once
-            bs = b[i:j]
-            s = torch.div(absmax_rows(bs), qmax, out=scale[i:j])
-            y = bs / torch.where(s > 0, s, torch.ones_like(s))[:, None]
+        for i, j, y in scaled_slabs(b, qmax, scale):  # one slab at a time, read from memory once
             y = stochastic_round(y, gen) if self.rounding == "stochastic" else y.round_()
             q[i:j].copy_(y.clamp_(-qmax, qmax))
         codes = q if self.bits == 8 else pack_bits(q + (qmax + 1), 4)  # 4 bits: 0..15, 2 per byte
@@ -146,10 +143,7 @@ class FP8(Compressor):
         b, n = blocks(x, self.block)
         scale = torch.empty(b.shape[0], dtype=torch.float32, device=b.device)
         codes = torch.empty(b.shape, dtype=torch.uint8, device=b.device)
-        for i, j in slabs(*b.shape):  # one slab at a time, read from memory once
-            bs = b[i:j]
-            s = torch.div(absmax_rows(bs), fmax, out=scale[i:j])
-            y = bs / torch.where(s > 0, s, torch.ones_like(s))[:, None]
+        for i, j, y in scaled_slabs(b, fmax, scale):  # one slab at a time, read from memory once
             codes[i:j].copy_((self._stochastic(y, gen) if self.rounding == "stochastic" else y.to(dtype)).view(torch.uint8))
         meta = {"shape": tuple(x.shape), "n": n}
         return Payload({"codes": codes, "scale": scale}, meta), state
