@@ -126,6 +126,17 @@ class SimReport:
         }
 
 
+def sim_cluster(
+    workers: int, bandwidth: str | float, latency: str | float, step_time_s: float, speeds: list[float] | None = None,
+    bytes_scale: float = 1.0, stragglers: list[Straggler] | tuple[Straggler, ...] | None = None,
+    link_bandwidth: list[str | float] | None = None,
+) -> SimCluster:
+    """A `SimCluster` from the config's units ('1Gbps', '10ms'; numbers are bits/s and seconds)."""
+    links = tuple(parse_bandwidth(b) for b in link_bandwidth) if link_bandwidth else None
+    network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale, links)
+    return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ())))
+
+
 def simulate(
     train_fn: Callable[[Communicator], Any],
     workers: int = 4,
@@ -144,9 +155,6 @@ def simulate(
     time of one ``algo.step()`` (scaled by ``speeds[rank]`` and by a `Straggler`'s factor inside its
     window); `link_bandwidth` gives each worker its own link (a collective runs at the slowest).
     """
-    links = tuple(parse_bandwidth(b) for b in link_bandwidth) if link_bandwidth else None
-    network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale, links)
-    time_model = TimeModel(parse_duration(step_time), tuple(speeds or ()), tuple(stragglers or ()))
-    cluster = SimCluster(workers, network, time_model)
+    cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers, link_bandwidth)
     results = cluster.run(train_fn)
     return SimReport(results, list(cluster.stats))

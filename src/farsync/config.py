@@ -124,7 +124,7 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _speeds(self):
-        for name in ("link_bandwidth",):
+        for name in ("speeds", "link_bandwidth"):  # one entry per worker
             value = getattr(self, name)
             if value is not None and len(value) != self.workers:
                 raise ValueError(f"{name} has {len(value)} entries but workers is {self.workers}")
@@ -133,11 +133,8 @@ class ClusterConfig(_Strict):
                 raise ValueError(f"straggler rank {s.rank} is not a worker (workers: {self.workers})")
             if s.window_s()[1] <= s.window_s()[0]:
                 raise ValueError(f"straggler window must have end > start, got start={s.start!r} end={s.end!r}")
-        if self.speeds is not None:
-            if len(self.speeds) != self.workers:
-                raise ValueError(f"speeds has {len(self.speeds)} entries but workers is {self.workers}")
-            if any(not s > 0 for s in self.speeds):
-                raise ValueError(f"speeds must all be > 0, got {self.speeds}")
+        if self.speeds is not None and any(not s > 0 for s in self.speeds):
+            raise ValueError(f"speeds must all be > 0, got {self.speeds}")
         return self
 
 

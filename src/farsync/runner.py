@@ -19,13 +19,14 @@ from typing import Any
 import torch
 import yaml
 
+from .api import sim_cluster
 from .checkpoint import CheckpointError, config_diff, latest_checkpoint, load_checkpoint
-from .comm import NetworkModel, SimCluster, Straggler, TimeModel
+from .comm import SimCluster, Straggler
 from .config import Config, ConfigError, load_config
 from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
 from .tasks import Task, get_task
-from .units import parse_bandwidth, parse_duration, parse_flops
+from .units import parse_duration, parse_flops
 
 
 @dataclass
@@ -75,10 +76,8 @@ def build_cluster(cfg: Config, task: Task) -> SimCluster:
     else:
         torch.manual_seed(cfg.seed)
         step_time = task.flops_per_step(task.build_model(), cfg.train.batch_size) / parse_flops(c.throughput)
-    links = tuple(parse_bandwidth(b) for b in c.link_bandwidth) if c.link_bandwidth else None
-    network = NetworkModel(parse_bandwidth(c.bandwidth), parse_duration(c.latency), c.bytes_scale, links)
-    stragglers = tuple(Straggler(s.rank, s.factor, *s.window_s()) for s in c.stragglers)
-    return SimCluster(c.workers, network, TimeModel(step_time, tuple(c.speeds or ()), stragglers))
+    stragglers = [Straggler(s.rank, s.factor, *s.window_s()) for s in c.stragglers]
+    return sim_cluster(c.workers, c.bandwidth, c.latency, step_time, c.speeds, c.bytes_scale, stragglers, c.link_bandwidth)
 
 
 def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, wall: float, n_params: int) -> dict:

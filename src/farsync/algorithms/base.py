@@ -158,6 +158,19 @@ def swapped_params(model_params: list[torch.Tensor], values: list[torch.Tensor])
                 p.copy_(s)
 
 
+def pseudo_gradient(global_params: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+    """phi - theta as one flat buffer (DiLoCo's outer gradient: it points downhill)."""
+    return flatten([g.detach() for g in global_params]) - flatten([p.detach() for p in params])
+
+
+def outer_step(optimizer: torch.optim.Optimizer, global_params: list[torch.Tensor], delta: torch.Tensor) -> None:
+    """Step `optimizer` over `global_params` with the flat `delta` as their ``.grad``."""
+    for g in global_params:
+        g.grad = torch.empty_like(g)
+    unflatten_into(delta, [g.grad for g in global_params])
+    optimizer.step()
+
+
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate tensors (all of one dtype) into one flat buffer - one message on the wire."""
     dtypes = {t.dtype for t in tensors}

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .base import Algorithm, flatten, swapped_params, unflatten_into
+from .base import Algorithm, outer_step, pseudo_gradient, swapped_params
 
 
 class DiLoCo(Algorithm):
@@ -45,12 +45,8 @@ class DiLoCo(Algorithm):
 
     def sync(self) -> None:
         """One outer step: average the pseudo-gradients, step phi, reset theta to phi."""
-        delta = flatten([g.detach() for g in self.global_params]) - flatten([p.detach() for p in self.params])
-        delta = self._mean(delta)  # through the compressor, if any
-        for g in self.global_params:
-            g.grad = torch.empty_like(g)
-        unflatten_into(delta, [g.grad for g in self.global_params])
-        self.outer_optimizer.step()
+        delta = self._mean(pseudo_gradient(self.global_params, self.params))  # through the compressor, if any
+        outer_step(self.outer_optimizer, self.global_params, delta)
         with torch.no_grad():
             for p, g in zip(self.params, self.global_params):
                 p.copy_(g)

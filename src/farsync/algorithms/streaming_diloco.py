@@ -36,7 +36,7 @@ from torch import nn
 
 from ..compress import PowerSGD
 from ..compress.collective import Pending
-from .base import Algorithm, flatten, swapped_params, unflatten_into
+from .base import Algorithm, outer_step, pseudo_gradient, swapped_params
 from .fragments import split_into_fragments
 
 
@@ -94,19 +94,14 @@ class StreamingDiLoCo(Algorithm):
 
     def _start(self, fragment: int, apply_at: int) -> None:
         frag = self.fragments[fragment]
-        delta = flatten([self.global_params[i].detach() for i in frag]) - flatten([self.params[i].detach() for i in frag])
+        delta = pseudo_gradient([self.global_params[i] for i in frag], [self.params[i] for i in frag])
         self.pending = (fragment, apply_at, self.reducers[fragment].start(self.comm, delta))
 
     def _apply(self) -> None:
         fragment, _, reduction = self.pending
         self.pending = None
         frag = self.fragments[fragment]
-        delta = reduction.wait()
-        glob = [self.global_params[i] for i in frag]
-        for g in glob:
-            g.grad = torch.empty_like(g)
-        unflatten_into(delta, [g.grad for g in glob])
-        self.outer_optimizers[fragment].step()
+        outer_step(self.outer_optimizers[fragment], [self.global_params[i] for i in frag], reduction.wait())
         alpha = self.options.alpha
         with torch.no_grad():
             for i in frag:
@@ -128,7 +123,7 @@ class StreamingDiLoCo(Algorithm):
             **super().state_dict(),
             "global_params": [g.detach().clone() for g in self.global_params],
             "outer_optimizers": [opt.state_dict() for opt in self.outer_optimizers],
-            "reducers": [r.state_dict() for r in self.reducers],
+            "fragment_reducers": [r.state_dict() for r in self.reducers[1:]],  # reducers[0] is saved as "reducer"
             "pending": pending,
         }
 
@@ -139,7 +134,7 @@ class StreamingDiLoCo(Algorithm):
                 g.copy_(s)
         for opt, s in zip(self.outer_optimizers, state["outer_optimizers"]):
             opt.load_state_dict(s)
-        for r, s in zip(self.reducers, state["reducers"]):
+        for r, s in zip(self.reducers[1:], state["fragment_reducers"]):
             r.load_state_dict(s)
         p = state["pending"]
         if p is not None:

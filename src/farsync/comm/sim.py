@@ -54,6 +54,7 @@ class _Op:
         self.done = False
         self.end_time = 0.0
         self.result: Any = None
+        self.nbytes = 0  # payload bytes per worker (the cost model's B), set when ranks issue it
 
 
 class _SimWork(Work):
@@ -203,7 +204,7 @@ class SimCluster:
                     f"rank issued {op.kind}{op.spec}"  # type: ignore[attr-defined]
                 )
             op.entries[rank] = (payload, self.stats[rank].clock_s)
-            self._book(rank, kind, payload, spec)
+            op.nbytes = self._book(rank, kind, payload, spec)
             if len(op.entries) == self.world_size:
                 del self._coll_ops[seq]
                 self._complete(op)
@@ -222,7 +223,7 @@ class SimCluster:
             if op is None:
                 op = self._p2p_ops[key] = _Op("p2p", (src, dst))
             op.entries[rank] = (tensor, self.stats[rank].clock_s)
-            self._book(rank, kind, tensor, None)
+            op.nbytes = self._book(rank, kind, tensor, None)
             if len(op.entries) == 2:
                 del self._p2p_ops[key]
                 s, d = op.entries[src][0], op.entries[dst][0]
@@ -231,10 +232,11 @@ class SimCluster:
                 self._complete(op)
             return op
 
-    def _book(self, rank: int, kind: str, payload: Any, spec: tuple | None) -> None:
-        """Count `rank`'s wire bytes when it issues a call (as the torch backend does)."""
+    def _book(self, rank: int, kind: str, payload: Any, spec: tuple | None) -> int:
+        """Count `rank`'s wire bytes when it issues a call (as the torch backend does); return the
+        call's payload bytes per worker (the cost model's B; equal on every rank)."""
         if kind in ("all_gather_object", "gather_object", "scatter_object"):  # control plane: free
-            return
+            return 0
         if kind == "all_gather":
             nbytes = tensor_nbytes(payload[1])
         elif kind == "all_to_all":
@@ -244,6 +246,7 @@ class SimCluster:
         src = spec[2] if kind == "broadcast" else 0
         sent, received = wire_bytes(kind, nbytes, self.world_size, rank, src)
         self.stats[rank].record(sent, received, nbytes)
+        return nbytes
 
     def _complete(self, op: _Op) -> None:
         """All participants have issued `op`: compute its result and its virtual timing."""
@@ -264,37 +267,30 @@ class SimCluster:
                 acc /= n
             for r in ranks:
                 op.entries[r][0].copy_(acc)
-            nbytes = tensor_nbytes(acc)
         elif kind == "all_gather":
             for r in ranks:
                 out_list = op.entries[r][0][0]
                 for j in ranks:
                     out_list[j].copy_(op.entries[j][0][1])
-            nbytes = tensor_nbytes(op.entries[ranks[0]][0][1])
         elif kind == "all_to_all":
             for r in ranks:
                 out_list = op.entries[r][0][0]
                 for j in ranks:
                     out_list[j].copy_(op.entries[j][0][1][r])
-            nbytes = tensor_nbytes(op.entries[ranks[0]][0][1][0])
         elif kind == "broadcast":
             src = op.spec[2]  # type: ignore[attr-defined]
             for r in ranks:
                 if r != src:
                     op.entries[r][0].copy_(op.entries[src][0])
-            nbytes = tensor_nbytes(op.entries[src][0])
-        elif kind == "barrier":
-            nbytes = 0
         elif kind == "p2p":
             src, dst = ranks
             op.entries[dst][0].copy_(op.entries[src][0])
-            nbytes = tensor_nbytes(op.entries[src][0])
-        else:  # pragma: no cover - guarded by the public methods
+        elif kind != "barrier":  # pragma: no cover - guarded by the public methods
             raise AssertionError(kind)
 
         start = max(max(t for _, t in op.entries.values()), max(self._link_free[r] for r in ranks))
         cost_kind = "send" if kind == "p2p" else kind
-        op.end_time = start + self.network.time(cost_kind, nbytes, ranks)
+        op.end_time = start + self.network.time(cost_kind, op.nbytes, ranks)
         for r in ranks:
             self._link_free[r] = op.end_time
         op.done = True

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 
 from ..comm import Communicator
-from .base import Compressor, Identity
+from .base import Compressor, Identity, Payload
 from .quantize import Cast
 from .transforms import EF21, EControl
 
@@ -89,6 +89,16 @@ class MeanReducer(Reducer):
         return Pending(lambda: (work.wait(), x)[1])
 
 
+def decoded_mean(comp: Compressor, template: Payload, bufs: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """(1/n) sum of the decoded packed payloads `bufs` (laid out as `template`, decoding to the
+    shape of `like`), in float32 and rank order, through one scratch buffer."""
+    acc = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    tmp = torch.empty_like(acc)
+    for b in bufs:
+        acc += comp.decode_into(template.unpack(b), tmp)
+    return acc.div_(len(bufs))
+
+
 def start_gathered_mean(
     comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
 ) -> Callable[[], tuple[torch.Tensor, dict]]:
@@ -109,11 +119,7 @@ def start_gathered_mean(
 
     def finish() -> tuple[torch.Tensor, dict]:
         work.wait()
-        acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        tmp = torch.empty_like(acc)
-        for b in bufs:
-            acc += comp.decode_into(payload.unpack(b), tmp)
-        mean, new_state = comp.finalize(acc / comm.world_size, state)
+        mean, new_state = comp.finalize(decoded_mean(comp, payload, bufs, x), state)
         return mean.to(x.dtype), new_state
 
     return finish
@@ -188,12 +194,7 @@ class ScatterReducer(_CompressorReducer):
         sent = [p.pack() for p in payloads]
         got = [torch.empty_like(sent[comm.rank]) for _ in range(n)]
         comm.all_to_all(got, sent)
-        mine = payloads[comm.rank]
-        acc = torch.zeros(size, dtype=torch.float32, device=x.device)
-        tmp = torch.empty_like(acc)
-        for b in got:
-            acc += self.comp.decode_into(mine.unpack(b), tmp)
-        acc /= n
+        acc = decoded_mean(self.comp, payloads[comm.rank], got, shards[0])
         # phase 2: compressed all-gather of the shard means
         q, mean_state = self.comp.encode(acc, self.state["mean"], self.gen)
         buf = q.pack()
