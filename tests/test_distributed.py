@@ -33,6 +33,7 @@ ALGOS = {
     "diloco": CFG["algorithm"],
     "streaming-diloco": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "delay": 1, "alpha": 0.5,
                          "inner": {"name": "adamw", "lr": 0.003}, "compress": {"name": "int8", "error_feedback": "ef"}},
+    "eager-diloco": {**CFG["algorithm"], "name": "eager-diloco", "compress": {"name": "int8"}},
     "diloco-int4-reduce-scatter": {**CFG["algorithm"], "compress": {"name": "int4", "collective": "reduce_scatter", "error_feedback": "ef"}},
 }
 

@@ -6,10 +6,11 @@ from .base import Algorithm
 from .ddp import DDP
 from .demo import DecoupledMomentum
 from .diloco import DiLoCo
+from .eager_diloco import DelayedDiLoCo, EagerDiLoCo
 from .local_sgd import LocalSGD
 from .streaming_diloco import StreamingDiLoCo
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, DecoupledMomentum)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, DecoupledMomentum)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -19,4 +20,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DecoupledMomentum", "DiLoCo", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]
