@@ -106,6 +106,32 @@ def test_torch_backend_matches_simulator_with_four_workers(tmp_path):
     assert summary(tmp_path / "torch")["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
 
 
+ASYNC = {"name": "async-local-sgd", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}}
+
+
+def test_async_local_sgd_with_one_worker_matches_the_simulator_on_the_torch_backend(tmp_path):
+    """Server + one worker: one possible arrival order, so gloo and the simulator agree bitwise."""
+    cfg = cfg_file(tmp_path, algorithm=ASYNC, cluster={"workers": 1}, train={**CFG["train"], "checkpoint_every": 0})
+    sim = farsync.run(cfg, out=tmp_path / "sim", progress=False)
+    assert launch("--nproc", 2, cfg, "--out", tmp_path / "torch") == 0
+    drop = ("staleness",)
+    assert [{k: v for k, v in m.items() if k not in drop} for m in metrics(tmp_path / "torch")] == \
+        [{k: v for k, v in m.items() if k not in drop} for m in metrics(sim.run_dir)]
+    assert same_model(model(tmp_path / "torch"), model(sim.run_dir))
+    assert summary(tmp_path / "torch")["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
+
+
+def test_async_local_sgd_runs_on_the_torch_backend_with_a_server_and_three_workers(tmp_path, capsys):
+    cfg = cfg_file(tmp_path, algorithm=ASYNC, cluster={"workers": 3}, train={**CFG["train"], "checkpoint_every": 0})
+    assert launch("--nproc", 3, cfg, "--out", tmp_path / "bad") == 2
+    assert "--nproc 3 differs from the 4 processes the run needs (cluster.workers 3 plus 1 for the server)" in capsys.readouterr().err
+    assert launch(cfg, "--out", tmp_path / "torch") == 0  # --nproc defaults to workers + 1
+    s = summary(tmp_path / "torch")
+    assert s["status"] == "completed" and s["tokens"] == 12 * 3 * 4 * 16
+    assert len(s["bytes_sent_per_worker"]) == 4 and s["compute_time_s_per_worker"][0] == 0.0
+    assert metrics(tmp_path / "torch")[-1]["step"] == 12
+
+
 def test_resume_on_the_simulator_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     cfg = cfg_file(tmp_path)
     full = farsync.run(cfg, out=tmp_path / "full", progress=False)
@@ -176,7 +202,7 @@ def test_resume_refuses_a_different_config(tmp_path, monkeypatch, capsys):
 def test_bad_launch_and_checkpoint_settings(tmp_path, capsys):
     cfg = cfg_file(tmp_path)
     assert launch("--nproc", 3, cfg) == 2
-    assert "--nproc 3 differs from cluster.workers 2" in capsys.readouterr().err
+    assert "--nproc 3 differs from the 2 processes the run needs (cluster.workers 2)" in capsys.readouterr().err
     bad = cfg_file(tmp_path, train=dict(CFG["train"], checkpoint_every=4))
     assert main(["run", str(bad), "--quiet"]) == 2
     assert "checkpoint_every (4) must be a multiple of log_every (3)" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_list_names_everything(capsys):
 
 BAD_INPUTS = [
     (["--set", "task.name=shakespear"], "unknown task 'shakespear'; valid choices: logreg, quadratic, shakespeare-gpt"),
-    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: ddp, decoupled-momentum, delayed-diloco, diloco, eager-diloco, local-sgd"),
+    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: async-local-sgd, ddp, decoupled-momentum, delayed-diloco, diloco, eager-diloco, local-sgd"),
     (["--set", "algorithm.inner.name=adamm"], "unknown optimizer 'adamm'; valid choices:"),
     (["--set", "algorithm.inner.lrr=0.1"], "unknown option(s) ['lrr'] for optimizer 'adamw'"),
     (["--set", "train.stepz=3"], "train.stepz: unknown key 'stepz'"),

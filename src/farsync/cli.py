@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("launch", help="run on torch.distributed processes on this machine (torchrun)")
     la.add_argument("config", nargs="?", help="YAML config file (cluster.backend is set to torch)")
-    la.add_argument("--nproc", type=int, help="processes (default and required to equal: cluster.workers)")
+    la.add_argument("--nproc", type=int, help="processes (default and required: cluster.workers, plus 1 for a server-based algorithm)")
     la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     la.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     la.add_argument("--max-restarts", type=int, default=0, help="restart the group after a worker dies, K times")

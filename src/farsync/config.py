@@ -249,6 +249,14 @@ class Config(_Strict):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _server_based(self):
+        from .algorithms import get_algorithm
+
+        if get_algorithm(self.algorithm.name).server_based and self.train.checkpoint_every:
+            raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed; set train.checkpoint_every: 0")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

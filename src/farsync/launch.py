@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .runner import default_run_dir, resume_config
+from .runner import default_run_dir, resume_config, world_size
 
 
 def torchrun_command(nproc: int, max_restarts: int, worker_args: list[str]) -> list[str]:
@@ -42,9 +42,11 @@ def launch(
         cfg = load_config(config, overrides)
     else:
         cfg = resume_config(resume, overrides)
-    n = nproc if nproc is not None else cfg.cluster.workers
-    if n != cfg.cluster.workers:
-        raise ConfigError(f"--nproc {n} differs from cluster.workers {cfg.cluster.workers}; make them equal")
+    need = world_size(cfg)
+    n = nproc if nproc is not None else need
+    if n != need:
+        extra = " plus 1 for the server" if need > cfg.cluster.workers else ""
+        raise ConfigError(f"--nproc {n} differs from the {need} processes the run needs (cluster.workers {cfg.cluster.workers}{extra})")
     if max_restarts < 0:
         raise ValueError(f"--max-restarts must be >= 0, got {max_restarts}")
     run_dir = Path(resume) if resume is not None else Path(out) if out is not None else default_run_dir(cfg)

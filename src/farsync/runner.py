@@ -23,6 +23,8 @@ from .api import sim_cluster
 from .checkpoint import CheckpointError, config_diff, latest_checkpoint, load_checkpoint
 from .comm import SimCluster, Straggler
 from .config import Config, ConfigError, load_config
+from .algorithms import get_algorithm
+from .async_loop import train_async
 from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
 from .tasks import Task, get_task
@@ -69,15 +71,35 @@ def build_task(cfg: Config) -> Task:
     return get_task(cfg.task.name)(cfg.task.params(), cfg.cluster.workers, cfg.seed)
 
 
+def server_based(cfg: Config) -> bool:
+    """True if the algorithm runs a parameter server on rank 0 besides the workers (async_loop.py)."""
+    return get_algorithm(cfg.algorithm.name).server_based
+
+
+def world_size(cfg: Config) -> int:
+    """Processes of the run: the workers, plus the server of a server-based algorithm."""
+    return cfg.cluster.workers + int(server_based(cfg))
+
+
 def build_cluster(cfg: Config, task: Task) -> SimCluster:
+    """The simulated cluster. A server-based algorithm's server is rank 0 (no compute, its link at
+    ``cluster.bandwidth``) and worker w of the config (speeds, stragglers, links) is rank w + 1."""
     c = cfg.cluster
     if c.step_time is not None:
         step_time = parse_duration(c.step_time)
     else:
         torch.manual_seed(cfg.seed)
         step_time = task.flops_per_step(task.build_model(), cfg.train.batch_size) / parse_flops(c.throughput)
-    stragglers = [Straggler(s.rank, s.factor, *s.window_s()) for s in c.stragglers]
-    return sim_cluster(c.workers, c.bandwidth, c.latency, step_time, c.speeds, c.bytes_scale, stragglers, c.link_bandwidth)
+    k = int(server_based(cfg))
+    stragglers = [Straggler(s.rank + k, s.factor, *s.window_s()) for s in c.stragglers]
+    speeds = [1.0] * k + c.speeds if c.speeds else None
+    links = [c.bandwidth] * k + c.link_bandwidth if c.link_bandwidth else None
+    return sim_cluster(world_size(cfg), c.bandwidth, c.latency, step_time, speeds, c.bytes_scale, stragglers, links)
+
+
+def train(comm, cfg: Config, task: Task, ctx: RunContext) -> None:
+    """Run this rank's part of the training: the SPMD loop, or the server/worker loop."""
+    (train_async if server_based(cfg) else train_worker)(comm, cfg, task, ctx)
 
 
 def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, wall: float, n_params: int) -> dict:
@@ -85,6 +107,7 @@ def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, w
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     sim_time = max((r["clock_s"] for r in rows), default=0.0)
     compute = [r["compute_time_s"] for r in rows]
+    busy = [r["compute_time_s"] for r in rows if r.get("role") != "server"]  # a server does no compute
     last = records[-1] if records else {}
     return {
         "name": cfg.name,
@@ -105,7 +128,7 @@ def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, w
         "sim_time_s": sim_time,
         "compute_time_s_per_worker": compute,
         "blocked_time_s_per_worker": [r["blocked_time_s"] for r in rows],
-        "compute_utilization": (sum(compute) / (len(rows) * sim_time)) if sim_time > 0 else None,
+        "compute_utilization": (sum(busy) / (len(busy) * sim_time)) if sim_time > 0 and busy else None,
         "wall_time_s": round(wall, 3),
     }
 
@@ -189,8 +212,10 @@ def run(
     status, wall0 = "completed", time.perf_counter()
     try:
         with ctx.bar:
-            cluster.run(lambda comm: train_worker(comm, cfg, task, ctx))
-        ctx.last_rows = [s.as_dict() for s in cluster.stats]
+            cluster.run(lambda comm: train(comm, cfg, task, ctx))
+        ctx.last_rows = [{**s.as_dict(), "role": "worker"} for s in cluster.stats]
+        if server_based(cfg):
+            ctx.last_rows[0]["role"] = "server"
     except Exception as exc:  # noqa: BLE001 - recorded in summary.json
         status = _status(exc)
     except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
@@ -245,8 +270,9 @@ def run_distributed_worker(
     init_process_group("nccl" if device.type == "cuda" else "gloo", timeout)
     try:
         comm = TorchCommunicator()
-        if comm.world_size != cfg.cluster.workers:
-            raise ConfigError(f"cluster.workers is {cfg.cluster.workers} but {comm.world_size} processes were started")
+        if comm.world_size != world_size(cfg):
+            raise ConfigError(f"the run needs {world_size(cfg)} processes (cluster.workers is {cfg.cluster.workers}"
+                              f"{', plus a server' if server_based(cfg) else ''}) but {comm.world_size} were started")
         task = build_task(cfg)
         ctx = RunContext(device=device, hard_kill=True)
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
@@ -268,9 +294,9 @@ def run_distributed_worker(
         n_params = sum(p.numel() for p in task.build_model().parameters())
         status, wall0 = "completed", time.perf_counter()
         try:
-            train_worker(comm, cfg, task, ctx)
+            train(comm, cfg, task, ctx)
             rows = comm.all_gather_object(comm.stats.as_dict())
-            ctx.last_rows = rows
+            ctx.last_rows = [{**r, "role": "server" if server_based(cfg) and i == 0 else "worker"} for i, r in enumerate(rows)]
         except BaseException as exc:
             status = _status(exc)
             if not isinstance(exc, NonFiniteLoss):

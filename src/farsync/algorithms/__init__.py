@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .async_local_sgd import AsyncLocalSGD
 from .base import Algorithm
 from .ddp import DDP
 from .demo import DecoupledMomentum
@@ -10,7 +11,7 @@ from .eager_diloco import DelayedDiLoCo, EagerDiLoCo
 from .local_sgd import LocalSGD
 from .streaming_diloco import StreamingDiLoCo
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, DecoupledMomentum)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, AsyncLocalSGD, DecoupledMomentum)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -20,4 +21,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "DDP", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "AsyncLocalSGD", "DDP", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]

@@ -40,6 +40,7 @@ class Algorithm:
     summary: ClassVar[str] = ""
     uses_outer: ClassVar[bool] = False
     uses_sync_every: ClassVar[bool] = False
+    server_based: ClassVar[bool] = False  # rank 0 is a parameter server, ranks 1..n train (async_loop.py)
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(

@@ -128,6 +128,14 @@ class Communicator(abc.ABC):
     def recv(self, tensor: torch.Tensor, src: int) -> None:
         """Blocking receive from `src` into `tensor`."""
 
+    def recv_any(self, tensor: torch.Tensor) -> int:
+        """Blocking receive of the next message from any rank into `tensor`; returns the sender.
+
+        On the simulator "next" is the earliest send in virtual time (deterministic); on
+        torch.distributed it is whichever arrives first (gloo only).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no receive from any source")
+
     @abc.abstractmethod
     def isend(self, tensor: torch.Tensor, dst: int) -> Work:
         """Non-blocking send."""

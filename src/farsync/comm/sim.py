@@ -92,7 +92,7 @@ class SimCluster:
         self._link_free = [0.0] * n
         self._cv = threading.Condition()
         self._turn: int | None = 0
-        self._waiting: list[tuple[Callable[[], bool], str] | None] = [None] * n
+        self._waiting: list[tuple[Callable[[], bool], str, tuple[int, ...]] | None] = [None] * n  # (ready, what, peers)
         self._finished = [False] * n
         self._error: BaseException | None = None
         self._coll_seq = [0] * n
@@ -179,11 +179,12 @@ class SimCluster:
             )
         self._cv.notify_all()
 
-    def _block_until(self, rank: int, ready: Callable[[], bool], what: str) -> None:
+    def _block_until(self, rank: int, ready: Callable[[], bool], what: str, peers: tuple[int, ...] = ()) -> None:
+        """Wait (giving the baton away) until `ready()`; `peers` are the ranks the wait depends on."""
         with self._cv:
             if ready():
                 return
-            self._waiting[rank] = (ready, what)
+            self._waiting[rank] = (ready, what, peers)
             self._handoff(rank)
             self._wait_turn(rank)
             self._waiting[rank] = None
@@ -248,6 +249,44 @@ class SimCluster:
         self.stats[rank].record(sent, received, nbytes)
         return nbytes
 
+    # ------------------------------------------------------------------ any-source receive
+    def _first_arrival(self, rank: int) -> tuple[float, int] | None:
+        """(issue time, source) of the earliest message sent to `rank` that it has not received yet,
+        if no other worker can still send one that is earlier (cv held); None otherwise.
+
+        A message's place in line is its send's issue time on the sender's clock (ties: lower
+        rank first); the receiver's link then serves messages in that order. Another unfinished
+        rank r could still send an earlier message unless it waits on a call that needs `rank`
+        (it cannot issue anything before `rank` acts) or its clock - a lower bound on its next
+        issue time - is already past the candidate's.
+        """
+        best = None
+        for (src, dst, k), op in self._p2p_ops.items():
+            if dst != rank or rank in op.entries or k != self._p2p_seq.get(("recv", src, dst), 0):
+                continue  # not to us, or not the next message in that sender's order
+            cand = (op.entries[src][1], src)
+            best = cand if best is None or cand < best else best
+        if best is None:
+            return None
+        t, src = best
+        for r in range(self.world_size):
+            if r in (rank, src) or self._finished[r]:
+                continue
+            w = self._waiting[r]
+            if w is not None and rank in w[2] and not w[0]():
+                continue
+            if (self.stats[r].clock_s, r) < (t, src):
+                return None
+        return best
+
+    def _recv_any(self, rank: int, tensor: torch.Tensor) -> int:
+        ready = lambda: self._first_arrival(rank) is not None  # noqa: E731
+        self._block_until(rank, ready, "recv from any source", tuple(range(self.world_size)))
+        with self._cv:
+            src = self._first_arrival(rank)[1]
+        self._wait_op(rank, self._issue_p2p(rank, "recv", tensor, src))
+        return src
+
     def _complete(self, op: _Op) -> None:
         """All participants have issued `op`: compute its result and its virtual timing."""
         kind, ranks = op.kind, op.ranks
@@ -296,7 +335,7 @@ class SimCluster:
         op.done = True
 
     def _wait_op(self, rank: int, op: _Op) -> None:
-        self._block_until(rank, lambda: op.done, f"{op.kind} over ranks {list(op.ranks)}")
+        self._block_until(rank, lambda: op.done, f"{op.kind} over ranks {list(op.ranks)}", op.ranks)
         st = self.stats[rank]
         if op.end_time > st.clock_s:
             st.blocked_time_s += op.end_time - st.clock_s
@@ -351,6 +390,9 @@ class SimCommunicator(Communicator):
     def recv(self, tensor, src):
         self.irecv(tensor, src).wait()
 
+    def recv_any(self, tensor):
+        return self.cluster._recv_any(self.rank, tensor)
+
     def isend(self, tensor, dst):
         return _SimWork(self.cluster, self.rank, self.cluster._issue_p2p(self.rank, "send", tensor, dst))
 
@@ -368,7 +410,7 @@ class SimCommunicator(Communicator):
 
     def _object_op(self, kind: str, obj, root: int | None):
         op = self.cluster._issue_collective(self.rank, kind, copy.deepcopy(obj), ((), None, root))
-        self.cluster._block_until(self.rank, lambda: op.done, kind)
+        self.cluster._block_until(self.rank, lambda: op.done, kind, op.ranks)
         return op.result
 
     def all_gather_object(self, obj):

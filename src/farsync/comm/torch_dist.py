@@ -99,6 +99,15 @@ class TorchCommunicator(Communicator):
         self._record("recv", tensor_nbytes(tensor))
         self._run(lambda a: dist.recv(tensor, src, group=self.group), False)
 
+    def recv_any(self, tensor):
+        if dist.get_backend(self.group) != "gloo":
+            raise RuntimeError(f"receive from any source needs the gloo backend (this group uses {dist.get_backend(self.group)})")
+        self._record("recv", tensor_nbytes(tensor))
+        t0 = time.perf_counter()
+        src = dist.recv(tensor, None, group=self.group)
+        self._book_blocked(time.perf_counter() - t0)
+        return int(src)
+
     def isend(self, tensor, dst):
         self._record("send", tensor_nbytes(tensor))
         return _TorchWork(self, dist.isend(tensor, dst, group=self.group))
