@@ -64,6 +64,55 @@ def markdown_table(runs: list[LoadedRun]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def bytes_in_flight(transfers: list[tuple[float, float, int, int]]) -> tuple[list[float], list[int]]:
+    """Bytes on the wire over (virtual) time, summed over workers, as a step function.
+
+    `transfers` are (start, end, rank, bytes) of each call (``SimCluster.transfers``, or the rows of
+    a run's ``transfers.csv``); a call's bytes count as in flight from its start to its end.
+    Returns change points ``times`` and ``values[i]``, the bytes in flight on [times[i], times[i+1]).
+    """
+    events: dict[float, int] = {}
+    for start, end, _, nbytes in transfers:
+        if end > start:
+            events[start] = events.get(start, 0) + nbytes
+            events[end] = events.get(end, 0) - nbytes
+    times, values, level = [], [], 0
+    for t in sorted(events):
+        level += events[t]
+        times.append(t)
+        values.append(level)
+    return times, values
+
+
+def load_transfers(run_dir: str | Path) -> list[tuple[float, float, int, int]]:
+    """The rows of a simulated run's ``transfers.csv`` (start_s, end_s, rank, bytes)."""
+    path = Path(run_dir) / "transfers.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: transfers are recorded by the simulated backend only")
+    rows = path.read_text().splitlines()[1:]
+    return [(float(a), float(b), int(c), int(d)) for a, b, c, d in (r.split(",") for r in rows)]
+
+
+def plot_bytes_in_flight(run_dirs: list[str | Path], out: str | Path, t_max: float | None = None) -> Path:
+    """Plot bytes in flight against simulated time for each run (up to `t_max` seconds)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for d in run_dirs:
+        times, values = bytes_in_flight(load_transfers(d))
+        label = load_run(d).label
+        ax.step(times, values, where="post", label=label, linewidth=1)
+    if t_max is not None:
+        ax.set_xlim(0, t_max)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("bytes in flight (all workers)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def compare(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write ``report.md`` and three PNG plots into `out`; return the report's path."""
     if not run_dirs:

@@ -2,8 +2,10 @@
 
 Run directory (written by rank 0 only): ``config.yaml`` (resolved config), ``metrics.jsonl`` (one
 JSON object per logged step, flushed as it goes), ``summary.json`` (written atomically at the end,
-also when the run fails: ``status`` then says why) and ``checkpoints/`` when
-``train.checkpoint_every`` > 0.
+also when the run fails: ``status`` then says why), ``checkpoints/`` when
+``train.checkpoint_every`` > 0, and on the simulator ``transfers.csv``: every communication
+call's virtual start and end, the rank and the bytes it sent (bytes in flight over time:
+`farsync.report.bytes_in_flight`; a resumed run keeps the calls that started before its checkpoint).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .algorithms import get_algorithm
 from .async_loop import train_async
 from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
+from .report import bytes_in_flight, load_transfers
 from .tasks import Task, get_task
 from .units import parse_duration, parse_flops
 
@@ -163,13 +166,26 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None) -> Config:
     return load_config(path, overrides)
 
 
-def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int) -> RunResult:
+def write_transfers(path: Path, transfers: list[tuple[float, float, int, int]]) -> None:
+    """transfers.csv: every communication call's start, end, rank and the bytes that rank sent."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        fh.write("start_s,end_s,rank,bytes\n")
+        fh.writelines(f"{a!r},{b!r},{r},{n}\n" for a, b, r, n in sorted(transfers))
+    os.replace(tmp, path)
+
+
+def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, transfers=None) -> RunResult:
     ctx.log.close()
+    if transfers is not None:
+        write_transfers(ctx.run_dir / "transfers.csv", transfers)
     if ctx.final_model is not None:
         tmp = ctx.run_dir / "model.pt.tmp"
         torch.save(ctx.final_model, tmp)
         os.replace(tmp, ctx.run_dir / "model.pt")
     summary = summarize(cfg, ctx.last_rows, ctx.log.records, status, time.perf_counter() - wall0, n_params)
+    if transfers is not None:
+        summary["peak_bytes_in_flight"] = max(bytes_in_flight(transfers)[1], default=0)
     summary["restarts"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
     write_json_atomic(ctx.run_dir / "summary.json", summary)
     return RunResult(ctx.run_dir, summary, ctx.log.records)
@@ -209,6 +225,10 @@ def run(
         bar=ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name),
     )
     ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
+    earlier = []  # a resumed run: the calls the crashed attempt started before the checkpoint
+    if ckpt is not None and (run_dir / "transfers.csv").is_file():
+        t0 = min(w["stats"]["clock_s"] for w in ckpt["workers"])
+        earlier = [row for row in load_transfers(run_dir) if row[0] < t0]
     status, wall0 = "completed", time.perf_counter()
     try:
         with ctx.bar:
@@ -219,9 +239,9 @@ def run(
     except Exception as exc:  # noqa: BLE001 - recorded in summary.json
         status = _status(exc)
     except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
-        _finish(cfg, ctx, _status(exc), wall0, n_params)
+        _finish(cfg, ctx, _status(exc), wall0, n_params, earlier + cluster.transfers)
         raise
-    return _finish(cfg, ctx, status, wall0, n_params)
+    return _finish(cfg, ctx, status, wall0, n_params, earlier + cluster.transfers)
 
 
 def init_process_group(backend: str, timeout: timedelta) -> None:

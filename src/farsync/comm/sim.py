@@ -13,6 +13,9 @@ all participants have issued starts at ``max(issue times, participants' link-fre
 the `NetworkModel` time and occupies the participants' links until it ends. A blocking call (or
 ``wait()``) moves the worker's clock to the end of the call and counts the gap as blocked time;
 compute between a non-blocking call and its ``wait()`` overlaps with the transfer.
+
+``transfers`` lists every call's (start, end, rank, bytes that rank sends) - the data of
+bytes-in-flight over time (`farsync.report.bytes_in_flight`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class SimCluster:
         self._p2p_seq: dict[tuple[str, int, int], int] = {}
         self._p2p_ops: dict[tuple[int, int, int], _Op] = {}
         self._rng: list[torch.Tensor] = []
+        self.transfers: list[tuple[float, float, int, int]] = []  # (start, end, rank, bytes it sends) per call
 
     # ------------------------------------------------------------------ running
     def run(self, fn: Callable[[SimCommunicator], Any]) -> list[Any]:
@@ -332,6 +336,13 @@ class SimCluster:
         op.end_time = start + self.network.time(cost_kind, op.nbytes, ranks)
         for r in ranks:
             self._link_free[r] = op.end_time
+            if kind == "p2p":
+                sent = op.nbytes if r == ranks[0] else 0
+            else:
+                src = op.spec[2] if kind == "broadcast" else 0  # type: ignore[attr-defined]
+                sent = wire_bytes(kind, op.nbytes, self.world_size, r, src)[0]
+            if sent:
+                self.transfers.append((start, op.end_time, r, sent))
         op.done = True
 
     def _wait_op(self, rank: int, op: _Op) -> None:
