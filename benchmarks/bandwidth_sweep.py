@@ -1,6 +1,7 @@
-"""Bandwidth sweep with the time model of a larger deployment (issue 5, benchmark 2, partial).
+"""Bandwidth sweep with the time model of a larger deployment (issue 5, benchmark 2).
 
     python benchmarks/bandwidth_sweep.py [--out runs/bandwidth] [--parallel N] [--target-loss 2.2] [--set KEY=VALUE ...]
+                                         [--only METHOD ...] [--bandwidths 100Mbps,1Gbps,...]
 
 The loss curves come from the 4-block demo GPT (4 simulated workers, 600 steps, as
 benchmarks/streaming.py); the clock is that of a 1B-parameter model: every payload is scaled by
@@ -29,15 +30,17 @@ METHODS = {
     "streaming-tau1": ("diloco", STREAM + ["algorithm.delay=1", "algorithm.alpha=0.5"]),
     "streaming-tau5": ("diloco", STREAM + ["algorithm.delay=5", "algorithm.alpha=0.5"]),
     "streaming-tau5-int4": ("diloco", STREAM + ["algorithm.delay=5", "algorithm.alpha=0.5", "algorithm.compress={name: int4, block: 64}"]),
+    "eager": ("diloco", ["algorithm.name=eager-diloco", "algorithm.sync_every=24"]),
+    "delayed": ("diloco", ["algorithm.name=delayed-diloco", "algorithm.sync_every=24"]),
 }
 
 
-def one(args: tuple[str, str, list[str], str, float]) -> list[dict]:
-    name, cfg_path, sets, out, target = args
+def one(args: tuple[str, str, list[str], str, float, str]) -> list[dict]:
+    name, cfg_path, sets, out, target, grid = args
     torch.set_num_threads(2)
     from farsync.sweep import sweep
 
-    sweep([cfg_path], [BANDWIDTHS], sets, Path(out) / name, target)
+    sweep([cfg_path], [grid], sets, Path(out) / name, target)
     return [json.loads(line) for line in (Path(out) / name / "sweep.jsonl").read_text().splitlines()]
 
 
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--target-loss", type=float, default=2.2)
     ap.add_argument("--set", action="append", default=[], help="extra override for every run (e.g. cluster.device=cuda)")
     ap.add_argument("--only", nargs="*", help="methods to run (default: all)")
+    ap.add_argument("--bandwidths", default=BANDWIDTHS.split("=")[1], help="comma-separated link bandwidths")
     args = ap.parse_args()
     out = Path(args.out)
     (out / "configs").mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,7 @@ def main() -> None:
         src = yaml.safe_load((resources.files("farsync") / "configs" / f"demo_{base}.yaml").read_text())
         path = out / "configs" / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**src, "name": name}))
-        jobs.append((name, str(path), TIME_MODEL + sets + args.set, str(out), args.target_loss))
+        jobs.append((name, str(path), TIME_MODEL + sets + args.set, str(out), args.target_loss, f"cluster.bandwidth={args.bandwidths}"))
     with mp.get_context("spawn").Pool(args.parallel) as pool:
         rows = [r for rs in pool.map(one, jobs) for r in rs]
     (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,4 +1,4 @@
-"""Streaming DiLoCo vs DiLoCo vs DDP on the demo setting (issue 5, benchmark 1, partial).
+"""Streaming, eager and naive-delayed DiLoCo vs DiLoCo vs DDP on the demo setting (issue 5, benchmark 1).
 
     python benchmarks/streaming.py [--out runs/streaming] [--only NAME ...] [--seeds 0 1 2] [--parallel N] [--set KEY=VALUE ...]
 
@@ -6,7 +6,8 @@ Shakespeare GPT with 4 blocks (so F = 4 fragments are strided blocks), 4 simulat
 steps, equal tokens, the demo's AdamW; DiLoCo-family runs use H = 24 (S = H/F = 6 leaves room for a
 delay of 5). Streaming: F = 4, delay in {0, 1, 5} (alpha 0 without delay, 0.5 with, as the paper
 suggests), fp32 and 4-bit (int4, block 64) exchange, the 4-bit payloads all-gathered (default) or
-sent by the compressed reduce-scatter (`-rs`, ring all-reduce bytes; it does not overlap). Writes
+sent by the compressed reduce-scatter (`-rs`, ring all-reduce bytes; it does not overlap); eager
+and naive-delayed DiLoCo (H = 24, the all-reduce overlapping the whole next round), fp32 and 4-bit. Writes
 results.jsonl (final eval loss, total bytes, peak bytes per sync, simulated time, compute
 utilization; one row per run and seed) into --out. `--parallel N` runs N at once in separate
 processes (each with 2 intra-op threads).
@@ -31,6 +32,7 @@ RUNS = [
     *[(f"diloco{q}", "diloco", DILOCO + INT4[q]) for q in INT4],
     *[(f"streaming-tau{d}{q}", "diloco", STREAM + [f"algorithm.delay={d}", f"algorithm.alpha={0.5 if d else 0.0}"] + INT4[q])
       for q in INT4 for d in (0, 1, 5)],
+    *[(f"{name}{q}", "diloco", DILOCO + [f"algorithm.name={name}-diloco"] + INT4[q]) for name in ("eager", "delayed") for q in ("", "-int4")],
 ]
 
 
