@@ -7,7 +7,8 @@ steps, equal tokens, the demo's AdamW; DiLoCo-family runs use H = 24 (S = H/F = 
 delay of 5). Streaming: F = 4, delay in {0, 1, 5} (alpha 0 without delay, 0.5 with, as the paper
 suggests), fp32 and 4-bit (int4, block 64) exchange, the 4-bit payloads all-gathered (default) or
 sent by the compressed reduce-scatter (`-rs`, ring all-reduce bytes; it does not overlap); eager
-and naive-delayed DiLoCo (H = 24, the all-reduce overlapping the whole next round), fp32 and 4-bit. Writes
+and naive-delayed DiLoCo (H = 24, the all-reduce overlapping the whole next round), fp32 and 4-bit,
+and eager with the proxy committed to the outer optimizer (`eager-committed`). Writes
 results.jsonl (final eval loss, total bytes, peak bytes per sync, simulated time, compute
 utilization; one row per run and seed) into --out. `--parallel N` runs N at once in separate
 processes (each with 2 intra-op threads).
@@ -33,6 +34,7 @@ RUNS = [
     *[(f"streaming-tau{d}{q}", "diloco", STREAM + [f"algorithm.delay={d}", f"algorithm.alpha={0.5 if d else 0.0}"] + INT4[q])
       for q in INT4 for d in (0, 1, 5)],
     *[(f"{name}{q}", "diloco", DILOCO + [f"algorithm.name={name}-diloco"] + INT4[q]) for name in ("eager", "delayed") for q in ("", "-int4")],
+    ("eager-committed", "diloco", DILOCO + ["algorithm.name=eager-diloco", "algorithm.proxy_step=committed"]),
 ]
 
 

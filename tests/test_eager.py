@@ -1,5 +1,7 @@
 """Eager and naive-delayed DiLoCo: slow references, the one-worker reduction, overlap, resume."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -13,28 +15,42 @@ from test_streaming import TINY, loss_fn, net
 OUTER = {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
 
 
-def run_farsync(name, workers, steps, H):
+def run_farsync(name, workers, steps, H, **options):
     def fn(comm):
         model = net()
-        algo = get_algorithm(name)(model, torch.optim.SGD(model.parameters(), lr=0.05), comm, sync_every=H, outer=OUTER)
+        algo = get_algorithm(name)(model, torch.optim.SGD(model.parameters(), lr=0.05), comm, sync_every=H, outer=OUTER,
+                                   options=options)
         for _ in range(steps):
             loss_fn(model, comm.rank).backward()
             algo.step()
             algo.zero_grad()
         with algo.eval_params() as m:
-            glob = [p.detach().clone() for p in m.parameters()]
-        return [p.detach().clone() for p in model.parameters()], glob
+            ev = [p.detach().clone() for p in m.parameters()]
+        return [p.detach().clone() for p in model.parameters()], ev, [g.detach().clone() for g in algo.global_params]
 
     return SimCluster(workers).run(fn)
 
 
-def run_reference(eager, workers, steps, H):
-    """Both variants written out per worker with explicit lists, no communicator."""
+def outer_sgd(params):
+    return torch.optim.SGD(params, lr=0.7, momentum=0.9, nesterov=True)
+
+
+def apply(opt, params, grad):
+    off = 0
+    for g in params:
+        g.grad = grad[off : off + g.numel()].view_as(g).clone()
+        off += g.numel()
+    opt.step()
+
+
+def run_reference(variant, workers, steps, H):
+    """The three variants written out per worker with explicit lists, no communicator."""
     models = [net() for _ in range(workers)]
     inner = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
     thetas = [list(m.parameters()) for m in models]
     phis = [[nn.Parameter(p.detach().clone(), requires_grad=False) for p in thetas[0]] for _ in range(workers)]
-    outers = [torch.optim.SGD(phi, lr=0.7, momentum=0.9, nesterov=True) for phi in phis]
+    outers = [outer_sgd(phi) for phi in phis]
+    starts = [[p.detach().clone() for p in thetas[0]] for _ in range(workers)]
     flat = lambda ts: torch.cat([t.detach().reshape(-1) for t in ts])  # noqa: E731
     prev_mean, prev_own = None, [None] * workers
     for t in range(1, steps + 1):
@@ -44,54 +60,62 @@ def run_reference(eager, workers, steps, H):
             inner[r].zero_grad()
         if t % H:
             continue
-        deltas = [flat(phis[r]) - flat(thetas[r]) for r in range(workers)]
+        deltas = [flat(starts[r]) - flat(thetas[r]) for r in range(workers)]
         mean = deltas[0].clone()
         for d in deltas[1:]:
             mean += d
         mean /= workers
         for r in range(workers):
-            if eager:  # own fresh delta / M + the others' previous ones / M
-                others = workers * prev_mean - prev_own[r] if prev_mean is not None else torch.zeros_like(mean)
-                grad = (deltas[r] + others) / workers
+            others = workers * prev_mean - prev_own[r] if prev_mean is not None else torch.zeros_like(mean)
+            proxy = (deltas[r] + others) / workers  # own fresh delta / M + the others' previous ones / M
+            if variant == "committed":
+                apply(outers[r], phis[r], proxy)
+                starts[r] = [g.detach().clone() for g in phis[r]]
             else:
-                grad = prev_mean
-            if grad is not None:
-                off = 0
-                for g in phis[r]:
-                    g.grad = grad[off : off + g.numel()].view_as(g).clone()
-                    off += g.numel()
-                outers[r].step()
+                if prev_mean is not None:  # the real step with last round's true average
+                    apply(outers[r], phis[r], prev_mean)
+                if variant == "delayed":
+                    starts[r] = [g.detach().clone() for g in phis[r]]
+                else:  # tentative: a step with the proxy on a copy decides the next start point
+                    copy_phi = [nn.Parameter(g.detach().clone(), requires_grad=False) for g in phis[r]]
+                    copy_opt = outer_sgd(copy_phi)
+                    copy_opt.load_state_dict(copy.deepcopy(outers[r].state_dict()))  # load_state_dict shares tensors
+                    apply(copy_opt, copy_phi, proxy)
+                    starts[r] = [g.detach().clone() for g in copy_phi]
             with torch.no_grad():
-                for p, g in zip(thetas[r], phis[r]):
-                    p.copy_(g)
+                for p, s_ in zip(thetas[r], starts[r]):
+                    p.copy_(s_)
         prev_mean, prev_own = mean, deltas
-    return [[p.detach().clone() for p in th] for th in thetas], [[g.detach().clone() for g in phi] for phi in phis]
+    return [[p.detach().clone() for p in th] for th in thetas], starts, [[g.detach().clone() for g in phi] for phi in phis]
 
 
-@pytest.mark.parametrize("name", ["eager-diloco", "delayed-diloco"])
-def test_matches_the_slow_reference(name):
+@pytest.mark.parametrize("name,options,variant", [("eager-diloco", {}, "tentative"),
+                                                  ("eager-diloco", {"proxy_step": "committed"}, "committed"),
+                                                  ("delayed-diloco", {}, "delayed")])
+def test_matches_the_slow_reference(name, options, variant):
     workers, steps, H = 3, 40, 5
-    got = run_farsync(name, workers, steps, H)
-    thetas, phis = run_reference(name == "eager-diloco", workers, steps, H)
-    for r, (local, glob) in enumerate(got):
+    got = run_farsync(name, workers, steps, H, **options)
+    thetas, starts, phis = run_reference(variant, workers, steps, H)
+    for r, (local, ev, glob) in enumerate(got):
         for a, b in zip(local, thetas[r]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for a, b in zip(ev, starts[r]):  # evaluation point: the start point of the next round
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         for a, b in zip(glob, phis[r]):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    if name == "eager-diloco":  # each worker's phi carries its own latest delta: they differ
-        assert not torch.equal(got[0][1][0], got[1][1][0])
-    else:
-        assert all(torch.equal(got[0][1][0], g[1][0]) for g in got)
+    same_phi = all(torch.equal(got[0][2][0], g[2][0]) for g in got)
+    same_start = all(torch.equal(got[0][1][0], g[1][0]) for g in got)
+    # eager: each worker starts from its own estimate; tentative keeps one true phi, committed does not
+    assert same_phi == (variant != "committed") and same_start == (variant == "delayed")
 
 
-def test_eager_with_one_worker_is_diloco():
+@pytest.mark.parametrize("proxy_step", ["tentative", "committed"])
+def test_eager_with_one_worker_is_diloco(proxy_step):
     inner = {"name": "adamw", "lr": 0.05}
-    (eager,), _ = train_sim("eager-diloco", 1, 30, inner, outer=OUTER, sync_every=5)
+    (eager,), _ = train_sim("eager-diloco", 1, 30, inner, outer=OUTER, sync_every=5, options={"proxy_step": proxy_step})
     (dil,), _ = train_sim("diloco", 1, 30, inner, outer=OUTER, sync_every=5)
-    moved = max((a - b).abs().max().item() for a, b in zip(dil[1], eager[1]))
-    for a, b in zip(eager[1], dil[1]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # float32: mean(t-1) + (D(t) - D(t-1)) vs D(t)
-    assert moved < 1e-5
+    assert all(torch.equal(a, b) for a, b in zip(eager[1], dil[1]))  # the proxy is Delta(t) itself
+    assert all(torch.equal(a, b) for a, b in zip(eager[0], dil[0]))
 
 
 def test_delayed_with_one_worker_is_diloco_with_a_one_round_delayed_outer_step():

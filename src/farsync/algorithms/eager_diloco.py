@@ -4,94 +4,147 @@ Kale, Douillard & Donchev, "Eager Updates for Overlapped Communication and Compu
 (arXiv 2502.12996). In DiLoCo every worker blocks at the end of a round until the average of the
 pseudo-gradients has arrived. Here the all-reduce of round t's pseudo-gradients is started at the
 end of round t and only waited for at the end of round t + 1: it has H inner steps of compute to
-hide behind (tau = H in Streaming DiLoCo's terms). With M workers and Delta_m(t) = phi_m - theta_m
-worker m's pseudo-gradient of round t (each worker keeps its own phi_m, see below):
+hide behind (tau = H in Streaming DiLoCo's terms). M workers; s_m(t) is the point worker m starts
+round t from and Delta_m(t) = s_m(t) - theta_m(t) its pseudo-gradient after the round;
+mean(t) = (1/M) sum_m Delta_m(t). phi is the outer optimizer's ("true") global model.
 
 ``delayed-diloco`` (the naive variant)::
 
-    end of round t:  mean(t-1) = wait()                     # started at the end of round t-1
+    end of round t:  mean(t-1) = wait()                 # started at the end of round t-1
                      start all_reduce_mean(Delta_m(t))
-                     phi = OuterOpt.step(phi, grad=mean(t-1))  # nothing to apply after round 1
-                     theta_m = phi
+                     phi = OuterOpt.step(phi, grad=mean(t-1))   # nothing to apply after round 1
+                     theta_m = s_m(t+1) = phi
 
-  i.e. DiLoCo with a one-round-delayed outer step: round t's own progress is dropped at the reset
-  and reaches phi only at the end of round t + 1, as an outer gradient taken at a point two outer
-  steps old. All workers hold the same phi.
+  i.e. DiLoCo with a one-round-delayed outer step: the next round starts from a point that lacks
+  round t, and round t's average, taken from a point one outer step older, is applied one round
+  late. All workers hold the same phi.
 
-``eager-diloco``::
+``eager-diloco``: each worker estimates the average it cannot see yet with its own fresh
+pseudo-gradient and the others' previous ones::
 
-    end of round t:  mean(t-1) = wait()                     # (1/M) sum_m' Delta_m'(t-1)
-                     start all_reduce_mean(Delta_m(t))
-                     proxy_m = (1/M) Delta_m(t) + (1/M) sum_{m' != m} Delta_m'(t-1)
-                             = mean(t-1) + (Delta_m(t) - Delta_m(t-1)) / M
-                     phi_m = OuterOpt.step(phi_m, grad=proxy_m)
-                     theta_m = phi_m
+    proxy_m(t) = (1/M) Delta_m(t) + (1/M) sum_{m' != m} Delta_m'(t-1)
+               = (Delta_m(t) + M mean(t-1) - Delta_m(t-1)) / M
 
-  Each worker's own fresh pseudo-gradient stands in for the part of the average it cannot see
-  yet; the others' round-t pseudo-gradients arrive one round later, so every Delta_m'(s) enters
-  each worker's outer gradients exactly once - own at round s, others' at round s + 1 - and that
-  delayed arrival is the correction. (With outer SGD without momentum the proxies telescope:
-  phi_m(t) = phi(0) - lr * [sum_{s<t} mean(s) + Delta_m(t) / M].) The workers' phi_m differ by
-  their latest own term only; the evaluation point is the local phi (rank 0's in the runner).
+  and ``proxy_step`` says what the proxy is used for:
+
+  - ``tentative`` (default): only to choose where the next round starts. At the end of round t
+    the outer optimizer takes its real step with the average that has just arrived,
+    phi = OuterOpt.step(phi, grad=mean(t-1)) (the delayed variant's trajectory), and then a
+    tentative step on a copy of (phi, outer state) with proxy_m(t) gives s_m(t+1); the copy is
+    discarded. When mean(t) arrives a round later it replaces the proxy - the correction. The
+    outer optimizer only ever sees true averages; round t+1's pseudo-gradient is taken from
+    s_m(t+1), an estimate of DiLoCo's phi(t), so it is not stale the way the delayed variant's is.
+  - ``committed``: the outer optimizer steps with the proxy itself, phi_m = OuterOpt.step(phi_m,
+    grad=proxy_m(t)), and s_m(t+1) = phi_m. Every Delta_m'(s) then enters each worker's outer
+    gradients exactly once - its own at round s, the others' at round s + 1 - and that late
+    arrival is the correction (with outer SGD without momentum:
+    phi_m(t) = phi(0) - lr [sum_{s<t} mean(s) + Delta_m(t) / M]). Each worker keeps its own phi_m.
 
 What was implemented, and what is ours: the proxy formula is the one in our spec
-(`outer-loop.md`); we could not read the paper's algorithm box with our tools, so the exact
-correction bookkeeping is our reading: the "correction" is the later arrival of the others'
-pseudo-gradients, not a separate undo step. With one worker the proxy is Delta(t) itself, so
-``eager-diloco`` with M = 1 is DiLoCo (up to rounding: mean(t-1) + (Delta(t) - Delta(t-1)) is
-not bitwise Delta(t)), while ``delayed-diloco`` is DiLoCo with a one-round-delayed outer step for
-any M. With a compressor the all-reduce averages C(Delta_m'); the own-term correction uses the
-uncompressed Delta_m(t-1), so the telescoping then holds up to compression error.
+(`outer-loop.md`); we could not read the paper's algorithm box with our tools, so both readings
+of "apply the proxy, correct when the true average arrives" are here and documented; the
+benchmark (docs/benchmarks.md) measures both. With one worker the proxy is Delta(t) itself, so
+``eager-diloco`` is DiLoCo (tentative: bitwise; committed: up to the rounding of
+mean(t-1) + Delta(t) - Delta(t-1)), while ``delayed-diloco`` is DiLoCo with a one-round-delayed
+outer step for any M. With a compressor the all-reduce averages C(Delta_m'); the own-term
+correction subtracts the uncompressed Delta_m(t-1). Evaluation point: s_m, the point the worker
+trains from (rank 0's in the runner); it includes the latest estimate.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 from ..compress.collective import Pending
-from .base import outer_step, pseudo_gradient
+from .base import outer_step, pseudo_gradient, swapped_params
 from .diloco import DiLoCo
+
+
+class EagerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    proxy_step: Literal["tentative", "committed"] = Field(
+        "tentative", description="tentative: the proxy only sets the next start point; committed: the outer optimizer steps with it")
 
 
 class DelayedDiLoCo(DiLoCo):
     name = "delayed-diloco"
     summary = "DiLoCo whose outer step applies the previous round's average (all-reduce overlaps a round)"
-    eager = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pending: Pending | None = None  # the all-reduce started at the end of the previous round
         self.own_prev: torch.Tensor | None = None  # Delta_m(t-1) (eager only)
+        self.start_point = [g.detach().clone() for g in self.global_params]  # s_m: where this round started
 
     def sync(self) -> None:
-        delta = pseudo_gradient(self.global_params, self.params)  # Delta_m(t)
+        delta = pseudo_gradient(self.start_point, self.params)  # Delta_m(t)
         prev = self.pending.wait() if self.pending is not None else None  # mean(t-1)
         self.pending = self.reducer.start(self.comm, delta.clone())  # the reducer may overwrite its input
-        if self.eager:
-            own_prev = self.own_prev if self.own_prev is not None else torch.zeros_like(delta)
-            base = prev if prev is not None else torch.zeros_like(delta)
-            outer_step(self.outer_optimizer, self.global_params, base + (delta - own_prev) / self.comm.world_size)
-            self.own_prev = delta
-        elif prev is not None:
-            outer_step(self.outer_optimizer, self.global_params, prev)
+        self._outer(delta, prev)
         with torch.no_grad():
-            for p, g in zip(self.params, self.global_params):
-                p.copy_(g)
+            for p, s in zip(self.params, self.start_point):
+                p.copy_(s)
+
+    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None) -> None:
+        """Update phi (and the start point of the next round) at the end of a round."""
+        if prev is not None:
+            outer_step(self.outer_optimizer, self.global_params, prev)
+        self._set_start(self.global_params)
+
+    def _set_start(self, values) -> None:
+        with torch.no_grad():
+            for s, v in zip(self.start_point, values):
+                s.copy_(v)
+
+    @contextmanager
+    def eval_params(self) -> Iterator[nn.Module]:
+        with swapped_params(self.params, self.start_point):
+            yield self.model
 
     def state_dict(self):
         # A reduction in flight is waited for and its result saved (as Streaming DiLoCo does).
         mean = self.pending.wait().clone() if self.pending is not None else None
         own = self.own_prev.clone() if self.own_prev is not None else None
-        return {**super().state_dict(), "pending_mean": mean, "own_prev": own}
+        return {**super().state_dict(), "pending_mean": mean, "own_prev": own,
+                "start_point": [s.clone() for s in self.start_point]}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         mean = state["pending_mean"]
         self.pending = None if mean is None else Pending(lambda m=mean.clone(): m)
         self.own_prev = None if state["own_prev"] is None else state["own_prev"].clone()
+        self._set_start(state["start_point"])
 
 
 class EagerDiLoCo(DelayedDiLoCo):
     name = "eager-diloco"
     summary = "DiLoCo with eager outer updates: own fresh pseudo-gradient + others' previous ones, overlapped"
-    eager = True
+    Options = EagerOptions
+
+    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None) -> None:
+        n = self.comm.world_size
+        others = n * prev - self.own_prev if prev is not None else torch.zeros_like(delta)
+        proxy = (delta + others) / n
+        self.own_prev = delta
+        if self.options.proxy_step == "committed":
+            outer_step(self.outer_optimizer, self.global_params, proxy)
+            self._set_start(self.global_params)
+            return
+        if prev is not None:  # the real outer step, with the true average of the previous round
+            outer_step(self.outer_optimizer, self.global_params, prev)
+        saved_state = copy.deepcopy(self.outer_optimizer.state_dict())
+        saved_phi = [g.detach().clone() for g in self.global_params]
+        outer_step(self.outer_optimizer, self.global_params, proxy)  # tentative: kept as the start point only
+        self._set_start(self.global_params)
+        with torch.no_grad():
+            for g, s in zip(self.global_params, saved_phi):
+                g.copy_(s)
+        self.outer_optimizer.load_state_dict(saved_state)
+
