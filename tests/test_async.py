@@ -164,3 +164,9 @@ def test_bad_async_configs_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match="period"):
         farsync.run(with_("algorithm", period=0), out=tmp_path / "c", progress=False)
     assert not (tmp_path / "a").exists()
+
+
+def test_wrap_refuses_a_server_based_algorithm():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="runs a parameter server and its own loop"):
+        farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "async-local-sgd", comm=object())

@@ -52,6 +52,7 @@ def wrap(
     optimizer: torch.optim.Optimizer,
     algorithm: str | dict[str, Any] = "diloco",
     comm: Communicator | None = None,
+    _server_ok: bool = False,
     **options: Any,
 ) -> Algorithm:
     """Wrap `model` and its (inner) `optimizer` in a distributed algorithm.
@@ -71,6 +72,9 @@ def wrap(
     if name is None:
         raise ValueError("algorithm needs a 'name'")
     cls = get_algorithm(name)
+    if cls.server_based and not _server_ok:
+        raise ValueError(f"{name!r} runs a parameter server and its own loop (farsync.async_loop.train_async); "
+                         "use farsync run / farsync launch")
     kwargs: dict[str, Any] = {
         "sync_every": spec.pop("sync_every", 1),
         "grad_clip": spec.pop("grad_clip", None),
