@@ -60,7 +60,11 @@ def run_reference(variant, workers, steps, H):
             inner[r].zero_grad()
         if t % H:
             continue
-        deltas = [flat(starts[r]) - flat(thetas[r]) for r in range(workers)]
+        if variant == "tentative" and prev_mean is not None:
+            for r in range(workers):  # the real step with last round's true average comes first
+                apply(outers[r], phis[r], prev_mean)
+        ref = phis if variant == "tentative" else starts  # tentative: measured against the true phi
+        deltas = [flat(ref[r]) - flat(thetas[r]) for r in range(workers)]
         mean = deltas[0].clone()
         for d in deltas[1:]:
             mean += d
@@ -72,7 +76,7 @@ def run_reference(variant, workers, steps, H):
                 apply(outers[r], phis[r], proxy)
                 starts[r] = [g.detach().clone() for g in phis[r]]
             else:
-                if prev_mean is not None:  # the real step with last round's true average
+                if variant == "delayed" and prev_mean is not None:  # the real step with last round's average
                     apply(outers[r], phis[r], prev_mean)
                 if variant == "delayed":
                     starts[r] = [g.detach().clone() for g in phis[r]]

@@ -5,8 +5,9 @@ Kale, Douillard & Donchev, "Eager Updates for Overlapped Communication and Compu
 pseudo-gradients has arrived. Here the all-reduce of round t's pseudo-gradients is started at the
 end of round t and only waited for at the end of round t + 1: it has H inner steps of compute to
 hide behind (tau = H in Streaming DiLoCo's terms). M workers; s_m(t) is the point worker m starts
-round t from and Delta_m(t) = s_m(t) - theta_m(t) its pseudo-gradient after the round;
-mean(t) = (1/M) sum_m Delta_m(t). phi is the outer optimizer's ("true") global model.
+round t from, theta_m(t) its parameters after the round, Delta_m(t) its pseudo-gradient
+(s_m(t) - theta_m(t) unless said otherwise) and mean(t) = (1/M) sum_m Delta_m(t). phi is the
+outer optimizer's ("true") global model.
 
 ``delayed-diloco`` (the naive variant)::
 
@@ -27,13 +28,17 @@ pseudo-gradient and the others' previous ones::
 
   and ``proxy_step`` says what the proxy is used for:
 
-  - ``tentative`` (default): only to choose where the next round starts. At the end of round t
-    the outer optimizer takes its real step with the average that has just arrived,
-    phi = OuterOpt.step(phi, grad=mean(t-1)) (the delayed variant's trajectory), and then a
-    tentative step on a copy of (phi, outer state) with proxy_m(t) gives s_m(t+1); the copy is
-    discarded. When mean(t) arrives a round later it replaces the proxy - the correction. The
-    outer optimizer only ever sees true averages; round t+1's pseudo-gradient is taken from
-    s_m(t+1), an estimate of DiLoCo's phi(t), so it is not stale the way the delayed variant's is.
+  - ``tentative`` (default): only to choose where the next round starts. At the end of round t::
+
+        mean(t-1) = wait();  phi = OuterOpt.step(phi, grad=mean(t-1))      # the real step: phi(t-1)
+        Delta_m(t) = phi - theta_m(t)          # measured against the true phi(t-1), not s_m(t)
+        start all_reduce_mean(Delta_m(t))
+        s_m(t+1) = OuterOpt.step on a copy of (phi, outer state) with proxy_m(t)   # copy discarded
+
+    The outer optimizer only ever sees true averages, each taken against the phi it is applied
+    to, as in DiLoCo; the workers start each round from an estimate of DiLoCo's next phi instead
+    of waiting for it. When mean(t) arrives a round later it replaces the proxy - the correction.
+    If the estimate were exact (s_m(t+1) = phi(t)) this would be DiLoCo, step for step.
   - ``committed``: the outer optimizer steps with the proxy itself, phi_m = OuterOpt.step(phi_m,
     grad=proxy_m(t)), and s_m(t+1) = phi_m. Every Delta_m'(s) then enters each worker's outer
     gradients exactly once - its own at round s, the others' at round s + 1 - and that late
@@ -43,10 +48,9 @@ pseudo-gradient and the others' previous ones::
 What was implemented, and what is ours: the proxy formula is the one in our spec
 (`outer-loop.md`); we could not read the paper's algorithm box with our tools, so both readings
 of "apply the proxy, correct when the true average arrives" are here and documented; the
-benchmark (docs/benchmarks.md) measures both. With one worker the proxy is Delta(t) itself, so
-``eager-diloco`` is DiLoCo (tentative: bitwise; committed: up to the rounding of
-mean(t-1) + Delta(t) - Delta(t-1)), while ``delayed-diloco`` is DiLoCo with a one-round-delayed
-outer step for any M. With a compressor the all-reduce averages C(Delta_m'); the own-term
+benchmark (docs/benchmarks.md) measures both. With one worker the proxy is Delta(t) itself
+(M mean(t-1) - Delta(t-1) is exactly 0), so ``eager-diloco`` is DiLoCo bit for bit (both
+variants), while ``delayed-diloco`` is DiLoCo with a one-round-delayed outer step for any M. With a compressor the all-reduce averages C(Delta_m'); the own-term
 correction subtracts the uncompressed Delta_m(t-1). Evaluation point: s_m, the point the worker
 trains from (rank 0's in the runner); it includes the latest estimate.
 """
@@ -84,13 +88,17 @@ class DelayedDiLoCo(DiLoCo):
         self.start_point = [g.detach().clone() for g in self.global_params]  # s_m: where this round started
 
     def sync(self) -> None:
-        delta = pseudo_gradient(self.start_point, self.params)  # Delta_m(t)
         prev = self.pending.wait() if self.pending is not None else None  # mean(t-1)
+        delta = self._pseudo_gradient(prev)  # Delta_m(t)
         self.pending = self.reducer.start(self.comm, delta.clone())  # the reducer may overwrite its input
         self._outer(delta, prev)
         with torch.no_grad():
             for p, s in zip(self.params, self.start_point):
                 p.copy_(s)
+
+    def _pseudo_gradient(self, prev: torch.Tensor | None) -> torch.Tensor:
+        """This round's pseudo-gradient: from the point the round started at."""
+        return pseudo_gradient(self.start_point, self.params)
 
     def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None) -> None:
         """Update phi (and the start point of the next round) at the end of a round."""
@@ -128,6 +136,13 @@ class EagerDiLoCo(DelayedDiLoCo):
     summary = "DiLoCo with eager outer updates: own fresh pseudo-gradient + others' previous ones, overlapped"
     Options = EagerOptions
 
+    def _pseudo_gradient(self, prev: torch.Tensor | None) -> torch.Tensor:
+        if self.options.proxy_step == "committed":
+            return super()._pseudo_gradient(prev)  # from s_m = phi_m
+        if prev is not None:  # tentative: first the real outer step with the average that just arrived
+            outer_step(self.outer_optimizer, self.global_params, prev)
+        return pseudo_gradient(self.global_params, self.params)  # then measured against the true phi
+
     def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None) -> None:
         n = self.comm.world_size
         others = n * prev - self.own_prev if prev is not None else torch.zeros_like(delta)
@@ -137,8 +152,6 @@ class EagerDiLoCo(DelayedDiLoCo):
             outer_step(self.outer_optimizer, self.global_params, proxy)
             self._set_start(self.global_params)
             return
-        if prev is not None:  # the real outer step, with the true average of the previous round
-            outer_step(self.outer_optimizer, self.global_params, prev)
         saved_state = copy.deepcopy(self.outer_optimizer.state_dict())
         saved_phi = [g.detach().clone() for g in self.global_params]
         outer_step(self.outer_optimizer, self.global_params, proxy)  # tentative: kept as the start point only
