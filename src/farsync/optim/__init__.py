@@ -1,4 +1,10 @@
-"""Optimizers and learning-rate schedules selectable from a config.
+"""Optimizers, wrappers and learning-rate schedules.
+
+Wrappers around any torch optimizer (one convention: the parameters hold the gradient point,
+``opt.eval()`` / ``opt.train()`` switch to the evaluation point and back; `wrapper.py`): `GPA`,
+`EMANesterov`, `Lookahead`.
+
+Selectable from a config:
 
 An optimizer config is ``{name: <registry name>, lr: <float>, **kwargs}``; kwargs are the
 keyword arguments of the torch optimizer class and are checked against its signature, so a typo
@@ -13,6 +19,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from .ema_nesterov import EMANesterov
+from .gpa import GPA, GPAReference
+from .lookahead import Lookahead
+from .wrapper import OptimizerWrapper
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,

@@ -1,0 +1,245 @@
+"""GPA, EMA-Nesterov and Lookahead: reductions, references, state, modes, groups, schedulers, errors."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from farsync.optim import GPA, EMANesterov, GPAReference, Lookahead
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+
+
+def batch(t):
+    g = torch.Generator().manual_seed(t)
+    return torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
+
+
+def loss(model, t):
+    x, y = batch(t)
+    return ((model(x) - y) ** 2).mean()
+
+
+def train(model, opt, steps, start=0, sched=None):
+    for t in range(start, start + steps):
+        opt.zero_grad()
+        loss(model, t).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def close(a, b, tol=1e-12):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+def adamw(m, lr=1e-2):
+    return torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.1)
+
+
+# ---------------------------------------------------------------- reductions
+def test_gpa_with_mu_x_zero_is_the_base_optimizer():
+    a, b = net(), net()
+    close(train(a, GPA(adamw(a), mu_x=0.0, mu_y=0.7), 30), train(b, adamw(b), 30))
+
+
+def test_gpa_sgd_mu_y_one_is_heavy_ball():
+    beta, lr = 0.9, 0.05
+    a, b = net(), net()
+    got = train(a, GPA(torch.optim.SGD(a.parameters(), lr=lr / (1 - beta)), mu_x=beta, mu_y=1.0), 30)
+    close(got, train(b, torch.optim.SGD(b.parameters(), lr=lr, momentum=beta), 30), 1e-10)
+
+
+def test_gpa_mu_x_equal_mu_y_is_nesterov():
+    beta, lr = 0.9, 0.05
+    a, b = net(), net()
+    got = train(a, GPA(torch.optim.SGD(a.parameters(), lr=lr / (1 - beta)), mu_x=beta, mu_y=beta), 30)
+    close(got, train(b, torch.optim.SGD(b.parameters(), lr=lr, momentum=beta, nesterov=True), 30), 1e-10)
+
+
+@pytest.mark.parametrize("mu_x,mu_y", [(0.9, 0.7), (0.99, 0.3), (0.5, 1.0)])
+def test_gpa_in_place_matches_the_three_sequence_reference(mu_x, mu_y):
+    a, b = net(), net()
+    opt = GPA(adamw(a), mu_x=mu_x, mu_y=mu_y)
+    got = train(a, opt, 40)
+    ref = GPAReference(adamw(b), mu_x, mu_y)
+    for t in range(40):
+        ref.base.zero_grad()
+        loss(b, t).backward()
+        ref.step()
+    close(got, [p.detach() for p in b.parameters()], 1e-11)  # y
+    with opt.averaged():
+        close([p.detach().clone() for p in a.parameters()], ref.x, 1e-11)  # x, the evaluation point
+
+
+def test_ema_nesterov_with_beta_zero_is_the_base_optimizer_exactly():
+    a, b = net(), net()
+    got = train(a, EMANesterov(adamw(a), beta=0.0, gamma=0.9), 30)
+    assert all(torch.equal(x, y) for x, y in zip(got, train(b, adamw(b), 30)))
+
+
+def ema_reference(model, base, beta, gamma, steps, sched=None, warmup=0):
+    """theta, theta_tilde and m as separate lists (the parameters hold theta_tilde)."""
+    params = list(model.parameters())
+    theta = [p.detach().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    lr_max = 0.0
+    for t in range(steps):
+        base.zero_grad()
+        loss(model, t).backward()
+        base.step()
+        lr = base.param_groups[0]["lr"]
+        lr_max = max(lr_max, lr)
+        b = beta * lr / lr_max if t + 1 >= warmup else 0.0
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                new = p.detach().clone()
+                m[i] = gamma * m[i] + (1 - gamma) * (new - theta[i])
+                theta[i] = new
+                p.copy_(new + b * m[i])
+        if sched is not None:
+            sched.step()
+    return theta
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.9])
+def test_ema_nesterov_matches_the_reference_with_a_schedule(gamma):
+    a, b = net(), net()
+    opt = EMANesterov(adamw(a), beta=0.5, gamma=gamma, warmup_steps=3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + 0.1 * t))
+    got = train(a, opt, 30, sched=sched)
+    base_b = adamw(b)
+    theta = ema_reference(b, base_b, 0.5, gamma, 30, torch.optim.lr_scheduler.LambdaLR(base_b, lambda t: 1.0 / (1 + 0.1 * t)), 3)
+    close(got, [p.detach() for p in b.parameters()], 1e-11)  # the lookahead points
+    with opt.averaged():
+        close([p.detach().clone() for p in a.parameters()], theta, 1e-11)  # evaluation at theta
+
+
+def test_lookahead_with_alpha_one_is_the_base_optimizer_exactly():
+    a, b = net(), net()
+    got = train(a, Lookahead(adamw(a), k=3, alpha=1.0), 30)
+    assert all(torch.equal(x, y) for x, y in zip(got, train(b, adamw(b), 30)))
+
+
+def test_lookahead_matches_the_reference():
+    a, b = net(), net()
+    got = train(a, Lookahead(adamw(a), k=4, alpha=0.5), 30)
+    base = adamw(b)
+    slow = [p.detach().clone() for p in b.parameters()]
+    for t in range(30):
+        base.zero_grad()
+        loss(b, t).backward()
+        base.step()
+        if (t + 1) % 4 == 0:
+            with torch.no_grad():
+                for s, p in zip(slow, b.parameters()):
+                    s += 0.5 * (p - s)
+                    p.copy_(s)
+    close(got, [p.detach() for p in b.parameters()], 1e-13)
+
+
+# ---------------------------------------------------------------- state, modes, groups
+WRAPPERS = {
+    "gpa": lambda opt: GPA(opt, mu_x=0.9, mu_y=0.7),
+    "ema-nesterov": lambda opt: EMANesterov(opt, beta=0.5, gamma=0.9, warmup_steps=2),
+    "lookahead": lambda opt: Lookahead(opt, k=3, alpha=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+@pytest.mark.parametrize("save_in_eval_mode", [False, True])
+def test_state_dict_round_trip_mid_training_continues_identically(name, save_in_eval_mode):
+    a = net()
+    opt = WRAPPERS[name](adamw(a))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+    train(a, opt, 7, sched=sched)
+    if save_in_eval_mode:
+        opt.eval()
+    saved_model, saved_opt, saved_sched = copy.deepcopy(a.state_dict()), copy.deepcopy(opt.state_dict()), sched.state_dict()
+    opt.train()
+    want = train(a, opt, 8, start=7, sched=sched)
+
+    b = net()
+    b.load_state_dict(saved_model)
+    opt_b = WRAPPERS[name](adamw(b))
+    opt_b.load_state_dict(saved_opt)
+    sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=4, gamma=0.5)
+    sched_b.load_state_dict(saved_sched)
+    assert opt_b.mode == ("eval" if save_in_eval_mode else "train")
+    opt_b.train()
+    got = train(b, opt_b, 8, start=7, sched=sched_b)
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+    assert opt_b.base.param_groups[0]["lr"] == opt.base.param_groups[0]["lr"] == 1e-2 * 0.5 ** 3
+    assert opt_b.param_groups is opt_b.base.param_groups
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_eval_train_round_trip_is_exact_and_idempotent(name):
+    a = net()
+    opt = WRAPPERS[name](adamw(a))
+    train(a, opt, 10)  # not a multiple of Lookahead's k: fast and slow weights differ
+    y = [p.detach().clone() for p in a.parameters()]
+    opt.eval()
+    x = [p.detach().clone() for p in a.parameters()]
+    assert any(not torch.equal(u, v) for u, v in zip(x, y))  # the evaluation point differs
+    opt.eval()
+    assert all(torch.equal(u, p) for u, p in zip(x, a.parameters()))
+    opt.train()
+    opt.train()
+    assert all(torch.equal(u, p) for u, p in zip(y, a.parameters()))
+    with opt.averaged():
+        assert all(torch.equal(u, p) for u, p in zip(x, a.parameters()))
+    assert all(torch.equal(u, p) for u, p in zip(y, a.parameters()))
+    opt.eval()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_param_groups_and_params_without_grad(name):
+    model = net()
+    frozen = nn.Parameter(torch.ones(3, dtype=torch.float64))  # never gets a gradient
+    w1, b1, w2, b2 = model.parameters()
+    base = torch.optim.AdamW([{"params": [w1, b1], "lr": 1e-2}, {"params": [w2, b2, frozen], "lr": 3e-3}])
+    opt = WRAPPERS[name](base)
+    assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == 3e-3
+    ref_model = net()
+    ref = WRAPPERS[name](torch.optim.AdamW([{"params": list(ref_model.parameters())[:2], "lr": 1e-2},
+                                            {"params": list(ref_model.parameters())[2:], "lr": 3e-3}]))
+    got = train(model, opt, 12)
+    assert torch.equal(frozen, torch.ones(3, dtype=torch.float64)) and frozen not in opt.state
+    assert all(torch.equal(x, y) for x, y in zip(got, train(ref_model, ref, 12)))
+
+
+@pytest.mark.parametrize("name,buffer", [("gpa", "z"), ("ema-nesterov", "m"), ("lookahead", "slow")])
+def test_one_extra_parameter_sized_buffer(name, buffer):
+    a = net()
+    opt = WRAPPERS[name](adamw(a))
+    train(a, opt, 3)
+    for p in a.parameters():
+        tensors = {k: v for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+        assert list(tensors) == [buffer] and tensors[buffer].shape == p.shape
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda o: GPA(o, mu_y=0.0), r"mu_y must be in \(0.0, 1.0\], got 0.0"),
+    (lambda o: GPA(o, mu_y=1.5), r"mu_y must be in \(0.0, 1.0\]"),
+    (lambda o: GPA(o, mu_x=1.0), r"mu_x must be in \[0.0, 1.0\), got 1.0"),
+    (lambda o: EMANesterov(o, gamma=1.0), r"gamma must be in \[0.0, 1.0\), got 1.0"),
+    (lambda o: EMANesterov(o, gamma=-0.1), r"gamma must be in \[0.0, 1.0\)"),
+    (lambda o: EMANesterov(o, beta=-1.0), r"beta must be a finite number >= 0"),
+    (lambda o: EMANesterov(o, warmup_steps=5, cooldown_start=2), r"cooldown_start must be None or an integer >= warmup_steps"),
+    (lambda o: Lookahead(o, k=0), r"k must be an integer >= 1, got 0"),
+    (lambda o: Lookahead(o, alpha=0.0), r"alpha must be in \(0.0, 1.0\]"),
+    (lambda o: GPA(object()), r"optimizer must be a torch.optim.Optimizer"),
+])
+def test_bad_hyperparameters_name_the_argument(make, msg):
+    a = net()
+    with pytest.raises((ValueError, TypeError), match=msg):
+        make(adamw(a))
