@@ -243,3 +243,33 @@ def test_bad_hyperparameters_name_the_argument(make, msg):
     a = net()
     with pytest.raises((ValueError, TypeError), match=msg):
         make(adamw(a))
+
+
+@pytest.mark.parametrize("oracle", ["ScheduleFreeWrapper(SGD)", "AdamWScheduleFree"])
+def test_gpa_schedule_free_mode_matches_the_schedulefree_package(oracle):
+    """GPA(weighting='schedule-free', mu_y=beta) over SGD == ScheduleFreeWrapper(SGD, momentum=beta);
+    over AdamW with betas (0, b2) and decoupled decay (applied at y) == AdamWScheduleFree((beta, b2))."""
+    schedulefree = pytest.importorskip("schedulefree")  # a dependency of farsync; skipped only if uninstalled
+    warm = lambda t: min(1.0, (t + 1) / 5)  # noqa: E731 - a warm-up, so lr_max and the weights vary
+    a, b = net(), net()
+    if oracle == "AdamWScheduleFree":
+        ours = GPA(torch.optim.AdamW(a.parameters(), lr=1e-2, betas=(0.0, 0.999), weight_decay=0.1), mu_y=0.9, weighting="schedule-free")
+        theirs = schedulefree.AdamWScheduleFree(b.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1, foreach=False)
+        theirs_sched_target = theirs
+    else:
+        ours = GPA(torch.optim.SGD(a.parameters(), lr=0.05), mu_y=0.9, weighting="schedule-free")
+        theirs = schedulefree.ScheduleFreeWrapper(torch.optim.SGD(b.parameters(), lr=0.05), momentum=0.9, weight_lr_power=2.0, r=0.0)
+        theirs_sched_target = theirs.base
+    s_ours = torch.optim.lr_scheduler.LambdaLR(ours, warm)
+    s_theirs = torch.optim.lr_scheduler.LambdaLR(theirs_sched_target, warm)
+    theirs.train()
+    for t in range(25):
+        for model, opt, sched in ((a, ours, s_ours), (b, theirs, s_theirs)):
+            opt.zero_grad()
+            loss(model, t).backward()
+            opt.step()
+            sched.step()
+        close([p.detach() for p in a.parameters()], [p.detach() for p in b.parameters()], 1e-10)  # y, every step
+    ours.eval()
+    theirs.eval()
+    close([p.detach() for p in a.parameters()], [p.detach() for p in b.parameters()], 1e-10)  # x

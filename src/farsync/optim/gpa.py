@@ -17,6 +17,16 @@ transient copy of y to read u off the base step. Reductions (tests): mu_x = 0 is
 optimizer; SGD with mu_y = 1, mu_x = b, lr / (1 - b) is heavy-ball momentum b; mu_x = mu_y = b,
 lr / (1 - b) is Nesterov momentum b; `GPAReference` is the three-sequence form above.
 Ranges: mu_y in (0, 1], mu_x in [0, 1). Paper defaults: mu_x = 0.9967, mu_y = 0.7.
+
+``weighting="schedule-free"`` replaces the constant 1 - mu_x by Schedule-Free's time-varying
+c_{t+1} = w_t / sum_{i<=t} w_i, w_t = (t+1)^r lr_max_t^p (lr_max_t: the largest lr so far; r = 0,
+p = 2 by default), with mu_y as Schedule-Free's momentum beta (Defazio et al., arXiv 2405.15682).
+Tested step for step (float64, 1e-10) against ``schedulefree.ScheduleFreeWrapper`` over SGD and
+against ``schedulefree.AdamWScheduleFree`` (= GPA over AdamW with betas (0, beta2), whose
+decoupled decay is applied at y as Schedule-Free AdamW's is). ScheduleFreeWrapper itself runs the
+base step at z and keeps z in the base optimizer's state, which breaks lazily initialised bases
+such as torch's Adam (KeyError 'exp_avg' on the first step, schedulefree 1.4.1); this wrapper has
+its own state.
 """
 
 from __future__ import annotations
@@ -27,12 +37,29 @@ from .wrapper import OptimizerWrapper, check_range
 
 
 class GPA(OptimizerWrapper):
-    def __init__(self, optimizer: torch.optim.Optimizer, mu_x: float = 0.9967, mu_y: float = 0.7):
+    def __init__(self, optimizer: torch.optim.Optimizer, mu_x: float = 0.9967, mu_y: float = 0.7,
+                 weighting: str = "constant", r: float = 0.0, weight_lr_power: float = 2.0):
         check_range("mu_x", mu_x, 0.0, 1.0, False, True)
         check_range("mu_y", mu_y, 0.0, 1.0, True, False)
-        super().__init__(optimizer, {"mu_x": mu_x, "mu_y": mu_y})
+        if weighting not in ("constant", "schedule-free"):
+            raise ValueError(f"weighting must be 'constant' or 'schedule-free', got {weighting!r}")
+        if r < 0 or weight_lr_power < 0:
+            raise ValueError(f"r and weight_lr_power must be >= 0, got r={r!r}, weight_lr_power={weight_lr_power!r}")
+        super().__init__(optimizer, {"mu_x": mu_x, "mu_y": mu_y, "weighting": weighting, "r": r,
+                                     "weight_lr_power": weight_lr_power, "sf_step": 0, "sf_weight_sum": 0.0, "sf_lr_max": 0.0})
         for group in self.param_groups:  # the caller's values win over a group's earlier ones
-            group["mu_x"], group["mu_y"] = mu_x, mu_y
+            group.update(mu_x=mu_x, mu_y=mu_y, weighting=weighting, r=r, weight_lr_power=weight_lr_power)
+
+    @staticmethod
+    def _c(group: dict) -> float:
+        """1 - mu_x, or Schedule-Free's c_{t+1} = w_t / sum_{i<=t} w_i, w_t = (t+1)^r lr_max^p."""
+        if group["weighting"] == "constant":
+            return 1.0 - group["mu_x"]
+        group["sf_lr_max"] = max(group["sf_lr_max"], float(group["lr"]))
+        w = (group["sf_step"] + 1) ** group["r"] * group["sf_lr_max"] ** group["weight_lr_power"]
+        group["sf_weight_sum"] += w
+        group["sf_step"] += 1
+        return w / group["sf_weight_sum"] if group["sf_weight_sum"] > 0 else 1.0
 
     def _z(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
@@ -50,7 +77,7 @@ class GPA(OptimizerWrapper):
 
     def _after_base(self) -> None:
         for group, ys in zip(self.param_groups, self._y):
-            c, mu_y = 1.0 - group["mu_x"], group["mu_y"]
+            c, mu_y = self._c(group), group["mu_y"]
             for p, y in zip(self._params(group), ys):
                 z = self._z(p)
                 u = y - p  # lr d, read off the base step
