@@ -6,6 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+import farsync
+from conftest import assert_crash_and_resume_reproduce
+from farsync.config import ConfigError
 from farsync.optim import GPA, EMANesterov, GPAReference, Lookahead
 
 
@@ -273,3 +276,90 @@ def test_gpa_schedule_free_mode_matches_the_schedulefree_package(oracle):
     ours.eval()
     theirs.eval()
     close([p.detach() for p in a.parameters()], [p.detach() for p in b.parameters()], 1e-10)  # x
+
+
+# ---------------------------------------------------------------- from a config
+
+TINY = {
+    "name": "tiny", "seed": 1,
+    "task": {"name": "shakespeare-gpt", "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "eval_windows": 8},
+    "cluster": {"workers": 2},
+    "algorithm": {"name": "ddp", "inner": {"name": "adamw", "lr": 0.003}},
+    "train": {"steps": 24, "batch_size": 4, "eval_every": 12, "log_every": 6},
+}
+
+
+def with_algo(**algo):
+    return {**TINY, "algorithm": {**TINY["algorithm"], **algo}}
+
+
+def test_inner_gpa_with_mu_x_zero_trains_like_its_base(tmp_path):
+    plain = farsync.run(TINY, out=tmp_path / "a", progress=False)
+    gpa = farsync.run(with_algo(inner={"name": "gpa", "base": {"name": "adamw", "lr": 0.003}, "mu_x": 0.0}), out=tmp_path / "b", progress=False)
+    assert [m["train_loss"] for m in gpa.metrics] == pytest.approx([m["train_loss"] for m in plain.metrics], rel=1e-5)
+    assert gpa.summary["final_eval_loss"] == pytest.approx(plain.summary["final_eval_loss"], rel=1e-5)
+
+
+def test_algorithms_evaluate_an_inner_wrapper_at_its_averaged_point():
+    from farsync.algorithms import get_algorithm
+    from farsync.comm import SimCluster
+
+    def fn(comm):
+        model = net()
+        opt = GPA(adamw(model), mu_x=0.9, mu_y=0.5)
+        algo = get_algorithm("ddp")(model, opt, comm)
+        for t in range(10):
+            loss(model, t).backward()
+            algo.step()
+            algo.zero_grad()
+        y = [p.detach().clone() for p in model.parameters()]
+        with algo.eval_params() as m:
+            evaluated = [p.detach().clone() for p in m.parameters()]
+        with opt.averaged():
+            x = [p.detach().clone() for p in model.parameters()]
+        return y, evaluated, x, [p.detach().clone() for p in model.parameters()]
+
+    y, evaluated, x, after = SimCluster(1).run(fn)[0]
+    assert all(torch.equal(a, b) for a, b in zip(evaluated, x))
+    assert not all(torch.equal(a, b) for a, b in zip(x, y))
+    assert all(torch.equal(a, b) for a, b in zip(after, y))  # back at the training point
+
+
+def test_diloco_with_a_gpa_outer_step_is_diloco_with_nesterov(tmp_path):
+    """Outer GPA(SGD lr', mu_x = mu_y = 0.9) on the averaged pseudo-gradient == outer Nesterov with
+    lr = lr' (1 - 0.9): the same inner trajectory (train losses); only the evaluation point differs."""
+    base = {**TINY, "algorithm": {"name": "diloco", "sync_every": 4, "inner": {"name": "adamw", "lr": 0.003}}}
+    nesterov = farsync.run({**base, "algorithm": {**base["algorithm"], "outer": {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}}},
+                           out=tmp_path / "n", progress=False)
+    gpa = farsync.run({**base, "algorithm": {**base["algorithm"], "outer": {"name": "gpa", "base": {"name": "sgd", "lr": 7.0}, "mu_x": 0.9, "mu_y": 0.9}}},
+                      out=tmp_path / "g", progress=False)
+    assert [m["train_loss"] for m in gpa.metrics] == pytest.approx([m["train_loss"] for m in nesterov.metrics], rel=1e-5)
+    assert gpa.summary["final_eval_loss"] != nesterov.summary["final_eval_loss"]  # x, not y
+
+
+def test_single_worker_diloco_with_an_ema_nesterov_outer_runs(tmp_path):
+    cfg = {**TINY, "cluster": {"workers": 1},
+           "algorithm": {"name": "diloco", "sync_every": 4, "inner": {"name": "adamw", "lr": 0.003},
+                         "outer": {"name": "ema-nesterov", "base": {"name": "sgd", "lr": 0.7}, "beta": 0.5, "gamma": 0.9}}}
+    r = farsync.run(cfg, out=tmp_path / "s", progress=False)
+    assert r.status == "completed" and r.summary["final_eval_loss"] < 4.0
+
+
+def test_resume_with_wrappers_reproduces_the_run(tmp_path, monkeypatch):
+    cfg = {**TINY, "algorithm": {"name": "diloco", "sync_every": 4,
+                                 "inner": {"name": "lookahead", "base": {"name": "adamw", "lr": 0.003}, "k": 3},
+                                 "outer": {"name": "gpa", "base": {"name": "sgd", "lr": 0.7}, "mu_x": 0.9, "mu_y": 0.7}},
+           "train": {**TINY["train"], "checkpoint_every": 12}}
+    assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "1:17")
+
+
+@pytest.mark.parametrize("inner,msg", [
+    ({"name": "gpa", "mu_x": 0.9}, "algorithm.inner: wrapper 'gpa' needs 'base'"),
+    ({"name": "gpa", "base": {"name": "adamw", "lr": 0.003}, "mu_y": 0}, r"algorithm.inner: mu_y must be in \(0.0, 1.0\]"),
+    ({"name": "lookahead", "base": {"name": "adamw", "lr": 0.003}, "kk": 3}, r"unknown option\(s\) \['kk'\] for wrapper 'lookahead'"),
+    ({"name": "ema-nesterov", "base": {"name": "adamw"}}, "algorithm.inner.base: 'lr' is required"),
+])
+def test_bad_wrapper_configs_fail_before_training(tmp_path, inner, msg):
+    with pytest.raises(ConfigError, match=msg):
+        farsync.run(with_algo(inner=inner), out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -66,7 +66,7 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_list(args) -> int:
     from .algorithms import ALGORITHMS
-    from .optim import OPTIMIZERS, SCHEDULES
+    from .optim import OPTIMIZERS, SCHEDULES, WRAPPERS
     from .tasks import TASKS
 
     print("tasks:")
@@ -78,6 +78,9 @@ def _cmd_list(args) -> int:
     print("optimizers (algorithm.inner / algorithm.outer):")
     for name, cls in sorted(OPTIMIZERS.items()):
         print(f"  {name:18s} torch.optim.{cls.__name__}")
+    print("optimizer wrappers ({name: WRAPPER, base: {optimizer}, ...}):")
+    for name, (cls, fixed) in sorted(WRAPPERS.items()):
+        print(f"  {name:18s} farsync.optim.{cls.__name__}" + (f" with {fixed}" if fixed else ""))
     print("lr schedules (train.lr_schedule.name): " + ", ".join(SCHEDULES))
     from .compress import COMPRESSORS, ERROR_FEEDBACK
 

@@ -14,7 +14,7 @@ and knows nothing about the backend. ``eval_params()`` temporarily puts the eval
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 
 from ..comm import Communicator
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
-from ..optim import build_optimizer
+from ..optim import OptimizerWrapper, build_optimizer
 from .sync_schedule import QSR, RoundClock, parse_sync_every
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -120,8 +120,10 @@ class Algorithm:
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
-        """The model holding the parameters to evaluate (default: the local parameters)."""
-        yield self.model
+        """The model holding the parameters to evaluate (default: the local parameters, at the
+        inner optimizer's evaluation point when it is an averaging wrapper such as GPA)."""
+        with evaluation_point([self.optimizer]):
+            yield self.model
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -142,6 +144,16 @@ class Algorithm:
     @staticmethod
     def build_outer(params: list[torch.Tensor], outer: OuterSpec) -> torch.optim.Optimizer:
         return outer(params) if callable(outer) else build_optimizer(params, outer)
+
+
+@contextmanager
+def evaluation_point(optimizers: list[torch.optim.Optimizer]) -> Iterator[None]:
+    """Switch every averaging wrapper among `optimizers` to its evaluation point, then back."""
+    with ExitStack() as stack:
+        for opt in optimizers:
+            if isinstance(opt, OptimizerWrapper):
+                stack.enter_context(opt.averaged())
+        yield
 
 
 @contextmanager

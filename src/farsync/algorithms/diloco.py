@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .base import Algorithm, outer_step, pseudo_gradient, swapped_params
+from .base import Algorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
 
 
 class DiLoCo(Algorithm):
@@ -53,7 +53,9 @@ class DiLoCo(Algorithm):
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
-        with swapped_params(self.params, [g.detach() for g in self.global_params]):
+        with evaluation_point([self.outer_optimizer]):  # an averaging outer optimizer (e.g. GPA) is evaluated at its x
+            values = [g.detach().clone() for g in self.global_params]
+        with swapped_params(self.params, values):
             yield self.model
 
     def state_dict(self):

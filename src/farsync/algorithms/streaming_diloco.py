@@ -36,7 +36,7 @@ from torch import nn
 
 from ..compress import PowerSGD
 from ..compress.collective import Pending
-from .base import Algorithm, outer_step, pseudo_gradient, swapped_params
+from .base import Algorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
 from .fragments import split_into_fragments
 
 
@@ -110,7 +110,9 @@ class StreamingDiLoCo(Algorithm):
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
-        with swapped_params(self.params, [g.detach() for g in self.global_params]):
+        with evaluation_point(self.outer_optimizers):  # an averaging outer optimizer (e.g. GPA) is evaluated at its x
+            values = [g.detach().clone() for g in self.global_params]
+        with swapped_params(self.params, values):
             yield self.model
 
     # ------------------------------------------------------------------ state

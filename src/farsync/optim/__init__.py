@@ -4,7 +4,8 @@ Wrappers around any torch optimizer (one convention: the parameters hold the gra
 ``opt.eval()`` / ``opt.train()`` switch to the evaluation point and back; `wrapper.py`): `GPA`,
 `EMANesterov`, `Lookahead`.
 
-Selectable from a config:
+Selectable from a config (``{name: gpa, base: {name: adamw, lr: 0.001}, mu_x: 0.9967, mu_y: 0.7}``;
+``schedule-free`` is GPA with Schedule-Free weighting, ``mu_y`` its momentum). Plain optimizers:
 
 An optimizer config is ``{name: <registry name>, lr: <float>, **kwargs}``; kwargs are the
 keyword arguments of the torch optimizer class and are checked against its signature, so a typo
@@ -37,6 +38,14 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adafactor": torch.optim.Adafactor,
 }
 
+WRAPPERS: dict[str, tuple[type[OptimizerWrapper], dict[str, Any]]] = {
+    # name: (class, fixed keyword arguments); a config is {name, base: {optimizer config}, **kwargs}
+    "gpa": (GPA, {}),
+    "schedule-free": (GPA, {"weighting": "schedule-free", "mu_x": 0.0}),
+    "ema-nesterov": (EMANesterov, {}),
+    "lookahead": (Lookahead, {}),
+}
+
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -53,10 +62,33 @@ def get_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
         raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(sorted(OPTIMIZERS))}") from None
 
 
+def _wrapper_kwargs(name: str) -> list[str]:
+    cls, fixed = WRAPPERS[name]
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "optimizer", *fixed)]
+
+
 def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
-    """Raise ValueError if `cfg` names an unknown optimizer, unknown keyword or lr <= 0."""
-    if "name" not in cfg:
-        raise ValueError(f"{where}: missing 'name'; valid choices: {', '.join(sorted(OPTIMIZERS))}")
+    """Raise ValueError if `cfg` names an unknown optimizer, unknown keyword or lr <= 0; a wrapper
+    ({name: gpa, base: {...}, mu_x: ...}) has its base checked the same way and its own
+    hyperparameters checked by building it once on a dummy parameter."""
+    choices = ", ".join(sorted([*OPTIMIZERS, *WRAPPERS]))
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise ValueError(f"{where}: missing 'name'; valid choices: {choices}")
+    if cfg["name"] in WRAPPERS:
+        valid = _wrapper_kwargs(cfg["name"])
+        bad = sorted(set(cfg) - {"name", "base"} - set(valid))
+        if bad:
+            raise ValueError(f"{where}: unknown option(s) {bad} for wrapper {cfg['name']!r}; valid: base, {', '.join(valid)}")
+        if "base" not in cfg:
+            raise ValueError(f"{where}: wrapper {cfg['name']!r} needs 'base', the optimizer it wraps (e.g. base: {{name: adamw, lr: 0.001}})")
+        check_optimizer_config(cfg["base"], f"{where}.base")
+        try:
+            build_optimizer([torch.zeros(1, requires_grad=True)], cfg)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        return
+    if cfg["name"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg['name']!r}; valid choices: {choices}")
     valid = optimizer_kwargs(cfg["name"])
     bad = sorted(set(cfg) - {"name"} - set(valid))
     if bad:
@@ -69,6 +101,11 @@ def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
 
 
 def build_optimizer(params: Iterable[torch.Tensor], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer (or wrapper around its ``base``) that `cfg` describes, over `params`."""
+    if cfg["name"] in WRAPPERS:
+        cls, fixed = WRAPPERS[cfg["name"]]
+        kwargs = {k: v for k, v in cfg.items() if k not in ("name", "base")}
+        return cls(build_optimizer(params, cfg["base"]), **fixed, **kwargs)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
     return get_optimizer_class(cfg["name"])(params, **kwargs)
 
