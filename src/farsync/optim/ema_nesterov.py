@@ -52,9 +52,12 @@ class EMANesterov(OptimizerWrapper):
 
     def _before_base(self) -> None:
         for group in self.param_groups:
-            gamma, b = group["gamma"], group["beta_used"]
-            for p in self._params(group):
-                self._m(p).mul_(gamma + (1.0 - gamma) * b).sub_(p, alpha=1.0 - gamma)
+            params = self._params(group)
+            if params:
+                gamma, b = group["gamma"], group["beta_used"]
+                ms = [self._m(p) for p in params]
+                torch._foreach_mul_(ms, gamma + (1.0 - gamma) * b)
+                torch._foreach_add_(ms, params, alpha=-(1.0 - gamma))
 
     def _after_base(self) -> None:
         for group in self.param_groups:
@@ -63,11 +66,12 @@ class EMANesterov(OptimizerWrapper):
             t, start, end = group["ema_step"], group["warmup_steps"], group["cooldown_start"]
             on = t >= start and (end is None or t < end) and group["lr_max"] > 0
             b = group["beta"] * float(group["lr"]) / group["lr_max"] if on else 0.0
-            for p in self._params(group):
-                m = self._m(p)
-                m.add_(p, alpha=1.0 - group["gamma"])
+            params = self._params(group)
+            if params:
+                ms = [self.state[p]["m"] for p in params]
+                torch._foreach_add_(ms, params, alpha=1.0 - group["gamma"])
                 if b:
-                    p.add_(m, alpha=b)
+                    torch._foreach_add_(params, ms, alpha=b)
             group["beta_used"] = b
 
     def _to_eval_point(self, group: dict, p: torch.Tensor) -> None:

@@ -76,14 +76,19 @@ class GPA(OptimizerWrapper):
             self._y.append([p.detach().clone() for p in params])
 
     def _after_base(self) -> None:
+        # With p the parameters after the base step (= y_t - u) the update is, in four in-place
+        # foreach passes (ys becomes u):  y_{t+1} = lerp(p, z_t, c) + (mu_y (1 - c) - c) u,
+        # z_{t+1} = z_t - u  (the same as lerp(y_t, z_t, c) + (mu_y (1 - c) - 1) u).
         for group, ys in zip(self.param_groups, self._y):
+            params = self._params(group)
+            if not params:
+                continue
             c, mu_y = self._c(group), group["mu_y"]
-            for p, y in zip(self._params(group), ys):
-                z = self._z(p)
-                u = y - p  # lr d, read off the base step
-                y.lerp_(z, c).add_(u, alpha=mu_y * (1.0 - c) - 1.0)
-                z.sub_(u)
-                p.copy_(y)
+            zs = [self.state[p]["z"] for p in params]
+            torch._foreach_sub_(ys, params)
+            torch._foreach_lerp_(params, zs, c)
+            torch._foreach_add_(params, ys, alpha=mu_y * (1.0 - c) - c)
+            torch._foreach_sub_(zs, ys)
         self._y = None
 
     def _to_eval_point(self, group: dict, p: torch.Tensor) -> None:

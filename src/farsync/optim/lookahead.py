@@ -41,10 +41,11 @@ class Lookahead(OptimizerWrapper):
             group["lookahead_step"] += 1
             if group["lookahead_step"] % group["k"]:
                 continue
-            for p in self._params(group):
-                slow = self._slow(p)
-                slow.lerp_(p, group["alpha"])
-                p.copy_(slow)
+            params = self._params(group)
+            if params:
+                slows = [self.state[p]["slow"] for p in params]
+                torch._foreach_lerp_(slows, params, group["alpha"])
+                torch._foreach_copy_(params, slows)
 
     def _to_eval_point(self, group: dict, p: torch.Tensor) -> None:
         if "slow" in self.state[p]:
