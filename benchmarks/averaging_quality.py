@@ -1,0 +1,83 @@
+"""Averaging / lookahead optimizers on the Shakespeare GPT, one worker (issue 6, benchmark 1).
+
+    python benchmarks/averaging_quality.py [--out runs/averaging] [--only NAME ...] [--seeds 0] [--set KEY=VALUE ...]
+
+The 4-block demo GPT (461,664 parameters), one worker, 600 steps of batch 16, the demo's AdamW
+(betas 0.9/0.95, weight decay 0.1, grad clip 1) with cosine decay to 0.1 after 30 warm-up steps,
+evaluated every 30 steps. Runs: AdamW at lr 3e-3 / 6e-3 / 1.2e-2 / 2.4e-2 (the sweep); at the best AdamW lr:
+GPA (mu_x 0.9967, mu_y 0.7), EMA-Nesterov (beta 0.5, gamma 0.99, beta off for the 30 warm-up
+steps) and its gamma = 0 one-step lookahead, Lookahead (k 5, alpha 0.5), single-worker DiLoCo
+(SNOO: H 24, outer SGD 0.7 Nesterov 0.9); Schedule-Free AdamW (GPA schedule-free mode, mu_y 0.9,
+base betas (0, 0.95), constant lr after warm-up). Writes results.jsonl (final eval loss, best eval
+loss, steps to reach the best AdamW run's final eval loss) into --out and prints a table.
+"""
+
+import argparse
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+COMMON = ["cluster.workers=1", "task.n_layer=4", "train.eval_every=30"]
+
+
+def adamw(lr, betas=(0.9, 0.95)):
+    return f"{{name: adamw, lr: {lr}, weight_decay: 0.1, betas: [{betas[0]}, {betas[1]}]}}"
+
+
+BEST = 1.2e-2  # the sweep's best AdamW lr (docs/benchmarks.md); the wrappers use it
+RUNS = {
+    "adamw-3e-3": [f"algorithm.inner={adamw(3e-3)}"],
+    "adamw-6e-3": [f"algorithm.inner={adamw(6e-3)}"],
+    "adamw-1.2e-2": [f"algorithm.inner={adamw(1.2e-2)}"],
+    "adamw-2.4e-2": [f"algorithm.inner={adamw(2.4e-2)}"],
+    "gpa": [f"algorithm.inner={{name: gpa, base: {adamw(BEST)}, mu_x: 0.9967, mu_y: 0.7}}"],
+    "ema-nesterov": [f"algorithm.inner={{name: ema-nesterov, base: {adamw(BEST)}, beta: 0.5, gamma: 0.99, warmup_steps: 30}}"],
+    "ema-nesterov-gamma0": [f"algorithm.inner={{name: ema-nesterov, base: {adamw(BEST)}, beta: 0.5, gamma: 0.0, warmup_steps: 30}}"],
+    "lookahead": [f"algorithm.inner={{name: lookahead, base: {adamw(BEST)}, k: 5, alpha: 0.5}}"],
+    "schedule-free": [f"algorithm.inner={{name: schedule-free, base: {adamw(BEST, (0.0, 0.95))}, mu_y: 0.9}}",
+                      "train.lr_schedule={name: constant, warmup_steps: 30}"],
+    "diloco-1worker": ["algorithm.name=diloco", "algorithm.sync_every=24", f"algorithm.inner={adamw(BEST)}"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/averaging")
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    import farsync
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    cfg = str(resources.files("farsync") / "configs" / "demo_ddp.yaml")
+    for seed in args.seeds:
+        for name, sets in RUNS.items():
+            if args.only and name not in args.only:
+                continue
+            d = out / f"{name}-s{seed}"
+            if d.exists():
+                shutil.rmtree(d)
+            r = farsync.run(cfg, overrides=COMMON + sets + [f"name={name}", f"seed={seed}"] + args.set, out=d, progress=False)
+            evals = [(m["step"], m["eval_loss"]) for m in r.metrics if "eval_loss" in m]
+            row = {"run": name, "seed": seed, "overrides": COMMON + sets + args.set, "final_eval_loss": r.summary["final_eval_loss"],
+                   "best_eval_loss": r.summary["best_eval_loss"], "evals": evals, "status": r.summary["status"]}
+            rows = [x for x in rows if (x["run"], x["seed"]) != (name, seed)] + [row]
+            results.write_text("".join(json.dumps(x) + "\n" for x in rows))
+            print(json.dumps({k: v for k, v in row.items() if k != "evals"}), flush=True)
+    adam = [x for x in rows if x["run"].startswith("adamw")]
+    target = min(adam, key=lambda x: x["final_eval_loss"])
+    print(f"\nreference: {target['run']} final eval loss {target['final_eval_loss']:.4f}\n")
+    print("| run | final eval loss | best eval loss | steps to the reference's final loss |")
+    print("|---|---|---|---|")
+    for x in rows:
+        hit = next((s for s, v in x["evals"] if v <= target["final_eval_loss"]), None)
+        print(f"| {x['run']} (seed {x['seed']}) | {x['final_eval_loss']:.4f} | {x['best_eval_loss']:.4f} | {hit if hit else 'not reached'} |")
+
+
+if __name__ == "__main__":
+    main()
