@@ -8,7 +8,8 @@ evaluated every 30 steps. Runs: AdamW at lr 3e-3 / 6e-3 / 1.2e-2 / 2.4e-2 (the s
 GPA (mu_x 0.9967, mu_y 0.7), EMA-Nesterov (beta 0.5, gamma 0.99, beta off for the 30 warm-up
 steps) and its gamma = 0 one-step lookahead, Lookahead (k 5, alpha 0.5), single-worker DiLoCo
 (SNOO: H 24, outer SGD 0.7 Nesterov 0.9); Schedule-Free AdamW (GPA schedule-free mode, mu_y 0.9,
-base betas (0, 0.95), constant lr after warm-up). Writes results.jsonl (final eval loss, best eval
+base betas (0, 0.95), constant lr after warm-up); Muon (lr 0.02, momentum 0.95) for the hidden matrices with
+AdamW (lr 1.2e-2) for the rest, alone and under GPA. Writes results.jsonl (final eval loss, best eval
 loss, steps to reach the best AdamW run's final eval loss) into --out and prints a table.
 """
 
@@ -37,6 +38,8 @@ RUNS = {
     "lookahead": [f"algorithm.inner={{name: lookahead, base: {adamw(BEST)}, k: 5, alpha: 0.5}}"],
     "schedule-free": [f"algorithm.inner={{name: schedule-free, base: {adamw(BEST, (0.0, 0.95))}, mu_y: 0.9}}",
                       "train.lr_schedule={name: constant, warmup_steps: 30}"],
+    "muon": ["algorithm.inner={name: muon, lr: 0.02, adamw: {lr: 0.012, weight_decay: 0.1, betas: [0.9, 0.95]}}"],
+    "gpa-muon": ["algorithm.inner={name: gpa, base: {name: muon, lr: 0.02, adamw: {lr: 0.012, weight_decay: 0.1, betas: [0.9, 0.95]}}, mu_x: 0.9967, mu_y: 0.7}"],
     "diloco-1worker": ["algorithm.name=diloco", "algorithm.sync_every=24", f"algorithm.inner={adamw(BEST)}"],
 }
 

@@ -9,7 +9,8 @@ from torch import nn
 import farsync
 from conftest import assert_crash_and_resume_reproduce
 from farsync.config import ConfigError
-from farsync.optim import GPA, EMANesterov, GPAReference, Lookahead
+from farsync.optim import GPA, EMANesterov, GPAReference, Lookahead, MuonWithAdamW, build_optimizer
+from farsync.tasks.gpt import GPT, GPTConfig
 
 
 def net():
@@ -363,3 +364,76 @@ def test_bad_wrapper_configs_fail_before_training(tmp_path, inner, msg):
     with pytest.raises(ConfigError, match=msg):
         farsync.run(with_algo(inner=inner), out=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- Muon for hidden weights, AdamW for the rest
+
+
+def gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=16))
+
+
+def gpt_loss(model, t):
+    g = torch.Generator().manual_seed(t)
+    x = torch.randint(0, 65, (4, 17), generator=g)
+    logits = model(x[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, 65), x[:, 1:].reshape(-1))
+
+
+def test_muon_gets_the_hidden_matrices_and_adamw_the_rest():
+    model = gpt()
+    opt = MuonWithAdamW(model.named_parameters(), lr=0.02, adamw={"lr": 3e-3})
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = sorted(names[id(p)] for p in opt.muon.param_groups[0]["params"])
+    assert muon == sorted(n for n, p in model.named_parameters() if p.ndim == 2 and n not in ("wte.weight", "wpe.weight"))
+    assert {names[id(p)] for p in opt.adamw.param_groups[0]["params"]} >= {"wte.weight", "wpe.weight", "ln_f.weight"}
+    assert opt.param_groups == opt.muon.param_groups + opt.adamw.param_groups
+
+
+def test_muon_with_adamw_steps_like_the_two_torch_optimizers_and_round_trips():
+    a, b = gpt(), gpt()
+    opt = MuonWithAdamW(a.named_parameters(), lr=0.02, adamw={"lr": 3e-3, "weight_decay": 0.1})
+    hidden = [p for n, p in b.named_parameters() if p.ndim == 2 and n not in ("wte.weight", "wpe.weight")]
+    rest = [p for n, p in b.named_parameters() if not (p.ndim == 2 and n not in ("wte.weight", "wpe.weight"))]
+    muon, adamw = torch.optim.Muon(hidden, lr=0.02, momentum=0.95, weight_decay=0.0), torch.optim.AdamW(rest, lr=3e-3, weight_decay=0.1)
+    for t in range(6):
+        for model, steps in ((a, [opt]), (b, [muon, adamw])):
+            for o in steps:
+                o.zero_grad()
+            gpt_loss(model, t).backward()
+            for o in steps:
+                o.step()
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    # a GPA wrapper over it, saved mid-run and reloaded, continues bit for bit
+    c = gpt()
+    wrapped = GPA(MuonWithAdamW(c.named_parameters(), adamw={"lr": 3e-3}), mu_x=0.9, mu_y=0.7)
+    for t in range(4):
+        wrapped.zero_grad()
+        gpt_loss(c, t).backward()
+        wrapped.step()
+    saved_model, saved = copy.deepcopy(c.state_dict()), copy.deepcopy(wrapped.state_dict())
+    for t in range(4, 8):
+        wrapped.zero_grad()
+        gpt_loss(c, t).backward()
+        wrapped.step()
+    d = gpt()
+    d.load_state_dict(saved_model)
+    again = GPA(MuonWithAdamW(d.named_parameters(), adamw={"lr": 3e-3}), mu_x=0.9, mu_y=0.7)
+    again.load_state_dict(saved)
+    for t in range(4, 8):
+        again.zero_grad()
+        gpt_loss(d, t).backward()
+        again.step()
+    assert all(torch.equal(x, y) for x, y in zip(c.parameters(), d.parameters()))
+
+
+def test_muon_from_a_config_trains_and_outer_muon_is_refused(tmp_path):
+    cfg = with_algo(inner={"name": "muon", "lr": 0.02, "adamw": {"lr": 0.003}})
+    r = farsync.run(cfg, out=tmp_path / "m", progress=False)
+    assert r.status == "completed" and r.metrics[-1]["train_loss"] < r.metrics[0]["train_loss"]
+    with pytest.raises(ConfigError, match="muon routes parameters by name"):
+        farsync.run({**TINY, "algorithm": {"name": "diloco", "sync_every": 4, "inner": {"name": "adamw", "lr": 0.003},
+                                           "outer": {"name": "muon", "lr": 0.02}}}, out=tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match="needs named parameters"):
+        build_optimizer([torch.zeros(2, 2, requires_grad=True)], {"name": "muon", "lr": 0.02})

@@ -77,7 +77,7 @@ def _cmd_list(args) -> int:
         print(f"  {name:18s} {cls.summary}")
     print("optimizers (algorithm.inner / algorithm.outer):")
     for name, cls in sorted(OPTIMIZERS.items()):
-        print(f"  {name:18s} torch.optim.{cls.__name__}")
+        print(f"  {name:18s} {'torch.optim' if cls.__module__.startswith('torch') else cls.__module__}.{cls.__name__}")
     print("optimizer wrappers ({name: WRAPPER, base: {optimizer}, ...}):")
     for name, (cls, fixed) in sorted(WRAPPERS.items()):
         print(f"  {name:18s} farsync.optim.{cls.__name__}" + (f" with {fixed}" if fixed else ""))

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algorithms.sync_schedule import QSR, parse_sync_every
-from .optim import SCHEDULES, check_optimizer_config
+from .optim import SCHEDULES, check_optimizer_config, uses_muon
 from .units import parse_bandwidth, parse_duration, parse_flops
 
 
@@ -192,6 +192,8 @@ class AlgorithmConfig(BaseModel):
         cls.check_config(self.inner, self.compress)
         if cls.uses_outer:
             check_optimizer_config(self.outer, "algorithm.outer")
+            if uses_muon(self.outer):
+                raise ValueError("algorithm.outer: muon routes parameters by name and works as the inner optimizer only")
         elif "outer" in self.model_fields_set and self.outer != DEFAULT_OUTER:  # resolved configs carry the default
             raise ValueError(f"algorithm {self.name!r} has no outer optimizer; remove algorithm.outer")
         if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:

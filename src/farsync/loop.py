@@ -62,7 +62,7 @@ def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
         spec.pop("outer")
     if not cls.uses_sync_every:
         spec.pop("sync_every")
-    return wrap(model, build_optimizer(model.parameters(), a.inner), spec, comm=comm, grad_clip=cfg.train.grad_clip,
+    return wrap(model, build_optimizer(model.named_parameters(), a.inner), spec, comm=comm, grad_clip=cfg.train.grad_clip,
                 _server_ok=cls.server_based)  # async_loop drives server-based algorithms
 
 

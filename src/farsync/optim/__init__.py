@@ -24,6 +24,7 @@ import torch
 from .ema_nesterov import EMANesterov
 from .gpa import GPA, GPAReference
 from .lookahead import Lookahead
+from .muon import MuonWithAdamW
 from .wrapper import OptimizerWrapper
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -36,6 +37,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "adamax": torch.optim.Adamax,
     "adafactor": torch.optim.Adafactor,
+    "muon": MuonWithAdamW,  # torch.optim.Muon for 2-D hidden weights + AdamW (option `adamw`) for the rest
 }
 
 WRAPPERS: dict[str, tuple[type[OptimizerWrapper], dict[str, Any]]] = {
@@ -52,7 +54,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 def optimizer_kwargs(name: str) -> list[str]:
     """Keyword arguments accepted by the optimizer `name` (besides params)."""
     cls = get_optimizer_class(name)
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params", "named_params")]
 
 
 def get_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -83,7 +85,7 @@ def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: wrapper {cfg['name']!r} needs 'base', the optimizer it wraps (e.g. base: {{name: adamw, lr: 0.001}})")
         check_optimizer_config(cfg["base"], f"{where}.base")
         try:
-            build_optimizer([torch.zeros(1, requires_grad=True)], cfg)
+            build_optimizer([("w", torch.zeros(2, 2, requires_grad=True))], cfg)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
         return
@@ -100,14 +102,26 @@ def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}.lr must be a finite number > 0, got {lr!r}")
 
 
-def build_optimizer(params: Iterable[torch.Tensor], cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """The optimizer (or wrapper around its ``base``) that `cfg` describes, over `params`."""
+def build_optimizer(params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer (or wrapper around its ``base``) that `cfg` describes, over `params`
+    (tensors, or ``model.named_parameters()``: `muon` needs the names to route parameters)."""
+    params = list(params)
     if cfg["name"] in WRAPPERS:
         cls, fixed = WRAPPERS[cfg["name"]]
         kwargs = {k: v for k, v in cfg.items() if k not in ("name", "base")}
         return cls(build_optimizer(params, cfg["base"]), **fixed, **kwargs)
+    cls = get_optimizer_class(cfg["name"])
+    if cls is MuonWithAdamW:
+        return cls(params, **{k: v for k, v in cfg.items() if k != "name"})
+    if params and isinstance(params[0], tuple):
+        params = [p for _, p in params]
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
-    return get_optimizer_class(cfg["name"])(params, **kwargs)
+    return cls(params, **kwargs)
+
+
+def uses_muon(cfg: dict[str, Any]) -> bool:
+    """True if `cfg` (or a wrapper's base, recursively) is the `muon` optimizer."""
+    return cfg.get("name") == "muon" or (isinstance(cfg.get("base"), dict) and uses_muon(cfg["base"]))
 
 
 def lr_lambda(name: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
