@@ -22,13 +22,12 @@ mean staleness; one row per run and seed) into --out.
 """
 
 import argparse
-import json
-import multiprocessing as mp
 import shutil
 from importlib import resources
 from pathlib import Path
 
 import torch
+from _pool import run_and_record
 
 COMMON = ["task.n_layer=4", "algorithm.sync_every=24", "cluster.step_time=0.5s"]
 HETERO = ["cluster.speeds=[1, 1, 2, 4]"]
@@ -74,13 +73,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     todo = [(label, sets + args.set, seed, str(out), args.target_loss) for seed in args.seeds for label, sets in RUNS
             if not args.only or label in args.only]
-    results = out / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    with mp.get_context("spawn").Pool(args.parallel) as pool:
-        for row in pool.imap(run_one, todo):
-            rows = [r for r in rows if (r["run"], r["seed"]) != (row["run"], row["seed"])] + [row]
-            print(json.dumps(row), flush=True)
-            results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_and_record(run_one, todo, out / "results.jsonl", args.parallel)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ processes (each with 2 intra-op threads).
 """
 
 import argparse
-import json
-import multiprocessing as mp
 import shutil
 from importlib import resources
 from pathlib import Path
 
 import torch
+from _pool import run_and_record
 
 COMMON = ["task.n_layer=4"]
 DILOCO = ["algorithm.sync_every=24"]
@@ -65,13 +64,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     todo = [(label, base, sets + args.set, seed, str(out)) for seed in args.seeds for label, base, sets in RUNS
             if not args.only or label in args.only]
-    results = out / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    with mp.get_context("spawn").Pool(args.parallel) as pool:
-        for row in pool.imap(run_one, todo):
-            rows = [r for r in rows if (r["run"], r["seed"]) != (row["run"], row["seed"])] + [row]
-            print(json.dumps(row), flush=True)
-            results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_and_record(run_one, todo, out / "results.jsonl", args.parallel)
 
 
 if __name__ == "__main__":
