@@ -34,6 +34,10 @@ ALGOS = {
     "streaming-diloco": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "delay": 1, "alpha": 0.5,
                          "inner": {"name": "adamw", "lr": 0.003}, "compress": {"name": "int8", "error_feedback": "ef"}},
     "eager-diloco": {**CFG["algorithm"], "name": "eager-diloco", "compress": {"name": "int8"}},
+    # parameter-free inner optimizers: their scalar statistics (Prodigy: the d numerator and ||s||_1;
+    # MoMo: the loss) are all-reduced every step on both backends
+    "diloco-prodigy": {**CFG["algorithm"], "inner": {"name": "prodigy"}},
+    "ddp-momo": {"name": "ddp", "inner": {"name": "momo", "lr": 0.1}},
     "diloco-int4-reduce-scatter": {**CFG["algorithm"], "compress": {"name": "int4", "collective": "reduce_scatter", "error_feedback": "ef"}},
 }
 

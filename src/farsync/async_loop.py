@@ -26,8 +26,7 @@ import torch
 
 from .comm import Communicator
 from .config import Config
-from .loop import NonFiniteLoss, RunContext, _to_cpu, build_algorithm, to_device
-from .optim import lr_lambda
+from .loop import NonFiniteLoss, RunContext, _to_cpu, build_algorithm, same_batch_closure, to_device
 from .tasks import Task
 
 
@@ -36,7 +35,7 @@ def train_async(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) ->
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(ctx.device)
     algo = build_algorithm(cfg, model, comm)
-    schedule = lr_lambda(t.lr_schedule.name, t.steps, t.lr_schedule.warmup_steps, t.lr_schedule.min_lr_ratio)
+    schedule = t.lr_schedule.lr_lambda(t.steps)
     failed = False
     if comm.rank == 0:
         failed = _serve(algo, cfg, task, ctx, schedule)
@@ -51,9 +50,10 @@ def train_async(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) ->
                 g["lr"] = lr * schedule(int(progress))
             loss_sum, finite = 0.0, True
             for _ in range(steps):
-                loss = task.loss(model, to_device(sampler.next_batch(), ctx.device))
+                batch = to_device(sampler.next_batch(), ctx.device)
+                loss = task.loss(model, batch)
                 loss.backward()
-                algo.step()
+                algo.step(loss.detach(), closure=same_batch_closure(task, model, batch))
                 algo.zero_grad()
                 value = loss.item()
                 finite = finite and math.isfinite(value)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algorithms.sync_schedule import QSR, parse_sync_every
-from .optim import SCHEDULES, check_optimizer_config, uses_muon
+from .optim import SCHEDULES, check_optimizer_config, lr_lambda, uses_muon
 from .units import parse_bandwidth, parse_duration, parse_flops
 
 
@@ -213,9 +213,12 @@ class AlgorithmConfig(BaseModel):
 class ScheduleConfig(_Strict):
     """Learning-rate schedule of the inner optimizer (per inner step)."""
 
-    name: str = Field("constant", description=f"one of {', '.join(SCHEDULES)}")
+    name: str = Field("constant", description=f"one of {', '.join(SCHEDULES)} (optim/schedules.py)")
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr / base lr for decaying schedules")
+    decay_fraction: float = Field(0.2, ge=0.0, le=1.0, description="wsd: fraction of the steps spent decaying")
+    cycle_steps: int | None = Field(None, ge=1, description="sgdr: length of the first cycle (T_0); required")
+    cycle_mult: int = Field(1, ge=1, description="sgdr: each cycle is this many times longer than the last (T_mult)")
 
     @field_validator("name")
     @classmethod
@@ -223,6 +226,22 @@ class ScheduleConfig(_Strict):
         if v not in SCHEDULES:
             raise ValueError(f"unknown lr schedule {v!r}; valid choices: {', '.join(SCHEDULES)}")
         return v
+
+    @model_validator(mode="after")
+    def _options(self):
+        if self.name == "sgdr" and self.cycle_steps is None:
+            raise ValueError("schedule 'sgdr' needs cycle_steps, the length of its first cycle (an integer >= 1)")
+        for key, owner in (("decay_fraction", "wsd"), ("cycle_steps", "sgdr"), ("cycle_mult", "sgdr")):
+            if self.name != owner and getattr(self, key) != ScheduleConfig.model_fields[key].default:
+                raise ValueError(f"{key} applies to schedule {owner!r} only; remove it (schedule is {self.name!r})")
+        return self
+
+    def lr_lambda(self, total_steps: int):
+        """The lr multiplier at step t (0-based) of this schedule over `total_steps` steps."""
+        return lr_lambda(
+            self.name, total_steps, self.warmup_steps, self.min_lr_ratio,
+            decay_fraction=self.decay_fraction, cycle_steps=self.cycle_steps, cycle_mult=self.cycle_mult,
+        )
 
 
 class TrainConfig(_Strict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from .api import wrap
 from .checkpoint import save_checkpoint
 from .comm import Communicator
 from .config import Config
-from .optim import build_optimizer, lr_lambda
+from .optim import build_optimizer
 from .tasks import Task
 
 FAULT_ENV = "FARSYNC_FAULT"  # "RANK:STEP": that worker dies at the start of that step (testing)
@@ -84,15 +85,26 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def same_batch_closure(task: Task, model: torch.nn.Module, batch: Any) -> Callable[[], torch.Tensor]:
+    """Recompute the loss and gradients on `batch` at the model's current parameters (for
+    optimizers that compare two points on one batch, e.g. AdGD)."""
+
+    def closure() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        loss.backward()
+        return loss.detach()
+
+    return closure
+
+
 def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -> None:
     """Train this worker; rank 0 evaluates, logs and checkpoints."""
     t, rank0 = cfg.train, comm.rank == 0
     torch.manual_seed(cfg.seed)  # identical initial model on every worker
     model = task.build_model().to(ctx.device)
     algo = build_algorithm(cfg, model, comm)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        algo.optimizer, lr_lambda(t.lr_schedule.name, t.steps, t.lr_schedule.warmup_steps, t.lr_schedule.min_lr_ratio)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(algo.optimizer, t.lr_schedule.lr_lambda(t.steps))
     sampler = task.sampler(comm.rank, t.batch_size)
 
     # Resume: rank 0 hands every worker its own state (control plane).
@@ -120,9 +132,10 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 os._exit(17)  # a worker process dies without cleanup
             raise InjectedFault(f"{FAULT_ENV}: rank {comm.rank} killed at step {step}")
         lr = sched.get_last_lr()[0]
-        loss = task.loss(model, to_device(sampler.next_batch(), ctx.device))
+        batch = to_device(sampler.next_batch(), ctx.device)
+        loss = task.loss(model, batch)
         loss.backward()
-        algo.step()
+        algo.step(loss.detach(), closure=same_batch_closure(task, model, batch))
         algo.zero_grad()
         sched.step()
         value = loss.item()

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..comm import Communicator
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
-from ..optim import OptimizerWrapper, build_optimizer
+from ..optim import OptimizerWrapper, build_optimizer, set_stats_reducer, step_kwargs
 from .sync_schedule import QSR, RoundClock, parse_sync_every
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -66,6 +66,10 @@ class Algorithm:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.local_step = 0  # inner steps taken by this worker
         self.reducer = self._build_reducer(compress)
+        if comm.world_size > 1 and not self.server_based:  # parameter-free step sizes agree across workers
+            set_stats_reducer(optimizer, self._mean_stats)
+        self._loss: torch.Tensor | None = None
+        self._closure: Callable[[], torch.Tensor] | None = None
 
     def _build_reducer(self, compress: dict[str, Any] | Compressor | Reducer | None) -> Reducer:
         if isinstance(compress, Reducer):
@@ -85,9 +89,12 @@ class Algorithm:
         """Raise ValueError if the algorithm's options do not fit `sync_every` (checked before training)."""
 
     # ------------------------------------------------------------------ loop API
-    def step(self) -> None:
-        """One inner step (call after ``loss.backward()``)."""
+    def step(self, loss: torch.Tensor | None = None, closure: Callable[[], torch.Tensor] | None = None) -> None:
+        """One inner step (call after ``loss.backward()``). `loss` (the mini-batch loss) and
+        `closure` (recomputes it and its gradients on the same batch at the current parameters)
+        reach inner optimizers that need them (SPS, MoMo; AdGD with ``same_batch``)."""
         self.comm.compute()
+        self._loss, self._closure = loss, closure
         self._step()
         self.local_step += 1
 
@@ -100,7 +107,13 @@ class Algorithm:
     def _optimizer_step(self) -> None:
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+        self.optimizer.step(**step_kwargs(self.optimizer, self._loss, self._closure))
+
+    def _mean_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        """Average an optimizer's scalar statistics over workers (`farsync.optim.stats`)."""
+        buf = stats.to(self.params[0].device)
+        self.comm.all_reduce(buf, op="sum")
+        return buf.cpu() / self.comm.world_size
 
     def _mean(self, flat: torch.Tensor) -> torch.Tensor:
         """Average `flat` over workers through the reducer (compressed if configured); may overwrite `flat`."""

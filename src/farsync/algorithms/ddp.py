@@ -12,6 +12,8 @@ is None contribute zeros.
 
 from __future__ import annotations
 
+import torch
+
 from .base import Algorithm
 
 
@@ -21,4 +23,13 @@ class DDP(Algorithm):
 
     def _step(self) -> None:
         self._average_gradients()
+        if self._closure is not None:  # a same-batch closure (AdGD) must see the global gradient too
+            local = self._closure
+
+            def averaged() -> torch.Tensor:
+                loss = local()
+                self._average_gradients()
+                return loss
+
+            self._closure = averaged
         self._optimizer_step()

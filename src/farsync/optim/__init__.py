@@ -21,10 +21,18 @@ from typing import Any
 
 import torch
 
+from .adgd import AdGD
+from .dadapt import DAdaptAdam, DAdaptSGD
+from .dog import DoG, DoWG
 from .ema_nesterov import EMANesterov
 from .gpa import GPA, GPAReference
 from .lookahead import Lookahead
 from .muon import MuonWithAdamW
+from .polyak import SPS, MoMo
+from .prodigy import Prodigy
+from .poly_average import PolyAverage
+from .stats import GlobalStats, set_stats_reducer, step_kwargs
+from .schedules import SCHEDULES, lr_lambda
 from .wrapper import OptimizerWrapper
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -38,6 +46,15 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamax": torch.optim.Adamax,
     "adafactor": torch.optim.Adafactor,
     "muon": MuonWithAdamW,  # torch.optim.Muon for 2-D hidden weights + AdamW (option `adamw`) for the rest
+    # parameter-free / adaptive step sizes (scalar statistics averaged over workers: stats.py)
+    "prodigy": Prodigy,
+    "dadapt-sgd": DAdaptSGD,
+    "dadapt-adam": DAdaptAdam,
+    "dog": DoG,
+    "dowg": DoWG,
+    "adgd": AdGD,
+    "sps": SPS,
+    "momo": MoMo,
 }
 
 WRAPPERS: dict[str, tuple[type[OptimizerWrapper], dict[str, Any]]] = {
@@ -46,9 +63,8 @@ WRAPPERS: dict[str, tuple[type[OptimizerWrapper], dict[str, Any]]] = {
     "schedule-free": (GPA, {"weighting": "schedule-free", "mu_x": 0.0}),
     "ema-nesterov": (EMANesterov, {}),
     "lookahead": (Lookahead, {}),
+    "poly-average": (PolyAverage, {}),
 }
-
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 def optimizer_kwargs(name: str) -> list[str]:
@@ -96,10 +112,14 @@ def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
     if bad:
         raise ValueError(f"{where}: unknown option(s) {bad} for optimizer {cfg['name']!r}; valid: {', '.join(valid)}")
     lr = cfg.get("lr")
-    if lr is None:
+    if lr is None and not issubclass(OPTIMIZERS[cfg["name"]], GlobalStats):  # parameter-free ones default lr
         raise ValueError(f"{where}: 'lr' is required")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr):
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr)):
         raise ValueError(f"{where}.lr must be a finite number > 0, got {lr!r}")
+    try:  # the optimizer's own checks (betas, ranges), before any training
+        build_optimizer([("w", torch.zeros(2, 2, requires_grad=True))], cfg)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def build_optimizer(params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]], cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -122,21 +142,3 @@ def build_optimizer(params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.T
 def uses_muon(cfg: dict[str, Any]) -> bool:
     """True if `cfg` (or a wrapper's base, recursively) is the `muon` optimizer."""
     return cfg.get("name") == "muon" or (isinstance(cfg.get("base"), dict) and uses_muon(cfg["base"]))
-
-
-def lr_lambda(name: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
-    """Multiplier of the base lr at step t (0-based): linear warm-up, then constant/cosine/linear decay
-    to ``min_lr_ratio`` at `total_steps`."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown lr schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
-
-    def f(t: int) -> float:
-        if t < warmup_steps:
-            return (t + 1) / warmup_steps
-        if name == "constant":
-            return 1.0
-        frac = min(1.0, (t - warmup_steps) / max(1, total_steps - warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * frac)) if name == "cosine" else 1.0 - frac
-        return min_lr_ratio + (1 - min_lr_ratio) * shape
-
-    return f

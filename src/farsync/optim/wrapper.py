@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .stats import innermost
+
 
 class OptimizerWrapper(torch.optim.Optimizer):
     """Base class: subclasses implement `_update(group, params, old)` and `_eval_point(group, p)`."""
@@ -41,15 +43,18 @@ class OptimizerWrapper(torch.optim.Optimizer):
         return [p for p in group["params"] if p.grad is not None]
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, loss=None):
+        """One base step, then the wrapper's update. A base that needs the loss or a same-batch
+        closure (`GlobalStats.step_needs`: SPS, MoMo, AdGD) gets them passed on."""
         if self.mode != "train":
             raise RuntimeError(f"{type(self).__name__}.step() in eval mode: call .train() first")
-        loss = None
-        if closure is not None:
+        needs = getattr(innermost(self.base), "step_needs", ())
+        if closure is not None and "closure" not in needs:
             with torch.enable_grad():
                 loss = closure()
+        kwargs = {k: v for k, v in (("closure", closure), ("loss", loss)) if k in needs}
         self._before_base()
-        self.base.step()
+        self.base.step(**kwargs)
         self._after_base()
         return loss
 
