@@ -1,6 +1,7 @@
 """Averaging / lookahead optimizers on the Shakespeare GPT, one worker (issue 6, benchmark 1).
 
     python benchmarks/averaging_quality.py [--out runs/averaging] [--only NAME ...] [--seeds 0] [--set KEY=VALUE ...]
+    python benchmarks/averaging_quality.py --out runs/averaging --plot docs/img/averaging_quality.png
 
 The 4-block demo GPT (461,664 parameters), one worker, 600 steps of batch 16, the demo's AdamW
 (betas 0.9/0.95, weight decay 0.1, grad clip 1) with cosine decay to 0.1 after 30 warm-up steps,
@@ -47,9 +48,34 @@ RUNS = {
 }
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Eval loss vs step, mean over the seeds each run has: AdamW-based rows and Muon-based rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"AdamW base (lr 1.2e-2)": [n for n in RUNS if "muon" not in n and not n.startswith("adamw-") or n == "adamw-1.2e-2"],
+              "Muon base": ["adamw-1.2e-2"] + [n for n in RUNS if "muon" in n]}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, (title, names) in zip(axes, panels.items()):
+        for name in names:
+            runs = [r for r in rows if r["run"] == name]
+            if not runs:
+                continue
+            steps = [s for s, _ in runs[0]["evals"]]
+            mean = [sum(r["evals"][i][1] for r in runs) / len(runs) for i in range(len(steps))]
+            ax.plot(steps, mean, "k--" if name == "adamw-1.2e-2" else "-", label=f"{name} ({len(runs)} seeds)")
+        ax.set(title=title, xlabel="step", ylabel="eval loss", ylim=(1.8, 2.8))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/averaging")
+    ap.add_argument("--plot", help="only draw eval loss vs step from --out's results.jsonl into this PNG")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", action="append", default=[])
@@ -60,6 +86,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    if args.plot:
+        plot(rows, Path(args.plot))
+        return
     cfg = str(resources.files("farsync") / "configs" / "demo_ddp.yaml")
     for seed in args.seeds:
         for name, sets in RUNS.items():
