@@ -98,11 +98,11 @@ def main() -> None:
             res[name] = curve(task, cfg, args.steps, f_star)
         results[ds] = {"f_star": f_star, "curves": res}
         report(ds, res)
-    (out / "results.json").write_text(json.dumps({ds: {"f_star": r["f_star"], "curves": {k: v[:: max(1, len(v) // 500)] + v[-1:] for k, v in r["curves"].items()},
+    (out / "results.json").write_text(json.dumps({ds: {"f_star": r["f_star"], "curves": {k: [float(f"{x:.4g}") for x in v[:: max(1, len(v) // 500)] + v[-1:]] for k, v in r["curves"].items()},
                                                        "evals_to_1e-4": {k: evals_to(v) for k, v in r["curves"].items()},
                                                        "first_below_1e-4": {k: evals_to(v, stay=False) for k, v in r["curves"].items()},
                                                        "final": {k: v[-1] for k, v in r["curves"].items()}}
-                                                  for ds, r in results.items()}, indent=1))
+                                                  for ds, r in results.items()}))
     plot(results, out / "suboptimality.png")
 
 
