@@ -39,7 +39,11 @@ ALGOS = {
     "diloco-prodigy": {**CFG["algorithm"], "inner": {"name": "prodigy"}},
     "ddp-momo": {"name": "ddp", "inner": {"name": "momo", "lr": 0.1}},
     "diloco-int4-reduce-scatter": {**CFG["algorithm"], "compress": {"name": "int4", "collective": "reduce_scatter", "error_feedback": "ef"}},
+    # decentralized: isend/irecv with graph neighbours (ring(2) is one edge); the average is evaluated
+    "dsgd-ring": {"name": "dsgd", "inner": {"name": "adamw", "lr": 0.003}},
+    "gradient-tracking": {"name": "gradient-tracking", "inner": {"name": "sgd", "lr": 0.1}},
 }
+CLUSTERS = {"dsgd-ring": {"workers": 2, "topology": "ring"}}  # default: CFG["cluster"]
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +90,7 @@ def launch(*args):
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_torch_backend_matches_simulator_bitwise_with_two_workers(tmp_path, algo):
-    cfg = cfg_file(tmp_path, algorithm=ALGOS[algo])
+    cfg = cfg_file(tmp_path, algorithm=ALGOS[algo], cluster=CLUSTERS.get(algo, CFG["cluster"]))
     sim = farsync.run(cfg, out=tmp_path / "sim", progress=False)
     assert launch("--nproc", 2, cfg, "--out", tmp_path / "torch") == 0
     assert metrics(tmp_path / "torch") == metrics(sim.run_dir)
@@ -108,6 +112,18 @@ def test_torch_backend_matches_simulator_with_four_workers(tmp_path):
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-6)
     assert summary(tmp_path / "torch")["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
+
+
+@pytest.mark.parametrize("algo", ["dsgd", "gradient-tracking"])
+def test_decentralized_on_a_ring_of_four_matches_the_simulator_bitwise(tmp_path, algo):
+    """No all-reduce: every worker mixes its neighbours' messages in rank order on both backends."""
+    inner = {"name": "sgd", "lr": 0.1} if algo == "gradient-tracking" else CFG["algorithm"]["inner"]
+    cfg = cfg_file(tmp_path, algorithm={"name": algo, "inner": inner}, cluster={"workers": 4, "topology": "ring"})
+    sim = farsync.run(cfg, out=tmp_path / "sim", progress=False)
+    assert launch("--nproc", 4, cfg, "--out", tmp_path / "torch") == 0
+    assert metrics(tmp_path / "torch") == metrics(sim.run_dir)
+    assert summary(tmp_path / "torch")["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
+    assert same_model(model(tmp_path / "torch"), model(sim.run_dir))
 
 
 ASYNC = {"name": "async-local-sgd", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}}

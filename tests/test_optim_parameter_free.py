@@ -322,3 +322,22 @@ def test_loss_based_methods_ask_for_the_loss():
     ((m(batch(0)[0])) ** 2).mean().backward()
     with pytest.raises(ValueError, match="loss"):
         opt.step()
+
+
+# ---------------------------------------------------------------- as DiLoCo's outer optimizer
+def test_parameter_free_outer_optimizers_run_and_loss_based_ones_are_refused(tmp_path):
+    import farsync
+    from farsync.config import ConfigError
+
+    cfg = {"name": "pf-outer", "task": {"name": "logreg", "dataset": "breast_cancer"}, "cluster": {"workers": 2},
+           "algorithm": {"name": "diloco", "sync_every": 3, "inner": {"name": "sgd", "lr": 0.1}},
+           "train": {"steps": 60, "batch_size": 16, "eval_every": 3, "log_every": 3}}
+    for outer in ({"name": "prodigy"}, {"name": "dowg"}):
+        cfg["algorithm"]["outer"] = outer
+        r = farsync.run(cfg, out=tmp_path / outer["name"], progress=False)
+        evals = [m["eval_loss"] for m in r.metrics if "eval_loss" in m]
+        assert r.summary["status"] == "completed" and evals[-1] < 0.8 * evals[0], evals  # a d stuck at d0 would stay at the first value
+    for outer, match in (({"name": "sps"}, "loss"), ({"name": "adgd", "same_batch": True}, "closure")):
+        cfg["algorithm"]["outer"] = outer
+        with pytest.raises(ConfigError, match=match):
+            farsync.load_config(cfg)

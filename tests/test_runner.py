@@ -108,7 +108,7 @@ def test_list_names_everything(capsys):
 
 BAD_INPUTS = [
     (["--set", "task.name=shakespear"], "unknown task 'shakespear'; valid choices: logreg, quadratic, shakespeare-gpt"),
-    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: async-local-sgd, ddp, decoupled-momentum, delayed-diloco, diloco, eager-diloco, local-sgd"),
+    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: async-local-sgd, ddp, decoupled-momentum, delayed-diloco, diloco, dsgd, eager-diloco, gradient-tracking, local-sgd"),
     (["--set", "algorithm.inner.name=adamm"], "unknown optimizer 'adamm'; valid choices:"),
     (["--set", "algorithm.inner.lrr=0.1"], "unknown option(s) ['lrr'] for optimizer 'adamw'"),
     (["--set", "train.stepz=3"], "train.stepz: unknown key 'stepz'"),
@@ -120,6 +120,8 @@ BAD_INPUTS = [
     (["--set", "algorithm.sync_every=0"], "algorithm.sync_every: sync_every must be an integer >= 1 or {rule: qsr, base, alpha}, got 0"),
     (["--set", "cluster.bandwidth=fast"], "malformed bandwidth 'fast'"),
     (["--set", "cluster.latency=10 parsecs"], "malformed duration '10 parsecs'"),
+    (["--set", "cluster.topology=rong"], "unknown topology name 'rong'"),
+    (["--set", "cluster.topology=ring"], "algorithm 'diloco' does not use cluster.topology (decentralized algorithms do: dsgd, gradient-tracking)"),
     (["--set", "train.lr_schedule.name=cosinus"], "unknown lr schedule 'cosinus'; valid choices: constant, cosine, linear"),
     (["--set", "task.eval_plays=[hamlett]"], "unknown eval_plays ['hamlett']"),
 ]

@@ -61,8 +61,9 @@ def wrap(
     dict in the config's ``algorithm`` form (``{"name": "diloco", "sync_every": 20, "outer":
     {...}}``; ``inner`` is not allowed: the optimizer is yours). Options are validated like the
     config: ``sync_every``, ``outer`` (optimizer config dict, or a callable params -> optimizer),
-    ``grad_clip``, ``compress`` (a `farsync.compress` config dict or Compressor) and the
-    algorithm's own options.
+    ``grad_clip``, ``compress`` (a `farsync.compress` config dict or Compressor), ``topology``
+    (decentralized algorithms: a `farsync.topology` graph or its config, default complete) and
+    the algorithm's own options.
     """
     spec = dict(algorithm) if isinstance(algorithm, dict) else {"name": algorithm}
     spec.update(options)
@@ -91,6 +92,12 @@ def wrap(
             outer = {**DEFAULT_OUTER, **outer} if "name" not in outer else outer
             check_optimizer_config(outer, "outer")
         kwargs["outer"] = outer
+    if "topology" in spec:
+        topology = spec.pop("topology")
+        if cls.uses_topology:
+            kwargs["topology"] = topology
+        elif topology is not None:
+            raise ValueError(f"algorithm {name!r} does not use a topology (decentralized algorithms do); remove 'topology'")
     if kwargs["sync_every"] != 1 and not cls.uses_sync_every:
         raise ValueError(f"algorithm {name!r} synchronizes every step; remove 'sync_every'")
     kwargs["options"] = cls.Options(**spec)  # unknown keys -> pydantic error naming them

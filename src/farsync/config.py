@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .algorithms.sync_schedule import QSR, parse_sync_every
-from .optim import SCHEDULES, check_optimizer_config, lr_lambda, uses_muon
+from .optim import SCHEDULES, check_optimizer_config, check_outer_config, lr_lambda
 from .units import parse_bandwidth, parse_duration, parse_flops
 
 
@@ -107,6 +107,9 @@ class ClusterConfig(_Strict):
         None, description="per-worker link bandwidth (a collective runs at its slowest member's); overrides bandwidth"
     )
     bytes_scale: float = Field(1.0, gt=0, description="multiply payload bytes by this in the time model only")
+    topology: dict[str, Any] | str | None = Field(
+        None, description="decentralized algorithms' graph, e.g. ring or {name: torus, rows: 2} (farsync/topology.py); none: complete"
+    )
 
     @field_validator("bandwidth", "latency", "throughput", "step_time", "timeout")
     @classmethod
@@ -135,7 +138,18 @@ class ClusterConfig(_Strict):
                 raise ValueError(f"straggler window must have end > start, got start={s.start!r} end={s.end!r}")
         if self.speeds is not None and any(not s > 0 for s in self.speeds):
             raise ValueError(f"speeds must all be > 0, got {self.speeds}")
+        if self.topology is not None:
+            self.build_topology()
         return self
+
+    def build_topology(self):
+        """The communication graph (complete when `topology` is not set); errors name the bad value."""
+        from .topology import build_topology
+
+        try:
+            return build_topology(self.topology if self.topology is not None else "complete", self.workers)
+        except ValueError as err:
+            raise ValueError(f"topology {self.topology!r} with {self.workers} workers: {err}") from None
 
 
 DEFAULT_INNER = {"name": "adamw", "lr": 1e-3}
@@ -191,9 +205,7 @@ class AlgorithmConfig(BaseModel):
         check_optimizer_config(self.inner, "algorithm.inner")
         cls.check_config(self.inner, self.compress)
         if cls.uses_outer:
-            check_optimizer_config(self.outer, "algorithm.outer")
-            if uses_muon(self.outer):
-                raise ValueError("algorithm.outer: muon routes parameters by name and works as the inner optimizer only")
+            check_outer_config(self.outer, "algorithm.outer")
         elif "outer" in self.model_fields_set and self.outer != DEFAULT_OUTER:  # resolved configs carry the default
             raise ValueError(f"algorithm {self.name!r} has no outer optimizer; remove algorithm.outer")
         if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
@@ -274,8 +286,20 @@ class Config(_Strict):
     def _server_based(self):
         from .algorithms import get_algorithm
 
-        if get_algorithm(self.algorithm.name).server_based and self.train.checkpoint_every:
+        cls = get_algorithm(self.algorithm.name)
+        if cls.server_based and self.train.checkpoint_every:
             raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed; set train.checkpoint_every: 0")
+        if cls.uses_topology:
+            try:
+                cls.check_topology(self.cluster.build_topology(), self.algorithm.options())
+            except ValueError as err:
+                raise ValueError(f"cluster.topology {self.cluster.topology!r}: {err}") from None
+        elif self.cluster.topology is not None:
+            from .algorithms import ALGORITHMS
+
+            gossip = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.uses_topology))
+            raise ValueError(f"algorithm {self.algorithm.name!r} does not use cluster.topology "
+                             f"(decentralized algorithms do: {gossip}); remove cluster.topology")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,6 +63,8 @@ def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
         spec.pop("outer")
     if not cls.uses_sync_every:
         spec.pop("sync_every")
+    if cls.uses_topology:
+        spec["topology"] = cfg.cluster.topology
     return wrap(model, build_optimizer(model.named_parameters(), a.inner), spec, comm=comm, grad_clip=cfg.train.grad_clip,
                 _server_ok=cls.server_based)  # async_loop drives server-based algorithms
 
@@ -147,6 +149,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         if not (do_eval or step % t.log_every == 0):
             continue
         rows = comm.gather_metrics({"loss": loss_sum / loss_n, "bad": first_bad, **comm.stats.as_dict()})
+        extra = algo.log_metrics()  # every rank (e.g. a decentralized run's average model and consensus error)
         loss_sum, loss_n = 0.0, 0
         bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
         failed = math.isfinite(bad)
@@ -160,6 +163,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "bytes_received": sum(r["bytes_received"] for r in rows),
                 "train_loss": sum(r["loss"] for r in rows) / len(rows),
                 "lr": lr,
+                **extra,
             }
             if do_eval and not failed:
                 with algo.eval_params() as m:

@@ -7,11 +7,14 @@ from .base import Algorithm
 from .ddp import DDP
 from .demo import DecoupledMomentum
 from .diloco import DiLoCo
+from .dsgd import DSGD
 from .eager_diloco import DelayedDiLoCo, EagerDiLoCo
+from .gossip import Decentralized
+from .gradient_tracking import GradientTracking
 from .local_sgd import LocalSGD
 from .streaming_diloco import StreamingDiLoCo
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, AsyncLocalSGD, DecoupledMomentum)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, AsyncLocalSGD, DecoupledMomentum, DSGD, GradientTracking)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -21,4 +24,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "AsyncLocalSGD", "DDP", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "AsyncLocalSGD", "DDP", "DSGD", "Decentralized", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "GradientTracking", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]

@@ -41,6 +41,7 @@ class Algorithm:
     uses_outer: ClassVar[bool] = False
     uses_sync_every: ClassVar[bool] = False
     server_based: ClassVar[bool] = False  # rank 0 is a parameter server, ranks 1..n train (async_loop.py)
+    uses_topology: ClassVar[bool] = False  # decentralized: talks to graph neighbours (cluster.topology)
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(
@@ -130,6 +131,11 @@ class Algorithm:
     def _sync_due(self) -> bool:
         """True on the step that completes a round (`sync_every` inner steps, or QSR's H)."""
         return self.rounds.ends_after(self.local_step + 1, self.optimizer.param_groups[0]["lr"])
+
+    def log_metrics(self) -> dict[str, float]:
+        """Extra numbers for the metrics row. Called on every rank at each logging step, before
+        rank 0 evaluates (decentralized algorithms gather their average model here)."""
+        return {}
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:

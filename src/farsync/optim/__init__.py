@@ -31,7 +31,7 @@ from .muon import MuonWithAdamW
 from .polyak import SPS, MoMo
 from .prodigy import Prodigy
 from .poly_average import PolyAverage
-from .stats import GlobalStats, set_stats_reducer, step_kwargs
+from .stats import GlobalStats, innermost, set_stats_reducer, step_kwargs
 from .schedules import SCHEDULES, lr_lambda
 from .wrapper import OptimizerWrapper
 
@@ -137,6 +137,18 @@ def build_optimizer(params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.T
         params = [p for _, p in params]
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "name"}
     return cls(params, **kwargs)
+
+
+def check_outer_config(cfg: dict[str, Any], where: str) -> None:
+    """`check_optimizer_config` for an outer optimizer (DiLoCo's): it steps on a pseudo-gradient,
+    so it cannot route parameters by name (muon) or need a mini-batch loss / closure (SPS, MoMo,
+    AdGD with same_batch)."""
+    check_optimizer_config(cfg, where)
+    if uses_muon(cfg):
+        raise ValueError(f"{where}: muon routes parameters by name and works as the inner optimizer only")
+    needs = getattr(innermost(build_optimizer([torch.zeros(2, 2, requires_grad=True)], cfg)), "step_needs", ())
+    if needs:
+        raise ValueError(f"{where}: {cfg['name']!r} needs the mini-batch {' and '.join(needs)}, which an outer step on a pseudo-gradient does not have")
 
 
 def uses_muon(cfg: dict[str, Any]) -> bool:

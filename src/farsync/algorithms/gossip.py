@@ -1,0 +1,153 @@
+"""Neighbour exchange, gossip averaging and the base class of decentralized algorithms.
+
+A decentralized algorithm has no all-reduce: at step t worker i exchanges one flat buffer with
+each neighbour j in the communication graph G_t (`farsync.topology`) and mixes what it holds::
+
+    mix_i(x) = sum_j W_ij x_j          (j over i and its neighbours; W symmetric doubly stochastic)
+
+`exchange` posts all its non-blocking sends and receives, peer by peer in ascending rank order,
+and only then waits: nothing blocks before everything is posted, so it cannot deadlock on gloo,
+and the simulator matches the messages deterministically. On each edge both endpoints post in the
+same order (the lower rank's send first), which a backend that serializes the operations of one
+pair of ranks (NCCL's per-pair stream) also needs. Bytes are the point-to-point accounting of the
+`Communicator`: every edge carries one message of the buffer's size in each direction, so a
+worker sends deg_i(t) * numel * element_size bytes per exchange.
+
+Evaluation: the models differ across workers, so `Decentralized` evaluates their average
+xbar = (1/n) sum_i x_i and reports the consensus error (1/n) sum_i ||x_i - xbar||^2. Both come
+from an all-gather of the flat parameters over the control plane (like logging: not counted in
+bytes or time, identical on both backends), done on every rank in `log_metrics`, which the
+training loop calls at each logging step before rank 0 evaluates. `eval_params()` is collective
+(every rank must call it) unless `log_metrics()` / `consensus_error()` already ran at this step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..comm import Communicator
+from ..topology import TimeVarying, Topology, build_topology
+from .base import Algorithm, flatten, swapped_params, unflatten_into
+
+TopologySpec = Topology | TimeVarying | dict[str, Any] | str | None
+
+
+def exchange(comm: Communicator, x: torch.Tensor, peers: list[int]) -> dict[int, torch.Tensor]:
+    """Send `x` to every rank in `peers` and receive each peer's tensor (same shape and dtype).
+
+    Every peer must call it with this rank among its peers; returns {peer: received tensor}.
+    Every transfer has finished when it returns (the backends read `x` until then).
+    """
+    received = {j: torch.empty_like(x) for j in sorted(peers)}
+    works = []
+    for j, buf in received.items():  # per edge: the lower rank sends first, the higher receives first
+        if comm.rank < j:
+            works += [comm.isend(x, j), comm.irecv(buf, j)]
+        else:
+            works += [comm.irecv(buf, j), comm.isend(x, j)]
+    for w in works:
+        w.wait()
+    return received
+
+
+def mix(x: torch.Tensor, received: dict[int, torch.Tensor], w_row: torch.Tensor, rank: int) -> torch.Tensor:
+    """sum_j W_ij x_j over j in {rank} and the senders of `received` (x_rank = `x`), summed in
+    ascending rank order so that every worker holding the same inputs gets the same bits."""
+    terms = sorted({**received, rank: x}.items())
+    out = torch.zeros_like(x)
+    for j, xj in terms:
+        out.add_(xj, alpha=float(w_row[j]))
+    return out
+
+
+class GossipOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: Literal["metropolis-hastings", "uniform"] = Field(
+        "metropolis-hastings", description="mixing matrix W (uniform: regular static graphs only)"
+    )
+
+
+class Decentralized(Algorithm):
+    """Base of gossip algorithms: topology (`cluster.topology`, default complete), the mixing row
+    of step t, neighbour exchange, and evaluation of the average model."""
+
+    uses_topology: ClassVar[bool] = True
+    Options: ClassVar[type[BaseModel]] = GossipOptions
+
+    def __init__(self, *args, topology: TopologySpec = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = self.comm.world_size
+        if not isinstance(topology, (Topology, TimeVarying)):
+            topology = build_topology(topology if topology is not None else "complete", n)
+        if topology.n != n:
+            raise ValueError(f"topology has {topology.n} nodes but there are {n} workers")
+        self.check_topology(topology, self.options)
+        self.topology = topology
+        if isinstance(topology, Topology):  # static: one mixing row for the whole run
+            self._static = (topology.neighbors(self.comm.rank), topology.mixing_matrix(self.options.weights)[self.comm.rank])
+        self._average: list[torch.Tensor] | None = None
+        self._average_step = -1
+        self._consensus_error = float("nan")
+
+    @classmethod
+    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
+        if compress is not None:
+            raise ValueError(f"algorithm {cls.name!r} does not compress what it sends; remove algorithm.compress")
+
+    @classmethod
+    def check_topology(cls, topology: Topology | TimeVarying, options: BaseModel) -> None:
+        """Raise ValueError if `options` cannot work on `topology` (checked before training)."""
+        if isinstance(topology, TimeVarying):
+            if options.weights != "metropolis-hastings":
+                raise ValueError(f"weights={options.weights!r} needs a static graph; time-varying topologies "
+                                 "use Metropolis-Hastings weights on each step's active edges")
+        else:
+            topology.mixing_matrix(options.weights)  # uniform on a non-regular graph raises
+
+    def neighbours(self, t: int) -> tuple[list[int], torch.Tensor]:
+        """(this worker's neighbours, its row of W) at step t; no neighbours: W_ii = 1."""
+        if isinstance(self.topology, TimeVarying):
+            g = self.topology.graph(t)
+            return g.neighbors(self.comm.rank), g.mixing_matrix()[self.comm.rank]
+        return self._static
+
+    def gossip(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """sum_j W_ij(t) x_j: exchange `x` with this step's neighbours and mix."""
+        peers, w_row = self.neighbours(t)
+        return mix(x, exchange(self.comm, x, peers), w_row, self.comm.rank)
+
+    # ------------------------------------------------------------------ evaluation
+    def _gather_average(self) -> None:
+        """Collective (control plane): the average model and the consensus error."""
+        x = flatten([p.detach() for p in self.params])
+        xs = [t.to(x.device) for t in self.comm.all_gather_object(x.cpu())]
+        avg = xs[0].clone()
+        for t in xs[1:]:
+            avg += t
+        avg /= len(xs)
+        self._consensus_error = sum(float((t - avg).double().pow(2).sum()) for t in xs) / len(xs)
+        self._average = [torch.empty_like(p) for p in self.params]
+        unflatten_into(avg, self._average)
+        self._average_step = self.local_step
+
+    def consensus_error(self) -> float:
+        """(1/n) sum_i ||x_i - xbar||^2 of the current local models. Collective: every rank calls it."""
+        if self._average_step != self.local_step:
+            self._gather_average()
+        return self._consensus_error
+
+    def log_metrics(self) -> dict[str, float]:
+        return {"consensus_error": self.consensus_error()}
+
+    @contextmanager
+    def eval_params(self) -> Iterator[torch.nn.Module]:
+        """The average model (gathered now, on every rank, unless already gathered at this step)."""
+        if self._average_step != self.local_step:
+            self._gather_average()
+        with swapped_params(self.params, self._average):
+            yield self.model
