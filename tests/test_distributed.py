@@ -152,6 +152,31 @@ def test_async_local_sgd_runs_on_the_torch_backend_with_a_server_and_three_worke
     assert metrics(tmp_path / "torch")[-1]["step"] == 12
 
 
+SERVER_ALGOS = {  # algorithms/async_server.py
+    "dude-asgd": {"name": "dude-asgd", "inner": {"name": "adamw", "lr": 0.003}},
+    "fedbuff": {"name": "fedbuff", "sync_every": 3, "buffer_size": 2, "inner": {"name": "adamw", "lr": 0.003},
+                "outer": {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}},
+}
+
+
+@pytest.mark.parametrize("algo", sorted(SERVER_ALGOS))
+def test_server_algorithms_with_one_worker_match_the_simulator_on_the_torch_backend(tmp_path, algo):
+    cfg = cfg_file(tmp_path, algorithm=SERVER_ALGOS[algo], cluster={"workers": 1}, train={**CFG["train"], "checkpoint_every": 0})
+    sim = farsync.run(cfg, out=tmp_path / "sim", progress=False)
+    assert launch("--nproc", 2, cfg, "--out", tmp_path / "torch") == 0
+    assert metrics(tmp_path / "torch") == metrics(sim.run_dir)
+    assert same_model(model(tmp_path / "torch"), model(sim.run_dir))
+    assert summary(tmp_path / "torch")["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
+
+
+def test_dude_asgd_runs_on_the_torch_backend_with_a_server_and_two_workers(tmp_path):
+    cfg = cfg_file(tmp_path, algorithm=SERVER_ALGOS["dude-asgd"], cluster={"workers": 2}, train={**CFG["train"], "checkpoint_every": 0})
+    assert launch(cfg, "--out", tmp_path / "torch") == 0
+    s = summary(tmp_path / "torch")
+    assert s["status"] == "completed" and s["tokens"] == 12 * 2 * 4 * 16
+    assert metrics(tmp_path / "torch")[-1]["updates"] == 24  # one server step per gradient
+
+
 def test_resume_on_the_simulator_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     cfg = cfg_file(tmp_path)
     full = farsync.run(cfg, out=tmp_path / "full", progress=False)

@@ -108,7 +108,7 @@ def test_list_names_everything(capsys):
 
 BAD_INPUTS = [
     (["--set", "task.name=shakespear"], "unknown task 'shakespear'; valid choices: logreg, quadratic, shakespeare-gpt"),
-    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: async-local-sgd, ddp, decoupled-momentum, delayed-diloco, diloco, dsgd, eager-diloco, gradient-tracking, local-sgd"),
+    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: asgd, async-local-sgd, choco-sgd, ddp, decoupled-momentum, delayed-diloco, diloco, docom-sgt, dsgd, dude-asgd, eager-diloco, fedbuff, fspda, gradient-tracking, local-sgd, streaming-diloco, ticopd"),
     (["--set", "algorithm.inner.name=adamm"], "unknown optimizer 'adamm'; valid choices:"),
     (["--set", "algorithm.inner.lrr=0.1"], "unknown option(s) ['lrr'] for optimizer 'adamw'"),
     (["--set", "train.stepz=3"], "train.stepz: unknown key 'stepz'"),
@@ -121,7 +121,7 @@ BAD_INPUTS = [
     (["--set", "cluster.bandwidth=fast"], "malformed bandwidth 'fast'"),
     (["--set", "cluster.latency=10 parsecs"], "malformed duration '10 parsecs'"),
     (["--set", "cluster.topology=rong"], "unknown topology name 'rong'"),
-    (["--set", "cluster.topology=ring"], "algorithm 'diloco' does not use cluster.topology (decentralized algorithms do: dsgd, gradient-tracking)"),
+    (["--set", "cluster.topology=ring"], "algorithm 'diloco' does not use cluster.topology (decentralized algorithms do: choco-sgd, docom-sgt, dsgd, fspda, gradient-tracking, ticopd)"),
     (["--set", "train.lr_schedule.name=cosinus"], "unknown lr schedule 'cosinus'; valid choices: constant, cosine, linear"),
     (["--set", "task.eval_plays=[hamlett]"], "unknown eval_plays ['hamlett']"),
 ]

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from .async_local_sgd import AsyncLocalSGD
+from .async_server import ASGD, DuDeASGD, FedBuff
 from .base import Algorithm
+from .choco import ChocoSGD
 from .ddp import DDP
 from .demo import DecoupledMomentum
 from .diloco import DiLoCo
+from .docom import DoCoMSGT
 from .dsgd import DSGD
 from .eager_diloco import DelayedDiLoCo, EagerDiLoCo
+from .fspda import FSPDA
 from .gossip import Decentralized
 from .gradient_tracking import GradientTracking
 from .local_sgd import LocalSGD
 from .streaming_diloco import StreamingDiLoCo
+from .ticopd import TiCoPD
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, AsyncLocalSGD, DecoupledMomentum, DSGD, GradientTracking)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, AsyncLocalSGD, ASGD, DuDeASGD, FedBuff, DecoupledMomentum, DSGD, GradientTracking, FSPDA, TiCoPD, ChocoSGD, DoCoMSGT)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -24,4 +29,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "AsyncLocalSGD", "DDP", "DSGD", "Decentralized", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "GradientTracking", "LocalSGD", "StreamingDiLoCo", "get_algorithm"]
+__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "StreamingDiLoCo", "TiCoPD", "get_algorithm"]

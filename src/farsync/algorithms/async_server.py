@@ -1,0 +1,270 @@
+"""Parameter-server algorithms beside `async-local-sgd`: `asgd`, `dude-asgd` and `fedbuff`.
+
+All three run on `async_loop.train_async` like `async-local-sgd` (rank 0 is the server holding x,
+ranks 1..n are workers with shards 0..n-1 and speeds ``cluster.speeds``; no barrier) and reuse its
+worker/server plumbing (`pull`, `assign`, the token budget of ``train.steps`` x n inner steps, the
+virtual-time arrival order of `Communicator.recv_any` on the simulator, no checkpoints).
+
+``asgd`` - vanilla asynchronous SGD (the baseline; e.g. Lian et al. 2015, Mishchenko et al. 2022)::
+
+    worker i:  pull x;  g = grad f_i(x; xi)  (one mini-batch);  push g
+    server:    on arrival of (i, g):  x <- x - lr g;  send x back to worker i
+
+``dude-asgd`` - dual-delayed asynchronous SGD (Wang, Sun, Wai, Zhang, arXiv 2405.16966). The
+server keeps the latest gradient G_i of every worker and their mean G_bar = (1/n) sum_i G_i, so
+every step uses a (stale) gradient of every worker's objective and heterogeneity cancels::
+
+    server:    on arrival of (i, g):  G_bar <- G_bar + (g - G_i) / n;  G_i <- g
+                                      x <- x - lr G_bar;  send x back to worker i
+
+O(d) work per arrival. G_i = 0 until worker i's first gradient arrives (``average_over: all``,
+the spec's rule, so early steps are shrunk by (workers seen) / n); ``average_over: reported``
+divides by the number of workers that have reported instead (G_bar = mean over the buffer's
+filled rows). We could read only the paper's abstract here, not its initialisation; both choices
+are documented deviations to check against the paper. G_bar is kept as a float64 running sum
+S = sum_i G_i (G_bar = S / m), re-summed exactly from the buffer every n arrivals so rounding
+cannot drift (amortised O(d)); with one worker that makes G_bar = g exactly, so ``dude-asgd`` ==
+``asgd`` == single-worker SGD bit for bit (tests/test_async_server.py). Server memory: the n x d
+buffer G (parameter dtype) plus d float64 for S.
+
+In both, the "lr x direction" step is the config's ``algorithm.inner`` optimizer stepping on the
+server with ``.grad`` = g (asgd) or G_bar (dude-asgd): with ``{name: sgd}`` exactly the rules
+above; Adam etc. give their adaptive variants (optimizers that need the loss or a closure are
+refused). Its learning rate follows ``train.lr_schedule`` at the global step when the worker's
+round was assigned: the worker reports the learning rates the loop set for it, and the server
+steps with those. Each worker round is one inner step (no ``sync_every``), so the budget is
+``train.steps`` x n gradients. Per arrival: worker -> server one gradient (d floats) plus a
+(6 + param groups)-float64 header, server -> worker x (d floats) plus a 2-float64 header.
+
+``fedbuff`` - buffered asynchronous aggregation (Nguyen et al., "Federated Learning with Buffered
+Asynchronous Aggregation", AISTATS 2022)::
+
+    worker i:  pull (x, version v_i);  Q = sync_every local steps from x -> y;  push Delta = x - y
+    server:    on arrival:  tau = version - v_i;  B <- B + s(tau) Delta,  s(tau) = (1 + tau)^-p
+               (p = ``staleness_power``, default 1/2: the paper's 1/sqrt(1 + tau));  k <- k + 1
+               if k == K (``buffer_size``, default n):  x <- OuterOpt.step(x, grad = B / K);  B, k <- 0;
+                                             version <- version + 1
+               reply to worker i with the current x
+
+Delta is DiLoCo's pseudo-gradient (it points downhill), so ``outer: {name: sgd, lr: eta_g}`` is
+FedBuff's server step x <- x - eta_g B / K; any outer optimizer config works (applied once per
+K arrivals, as DiLoCo's outer step; the default is the config's, SGD lr 0.7 with Nesterov momentum 0.9).
+Workers keep their inner optimizer state across rounds (as async-local-sgd and DiLoCo do).
+Reductions (tested): one worker, K = 1 (tau is always 0, s = 1) is DiLoCo with one worker and the
+same outer optimizer, bit for bit; with outer SGD lr 1 that is local training up to the rounding
+of x - (x - y). ``updates`` in the metrics counts server steps (arrivals / K). Deltas still in the
+buffer when the budget runs out (fewer than K) are never applied, as in FedBuff, whose server only
+steps on a full buffer; their tokens are counted. Bytes as async-local-sgd: d floats each way per
+round plus small float64 headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .async_local_sgd import SERVER, UP, AsyncLocalSGD
+from .base import flatten, outer_step
+
+
+def _refuse_loss_closure_optimizers(name: str, inner: dict[str, Any]) -> None:
+    from ..optim import OptimizerWrapper, build_optimizer, innermost
+
+    opt = build_optimizer([torch.zeros(2, 2, requires_grad=True)], inner)
+    if isinstance(opt, OptimizerWrapper):
+        raise ValueError(f"{name} steps algorithm.inner on the server and evaluates x itself; "
+                         "averaging / lookahead wrappers are not supported")
+    needs = getattr(innermost(opt), "step_needs", ())
+    if needs:
+        raise ValueError(f"{name} steps algorithm.inner on the server, which has no loss or closure; "
+                         f"{inner.get('name')!r} needs {', '.join(needs)}")
+
+
+class GradientServerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DuDeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    average_over: Literal["all", "reported"] = Field(
+        "all", description="G_bar = sum_i G_i / n (G_i = 0 before worker i reports), or / the number of workers that have reported")
+
+
+class ASGD(AsyncLocalSGD):
+    """Vanilla asynchronous SGD on a parameter server (see the module docstring)."""
+
+    name = "asgd"
+    summary = "parameter server (rank 0); each worker pushes one gradient, the server steps x -= lr g and sends x back"
+    uses_outer = False
+    uses_sync_every = False
+    server_based = True
+    Options = GradientServerOptions
+
+    @classmethod
+    def check_config(cls, inner, compress):
+        if compress is not None:
+            raise ValueError(f"{cls.name} sends gradients uncompressed; remove algorithm.compress")
+        _refuse_loss_closure_optimizers(cls.name, inner)
+
+    @classmethod
+    def check_options(cls, sync_every, options):
+        if sync_every != 1:
+            raise ValueError(f"{cls.name} sends a gradient after every inner step; remove sync_every")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n_groups = len(self.optimizer.param_groups)
+        if self.comm.rank == SERVER:
+            self.arrivals = {w: 0 for w in range(1, self.n_workers + 1)}  # per worker: gradients applied
+
+    def _build_server_optimizer(self, outer: Any) -> torch.optim.Optimizer:
+        return self.optimizer  # the inner optimizer, stepped on the server with the aggregated gradient
+
+    # ------------------------------------------------------------------ worker
+    def _step(self) -> None:
+        """Keep this step's gradient (clipped if configured); the worker's parameters do not move."""
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self._grad = flatten([p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params])
+
+    def push(self, steps: int, loss_sum: float, finite: bool) -> None:
+        """Worker: send the gradient at the pulled x, its loss, and the learning rates set for this round."""
+        st = self.comm.stats
+        head = torch.tensor([steps, loss_sum, st.compute_time_s - self._compute0, 0.0 if finite else 1.0,
+                             st.bytes_sent, st.bytes_received] + [g["lr"] for g in self.optimizer.param_groups],
+                            dtype=torch.float64)
+        self.comm.send(head, SERVER)
+        self.comm.send(self._grad, SERVER)
+
+    # ------------------------------------------------------------------ server
+    def round_length(self, worker: int) -> int:
+        return 1
+
+    def _aggregate(self, worker: int, g: torch.Tensor) -> torch.Tensor:
+        """The direction the server steps along on the arrival of `g` from `worker`."""
+        return g
+
+    def receive(self) -> dict[str, Any]:
+        head = torch.zeros(UP + self.n_groups, dtype=torch.float64)
+        worker = self.comm.recv_any(head)
+        self.comm.recv(self._flat, worker)
+        direction = self._aggregate(worker, self._flat)
+        groups = self.optimizer.param_groups
+        base_lrs = [g["lr"] for g in groups]
+        for g, lr in zip(groups, head[UP:].tolist()):
+            g["lr"] = lr
+        try:
+            outer_step(self.optimizer, self.params, direction)
+        finally:
+            for g, lr in zip(groups, base_lrs):
+                g["lr"] = lr
+        self.arrivals[worker] += 1
+        steps = int(head[0])
+        staleness = self.version - self.pulled_at.get(worker, 0)
+        self.version += 1
+        return {"worker": worker, "steps": steps, "loss_sum": float(head[1]), "finite": head[3] == 0,
+                "bytes_sent": int(head[4]), "bytes_received": int(head[5]), "staleness": staleness}
+
+    def state_dict(self):
+        raise NotImplementedError(f"{self.name} runs cannot be checkpointed")
+
+
+class DuDeASGD(ASGD):
+    """DuDe-ASGD: the server steps along the mean of every worker's latest gradient (module docstring)."""
+
+    name = "dude-asgd"
+    summary = "parameter server keeps every worker's latest gradient; on each arrival x -= lr mean_i G_i (Wang et al. 2024)"
+    Options = DuDeOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.comm.rank == SERVER:
+            d = self._flat.numel()
+            self.G = torch.zeros(self.n_workers, d, dtype=self._flat.dtype, device=self._flat.device)  # latest g_i
+            self.G_sum = torch.zeros(d, dtype=torch.float64, device=self._flat.device)  # S = sum_i G_i
+            self.reported = torch.zeros(self.n_workers, dtype=torch.bool)
+            self._events = 0
+
+    def _aggregate(self, worker: int, g: torch.Tensor) -> torch.Tensor:
+        i = worker - 1
+        self.G_sum += g.double() - self.G[i].double()  # S <- S + g - G_i: O(d)
+        self.G[i].copy_(g)
+        self.reported[i] = True
+        self._events += 1
+        if self._events % self.n_workers == 0:  # exact re-sum every n arrivals: no drift, amortised O(d)
+            self.G_sum = self.G.double().sum(0)
+        return self.G_bar().to(g.dtype)
+
+    def G_bar(self) -> torch.Tensor:
+        """The running mean (float64): S / n, or S / (workers reported) with ``average_over: reported``."""
+        m = self.n_workers if self.options.average_over == "all" else max(int(self.reported.sum()), 1)
+        return self.G_sum / m
+
+
+class FedBuffOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    buffer_size: int | None = Field(None, ge=1, description="K: deltas buffered per server step (default: the number of workers)")
+    staleness_power: float = Field(0.5, ge=0.0, description="p in the staleness weight (1 + tau)^-p (0: no weighting)")
+
+
+class FedBuff(AsyncLocalSGD):
+    """FedBuff: buffered asynchronous aggregation of local-update deltas (module docstring)."""
+
+    name = "fedbuff"
+    summary = "parameter server buffers K staleness-weighted pseudo-gradients of Q local steps, then one outer step (Nguyen et al. 2022)"
+    Options = FedBuffOptions
+
+    @classmethod
+    def check_config(cls, inner, compress):
+        if compress is not None:
+            raise ValueError("fedbuff sends pseudo-gradients uncompressed; remove algorithm.compress")
+
+    @classmethod
+    def check_options(cls, sync_every, options):
+        if not isinstance(sync_every, int):
+            raise ValueError("fedbuff needs an integer sync_every (Q local steps; QSR is for local-sgd and diloco)")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.comm.rank == SERVER:
+            self.buffer_size = self.options.buffer_size or self.n_workers  # K
+            self.buffer = torch.zeros_like(self._flat)
+            self.buffered = 0
+            self.arrivals = {w: 0 for w in range(1, self.n_workers + 1)}
+
+    def _build_server_optimizer(self, outer: Any) -> torch.optim.Optimizer:
+        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}  # the config's default
+        return self.build_outer(self.params, outer)
+
+    def round_length(self, worker: int) -> int:
+        return self.sync_every
+
+    def staleness_weight(self, tau: int) -> float:
+        """s(tau) = (1 + tau)^-p (p = 1/2: FedBuff's 1/sqrt(1 + tau))."""
+        return (1.0 + tau) ** -self.options.staleness_power
+
+    def receive(self) -> dict[str, Any]:
+        head = torch.zeros(UP, dtype=torch.float64)
+        worker = self.comm.recv_any(head)
+        self.comm.recv(self._flat, worker)
+        tau = self.version - self.pulled_at.get(worker, 0)
+        s = self.staleness_weight(tau)
+        self.buffer.add_(self._flat if s == 1.0 else self._flat * s)
+        self.buffered += 1
+        self.arrivals[worker] += 1
+        K = self.buffer_size
+        if self.buffered == K:
+            outer_step(self.outer_optimizer, self.params, self.buffer if K == 1 else self.buffer / K)
+            self.buffer.zero_()
+            self.buffered = 0
+            self.version += 1
+        return {"worker": worker, "steps": int(head[0]), "loss_sum": float(head[1]), "finite": head[3] == 0,
+                "bytes_sent": int(head[4]), "bytes_received": int(head[5]), "staleness": tau}
+
+    def state_dict(self):
+        raise NotImplementedError("fedbuff runs cannot be checkpointed")
+
+
+__all__ = ["ASGD", "DuDeASGD", "FedBuff"]

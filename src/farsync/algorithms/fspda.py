@@ -1,0 +1,158 @@
+"""`fspda`: Fully Stochastic Primal-Dual Algorithm (Yau, Liu, Wai; arXiv 2410.18774).
+
+Decentralized training as the constrained problem min sum_i f_i(x_i) s.t. x_i = x_j on the
+edges, solved by a stochastic primal-dual (augmented Lagrangian) method in which both the graph
+and the coordinates exchanged are random. At step t the active edges E_t come from the
+topology (`cluster.topology`; typically time-varying, e.g. ``{name: one-edge, base: ...}`` or
+``{name: bernoulli, ...}``; a static graph keeps every edge active). Both endpoints of an active
+edge {i, j} draw the same random coordinate mask S_ij(t) (random-k: k = round(mask_fraction d)
+coordinates, at least 1) from a generator that is a pure function of (mask_seed, t, min(i,j),
+max(i,j)), so they agree without sending indices, and exchange only those coordinates of x^t.
+With g_i = grad f_i(x_i^t; batch_i^t), worker i computes::
+
+    D_i       = sum_{j: {i,j} in E_t} S_ij (x_i^t - x_j^t)
+    x_i^{t+1} = x_i^t - alpha g_i - eta lam_i^t - gamma D_i
+    lam_i^{t+1} = lam_i^t + beta D_i
+
+D uses x^t on both sides, so sum_i D_i = 0 and sum_i lam_i = 0 at every step (exactly, up to
+the rounding of the sums; the tests check 1e-12). A worker without an active edge has D_i = 0 and
+takes a pure local step x_i - alpha g_i - eta lam_i: the asynchrony of the method. At a fixed
+point D_i = 0 on every edge that is ever active (consensus on a connected union graph) and
+g_i = -eta lam_i / alpha, which sums to zero: with exact gradients the models converge to the
+optimum of (1/n) sum_i f_i without any bounded-heterogeneity assumption (DSGD stalls there).
+
+Options: alpha is the inner optimizer's lr (plain SGD only, as in `gradient-tracking`: its step
+computes x - lr g, LR schedules included); ``eta`` (dual step in the primal update), ``gamma``
+(consensus step), ``beta`` (dual ascent step), ``mask_fraction`` (fraction of the coordinates an
+edge exchanges, in (0, 1]) and ``mask_seed``. Paper's MNIST settings: alpha 1e-4, eta 1e-5,
+gamma 0.5, beta 1, one of 45 edges per step, random-k 10% .. 0.01%.
+
+Deviations from the authors' code (OscarYau525/FSPDA, pcode/optim/fspda.py): there the consensus
+term is gamma/2 sum_j S_ij (x_i - x_j), eta follows the lr schedule (eta = lr * eta0/lr0) and the
+dual update uses the already-updated x_i^{t+1} against the received x_j^t (so sum_i lam_i drifts);
+here gamma multiplies D_i directly, eta is constant, and both updates use x^t (the spec's form).
+The authors pick masks by a message from one endpoint; here they come from the shared seed.
+
+Bytes per step per worker: for each active edge, k values of the parameters' dtype in each
+direction (no indices: both endpoints know the mask). Gradient clipping, if set, clips g_i.
+Evaluation: the average model; `consensus_error()` is (1/n) sum_i ||x_i - xbar||^2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..comm import Communicator
+from ..topology import TimeVarying, _splitmix64, step_generator
+from .base import flatten, unflatten_into
+from .gossip import Decentralized
+
+_PLAIN_SGD = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
+
+
+def check_plain_sgd_config(name: str, inner: dict[str, Any]) -> None:
+    """Raise ValueError unless the inner optimizer config is plain SGD (its lr is alpha)."""
+    extra = {k: v for k, v in inner.items() if k not in ("name", "lr")}
+    if inner.get("name") != "sgd" or any(_PLAIN_SGD.get(k, object()) != v for k, v in extra.items()):
+        raise ValueError(f"algorithm.inner: {name} takes its primal step alpha as plain SGD's lr; "
+                         f"use {{name: sgd, lr: ...}} without momentum or weight decay (got {inner!r})")
+
+
+def require_plain_sgd(name: str, optimizer: torch.optim.Optimizer) -> None:
+    if not isinstance(optimizer, torch.optim.SGD) or any(
+        g["momentum"] or g["weight_decay"] or g["nesterov"] or g["maximize"] for g in optimizer.param_groups
+    ):
+        raise ValueError(f"{name} needs a plain torch.optim.SGD inner optimizer (no momentum, no weight decay); "
+                         f"got {type(optimizer).__name__}")
+
+
+def exchange_each(comm: Communicator, sends: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Send ``sends[j]`` to each peer j and receive a tensor shaped like it from j; the message
+    may differ per peer. Same posting order as `gossip.exchange` (cannot deadlock)."""
+    received = {j: torch.empty_like(sends[j]) for j in sorted(sends)}
+    works = []
+    for j, buf in received.items():
+        if comm.rank < j:
+            works += [comm.isend(sends[j], j), comm.irecv(buf, j)]
+        else:
+            works += [comm.irecv(buf, j), comm.isend(sends[j], j)]
+    for w in works:
+        w.wait()
+    return received
+
+
+def active_peers(algo: Decentralized, t: int) -> list[int]:
+    """This worker's neighbours in the step-t graph (all of them on a static graph)."""
+    if isinstance(algo.topology, TimeVarying):
+        return algo.topology.graph(t).neighbors(algo.comm.rank)
+    return algo._static[0]
+
+
+def edge_mask(seed: int, t: int, i: int, j: int, d: int, k: int) -> torch.Tensor:
+    """S_ij(t): k sorted coordinates of 0..d-1, a pure function of (seed, t, {i, j})."""
+    a, b = min(i, j), max(i, j)
+    key = _splitmix64(_splitmix64(seed & ((1 << 64) - 1)) ^ ((a << 32) | b))
+    if k >= d:
+        return torch.arange(d)
+    return torch.randperm(d, generator=step_generator(key, t))[:k].sort().values
+
+
+class FSPDAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    eta: float = Field(0.01, ge=0, description="weight of the dual variable in the primal step: x -= eta lam")
+    gamma: float = Field(0.5, gt=0, le=1, description="consensus step: x -= gamma sum_j S_ij (x_i - x_j)")
+    beta: float = Field(1.0, ge=0, description="dual ascent step: lam += beta sum_j S_ij (x_i - x_j)")
+    mask_fraction: float = Field(1.0, gt=0, le=1, description="fraction of coordinates each active edge exchanges (random-k)")
+    mask_seed: int = Field(0, ge=0, description="seed of the shared per-edge coordinate masks")
+
+    @property
+    def weights(self) -> str:  # the base class's mixing row (unused by FSPDA)
+        return "metropolis-hastings"
+
+
+class FSPDA(Decentralized):
+    name = "fspda"
+    summary = "FSPDA: primal-dual on random edges with shared random coordinate masks (sparse, async)"
+    Options = FSPDAOptions
+
+    @classmethod
+    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
+        super().check_config(inner, compress)
+        check_plain_sgd_config(cls.name, inner)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        require_plain_sgd(self.name, self.optimizer)
+        x = flatten([p.detach() for p in self.params])
+        self.d = x.numel()
+        self.k = max(1, min(self.d, int(round(self.options.mask_fraction * self.d))))
+        self.dual = torch.zeros_like(x)  # lam_i
+
+    def _step(self) -> None:
+        t, o, rank = self.local_step, self.options, self.comm.rank
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        x = flatten([p.detach() for p in self.params])  # x^t (a copy)
+        masks = {j: edge_mask(o.mask_seed, t, rank, j, self.d, self.k).to(x.device) for j in active_peers(self, t)}
+        got = exchange_each(self.comm, {j: x[m] for j, m in masks.items()})
+        D = torch.zeros_like(x)
+        for j in sorted(masks):
+            D.index_add_(0, masks[j], x[masks[j]] - got[j])
+        self.optimizer.step()  # plain SGD: x - alpha g
+        new = flatten([p.detach() for p in self.params])
+        new.add_(self.dual, alpha=-o.eta).add_(D, alpha=-o.gamma)
+        unflatten_into(new, self.params)
+        self.dual.add_(D, alpha=o.beta)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "dual": self.dual.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.dual = state["dual"].to(self.params[0].device)

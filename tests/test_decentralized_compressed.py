@@ -1,0 +1,319 @@
+"""Compressed decentralized algorithms (choco-sgd, docom-sgt) on the simulated cluster: CHOCO's
+average preservation and its reduction to DSGD, DoCoM's tracker invariant and dense reference,
+bias vs exact convergence on heterogeneous quadratics, compressed bytes, crash/resume and config
+validation."""
+
+import pytest
+import torch
+
+import farsync
+from farsync.algorithms import get_algorithm
+from farsync.comm import SimCluster
+from farsync.compress import build_compressor
+from farsync.config import ConfigError, load_config
+from farsync.optim import build_optimizer
+from farsync.tasks.classification import LogReg, LogRegParams
+from farsync.tasks.quadratic import Quadratic, QuadraticParams
+from farsync.topology import build_topology, ring
+
+from conftest import assert_crash_and_resume_reproduce
+
+LR = 0.1
+TOPK = {"name": "topk", "ratio": 1 / 6}  # k = 1 of d = 6
+INT8 = {"name": "int8", "block": 4, "rounding": "stochastic"}
+
+
+def quadratic(workers=4, **kw):
+    return Quadratic(QuadraticParams(**{"dim": 6, "sigma": 0.5, "zeta": 1.0, **kw}), workers, seed=0)
+
+
+def flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def run_sim(name, task, steps, *, lr=LR, workers=4, topology="ring", options=None, compress=None, before=None, after=None):
+    """Train `name` with the same-batch closure the training loop passes; `before(algo, model)`
+    (after backward) and `after(algo, model)` record per step. Returns (per-rank results, cluster)."""
+    cluster = SimCluster(workers)
+
+    def fn(comm):
+        torch.manual_seed(0)
+        model = task.build_model()
+        algo = get_algorithm(name)(model, build_optimizer(model.parameters(), {"name": "sgd", "lr": lr}), comm,
+                                   topology=topology, options=options, compress=compress)
+        sampler = task.sampler(comm.rank, 2)
+        pre, post = [], []
+        for _ in range(steps):
+            batch = sampler.next_batch()
+            task.loss(model, batch).backward()
+
+            def closure(batch=batch):
+                model.zero_grad(set_to_none=True)
+                loss = task.loss(model, batch)
+                loss.backward()
+                return loss.detach()
+
+            if before is not None:
+                pre.append(before(algo, model))
+            algo.step(None, closure)
+            algo.zero_grad()
+            if after is not None:
+                post.append(after(algo, model))
+        with algo.eval_params() as m:
+            ev = flat(m)
+        return {"local": flat(model), "eval": ev, "pre": pre, "post": post, "consensus": algo.consensus_error()}
+
+    return cluster.run(fn), cluster
+
+
+# ---------------------------------------------------------------- CHOCO-SGD
+def half_step(algo, model):
+    """x - lr g: CHOCO's x_half with the inner SGD."""
+    return flat(model) - LR * torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+LOGREG = LogReg(LogRegParams(dataset="breast_cancer", dtype="float64"), 4, seed=0)
+
+
+@pytest.mark.parametrize("task,compress", [
+    (quadratic(), TOPK), (quadratic(), INT8), (quadratic(), {"name": "randomk", "ratio": 0.5}), (quadratic(), None),
+    (LOGREG, TOPK), (LOGREG, INT8), (LOGREG, None),  # (random-k's d/k scale is not contractive: CHOCO diverges there)
+], ids=["quadratic-topk", "quadratic-int8", "quadratic-randomk", "quadratic-none", "logreg-topk", "logreg-int8", "logreg-none"])
+def test_choco_preserves_the_network_average_at_every_step(task, compress):
+    steps = 30
+    res, _ = run_sim("choco-sgd", task, steps, options={"gamma": 0.4}, compress=compress,
+                     before=half_step, after=lambda algo, model: flat(model))
+    for t in range(steps):
+        half = torch.stack([r["pre"][t] for r in res]).mean(0)
+        x = torch.stack([r["post"][t] for r in res]).mean(0)
+        torch.testing.assert_close(x, half, rtol=0, atol=1e-12)
+    assert res[0]["consensus"] > 0  # the local models differ: the mixing did something
+
+
+@pytest.mark.parametrize("compress", [None, {"name": "none"}], ids=["absent", "none"])
+@pytest.mark.parametrize("topology", ["ring", "star"])
+@pytest.mark.parametrize("task", [quadratic(), LOGREG], ids=["quadratic", "logreg"])
+def test_choco_uncompressed_with_gamma_one_is_dsgd_atc(task, topology, compress):
+    """x_hat = x_half, so x = x_half + (W x_half - x_half) = W x_half."""
+    choco, _ = run_sim("choco-sgd", task, 30, topology=topology, options={"gamma": 1.0}, compress=compress)
+    dsgd, _ = run_sim("dsgd", task, 30, topology=topology, options={"order": "atc"})
+    for r in range(4):
+        scale = dsgd[r]["local"].abs().max()
+        assert float((choco[r]["local"] - dsgd[r]["local"]).abs().max() / scale) < 1e-12
+    torch.testing.assert_close(choco[0]["eval"], dsgd[0]["eval"], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- DoCoM-SGT
+def tracker_and_momentum(algo, model):
+    return algo.tracker.clone(), algo.v.clone()
+
+
+@pytest.mark.parametrize("compress", [TOPK, INT8, None], ids=["topk", "int8", "none"])
+@pytest.mark.parametrize("topology", ["ring", "star"])
+def test_docom_mean_tracker_equals_mean_momentum_at_every_step(topology, compress):
+    steps = 40
+    res, _ = run_sim("docom-sgt", quadratic(), steps, topology=topology, options={"gamma": 0.3, "beta": 0.2},
+                     compress=compress, after=tracker_and_momentum)
+    for t in range(steps):
+        g = torch.stack([r["post"][t][0] for r in res]).mean(0)
+        v = torch.stack([r["post"][t][1] for r in res]).mean(0)
+        torch.testing.assert_close(g, v, rtol=0, atol=1e-10)
+    assert not torch.equal(res[0]["post"][-1][0], res[0]["post"][-1][1])  # g_i is not v_i itself
+
+
+def test_docom_uncompressed_equals_the_dense_recursion():
+    """No compression: x_hat = x_half and g_hat = g_half, so with X, G, V stacked as rows
+    V' = beta grad(X'; xi) + (1-beta)(V + grad(X'; xi) - grad(X; xi)) (one noise draw z per step)
+    G' = (1-gamma) H + gamma W H with H = G + V' - V;  X'' = (1-gamma) Y + gamma W Y with Y = X' - lr G'."""
+    task, steps, gamma, beta = quadratic(), 15, 0.4, 0.3
+    res, _ = run_sim("docom-sgt", task, steps, options={"gamma": gamma, "beta": beta})
+    M = (1 - gamma) * torch.eye(4, dtype=torch.float64) + gamma * ring(4).mixing_matrix()
+    samplers = [task.sampler(r, 2) for r in range(4)]
+    X = torch.zeros(4, 6, dtype=torch.float64)
+    X_old = V = G = None
+    for t in range(steps):
+        batches = [s.next_batch() for s in samplers]
+        grad = lambda Y: torch.stack([a * (Y[r] - b) + z for r, (a, b, z) in enumerate(batches)])
+        if t == 0:
+            V, G = grad(X), grad(X)
+        else:
+            V_new = beta * grad(X) + (1 - beta) * (V + grad(X) - grad(X_old))
+            G, V = M @ (G + V_new - V), V_new
+        X_old, X = X, M @ (X - LR * G)
+    for r in range(4):
+        torch.testing.assert_close(res[r]["local"], X[r], rtol=1e-12, atol=1e-12)
+
+
+def test_docom_converges_on_heterogeneous_quadratics_where_choco_stalls():
+    """Exact gradients (sigma=0), zeta=1, ring of 4, lr 0.3, gamma 0.2, top-1 of 6 coordinates.
+    Measured: DoCoM-SGT's local models are all within 1e-6 of x* from step 292 on (8e-9 at 400);
+    CHOCO's stay 1.33 away (its bias; 0.59 with gamma 0.5; DSGD's is 0.21 at this lr)."""
+    task = quadratic(mu=0.5, sigma=0.0)
+    dist = {}
+    for name in ("choco-sgd", "docom-sgt"):
+        res, _ = run_sim(name, task, 400, lr=0.3, options={"gamma": 0.2}, compress=TOPK)
+        dist[name] = max(float((r["local"] - task.x_star).norm()) for r in res)
+        dist[name + " avg"] = float((res[0]["eval"] - task.x_star).norm())
+    assert dist["docom-sgt"] < 1e-6 and dist["docom-sgt avg"] < 1e-6
+    assert dist["choco-sgd"] > 0.1
+
+
+def test_docom_step_without_a_closure_fails_clearly():
+    def fn(comm):
+        model = torch.nn.Linear(2, 1)
+        algo = get_algorithm("docom-sgt")(model, torch.optim.SGD(model.parameters(), lr=0.1), comm, topology="ring")
+        for _ in range(2):
+            model(torch.ones(1, 2)).sum().backward()
+            algo.step()
+            algo.zero_grad()
+
+    with pytest.raises(ValueError, match="needs the gradient at the previous model"):
+        SimCluster(2).run(fn)
+
+
+# ---------------------------------------------------------------- bytes
+def payload_bytes(compress, d=6):
+    comp = build_compressor(compress)
+    return d * 8 if comp is None else comp.encode(torch.zeros(d, dtype=torch.float64), comp.init(torch.zeros(d)), None)[0].nbytes
+
+
+@pytest.mark.parametrize("name,messages", [("choco-sgd", lambda s: s), ("docom-sgt", lambda s: 2 * s - 1)])
+@pytest.mark.parametrize("compress", [TOPK, INT8, {"name": "randomk", "ratio": 0.5}, None], ids=["topk", "int8", "randomk", "none"])
+@pytest.mark.parametrize("topology", ["ring", "star", "complete"])
+def test_bytes_are_degree_times_compressed_message_size(name, messages, compress, topology):
+    steps = 5
+    _, cluster = run_sim(name, quadratic(), steps, topology=topology, compress=compress)
+    top = build_topology(topology, 4)
+    size = payload_bytes(compress)
+    assert size == {"topk": 8, "int8": 8 + 8}.get((compress or {}).get("name"), size)  # 1 value + 1 index; 2 blocks of 4 codes + 2 scales
+    for r in range(4):  # evaluation and consensus error (control plane) add nothing
+        assert cluster.stats[r].bytes_sent == messages(steps) * top.degree(r) * size
+        assert cluster.stats[r].bytes_received == cluster.stats[r].bytes_sent
+
+
+# ---------------------------------------------------------------- config, runs, resume
+def run_cfg(name, topology="ring", steps=20, task=None, **algo):
+    return {
+        "name": f"{name}-test",
+        "task": task or {"name": "quadratic", "dim": 8, "zeta": 1.0},
+        "cluster": {"workers": 4, "topology": topology, "step_time": "10ms"},
+        "algorithm": {"name": name, "inner": {"name": "sgd", "lr": 0.2}, **algo},
+        "train": {"steps": steps, "batch_size": 2, "eval_every": 10, "log_every": 5},
+    }
+
+
+@pytest.mark.parametrize("name", ["choco-sgd", "docom-sgt"])
+@pytest.mark.parametrize("task", [None, {"name": "logreg", "dataset": "breast_cancer"}], ids=["quadratic", "logreg"])
+def test_runs_from_a_config(tmp_path, name, task):
+    cfg = run_cfg(name, task=task, gamma=0.3, compress={"name": "topk", "ratio": 0.25})
+    res = farsync.run(cfg, out=tmp_path / "r", progress=False)
+    assert res.status == "completed"
+    rows = res.metrics
+    assert [m["step"] for m in rows] == [5, 10, 15, 20]
+    assert all(m["consensus_error"] >= 0 for m in rows) and "eval_loss" in rows[-1]
+    assert rows[-1]["eval_loss"] < rows[0]["train_loss"]
+
+
+def test_choco_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
+    cfg = run_cfg("choco-sgd", compress={"name": "randomk", "ratio": 0.25})
+    cfg["train"]["checkpoint_every"] = 10
+    assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:13")
+
+
+def test_docom_crash_and_resume_reproduces_the_run_except_simulated_time(tmp_path, monkeypatch):
+    """Losses, bytes, consensus error and eval loss match the uninterrupted run exactly. The
+    simulated time of the steps right after the resume does not (+20 ms here): a simulator/loop
+    limitation with two dependent exchanges per step, not DoCoM's state - DSGD patched to gossip
+    twice per step shows the same shift, one exchange per step (dsgd, choco-sgd, GT) does not."""
+    cfg = run_cfg("docom-sgt", compress={"name": "int8", "block": 4, "rounding": "stochastic"})
+    cfg["train"]["checkpoint_every"] = 10
+    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
+    monkeypatch.setenv("FARSYNC_FAULT", "2:13")
+    assert farsync.run(cfg, out=tmp_path / "crashed", progress=False).status.startswith("failed: InjectedFault")
+    monkeypatch.delenv("FARSYNC_FAULT")
+    resumed = farsync.run(resume=tmp_path / "crashed", progress=False)
+    strip = lambda rows: [{k: v for k, v in m.items() if k not in ("wall_time_s", "sim_time_s")} for m in rows]
+    assert strip(resumed.metrics) == strip(full.metrics)
+    assert [m["sim_time_s"] for m in resumed.metrics[:2]] == [m["sim_time_s"] for m in full.metrics[:2]]
+
+
+def test_state_dict_round_trip_continues_identically():
+    """Save every worker's state after 7 steps into fresh objects; the next 8 steps match the run
+    that never stopped (compressor state and stochastic-rounding generator included)."""
+    task = quadratic()
+
+    def train(comm, steps, state=None):
+        torch.manual_seed(0)
+        model = task.build_model()
+        algo = get_algorithm("docom-sgt")(model, build_optimizer(model.parameters(), {"name": "sgd", "lr": LR}), comm,
+                                          topology="ring", compress=INT8)
+        sampler = task.sampler(comm.rank, 2)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            algo.load_state_dict(state["algo"])
+            sampler.load_state_dict(state["sampler"])
+        for _ in range(steps):
+            batch = sampler.next_batch()
+            task.loss(model, batch).backward()
+
+            def closure(batch=batch):
+                model.zero_grad(set_to_none=True)
+                task.loss(model, batch).backward()
+
+            algo.step(None, closure)
+            algo.zero_grad()
+        import copy
+        return flat(model), {"model": copy.deepcopy(model.state_dict()), "algo": copy.deepcopy(algo.state_dict()),
+                             "sampler": copy.deepcopy(sampler.state_dict())}
+
+    whole = SimCluster(4).run(lambda comm: train(comm, 15)[0])
+    states = SimCluster(4).run(lambda comm: train(comm, 7)[1])
+    resumed = SimCluster(4).run(lambda comm: train(comm, 8, states[comm.rank])[0])
+    for r in range(4):
+        assert torch.equal(resumed[r], whole[r])
+
+
+@pytest.mark.parametrize("algo,cluster,message", [
+    ({"name": "choco-sgd", "gamma": 0}, None, "gamma must be in (0, 1], got 0"),
+    ({"name": "choco-sgd", "gamma": 1.5}, None, "gamma must be in (0, 1], got 1.5"),
+    ({"name": "docom-sgt", "gamma": 0}, None, "gamma must be in (0, 1], got 0"),
+    ({"name": "docom-sgt", "beta": 0}, None, "beta must be in (0, 1], got 0"),
+    ({"name": "docom-sgt", "beta": 1.2}, None, "beta must be in (0, 1], got 1.2"),
+    ({"name": "docom-sgt", "inner": {"name": "adamw", "lr": 0.01}}, None, "plain SGD"),
+    ({"name": "choco-sgd", "compress": {"name": "topk", "error_feedback": "ef"}}, None, "remove algorithm.compress.error_feedback"),
+    ({"name": "choco-sgd", "compress": {"name": "int8", "collective": "reduce_scatter"}}, None, "compress.collective"),
+    ({"name": "docom-sgt", "compress": {"name": "powersgd"}}, None, "powersgd"),
+    ({"name": "choco-sgd", "compress": {"name": "zip"}}, None, "unknown compressor 'zip'"),
+    ({"name": "choco-sgd"}, {"workers": 4, "topology": {"name": "one-edge", "base": "ring"}}, "needs a static graph"),
+    ({"name": "docom-sgt"}, {"workers": 4, "topology": {"name": "one-edge", "base": "ring"}}, "needs a static graph"),
+])
+def test_bad_options_fail_before_training_naming_the_value(algo, cluster, message):
+    cfg = run_cfg("choco-sgd")
+    cfg["algorithm"] = {**cfg["algorithm"], **algo}
+    if cluster is not None:
+        cfg["cluster"] = {**cfg["cluster"], **cluster}
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert message in str(err.value)
+
+
+def test_options_validate_when_built_directly():
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\], got 0"):
+        get_algorithm("choco-sgd").Options(gamma=0)
+    with pytest.raises(ValueError, match=r"beta must be in \(0, 1\], got 0"):
+        get_algorithm("docom-sgt").Options(beta=0)
+
+
+def test_wrap_takes_a_compressor_object_and_rejects_error_feedback():
+    from farsync.compress import ErrorFeedback, TopK
+
+    def fn(comm):
+        model = torch.nn.Linear(3, 1)
+        algo = farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "choco-sgd", topology="ring",
+                            compress=TopK(0.5), gamma=0.5)
+        assert isinstance(algo.comp, TopK)
+        with pytest.raises(ValueError, match="error-feedback"):
+            farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "choco-sgd", topology="ring",
+                         compress=ErrorFeedback(TopK(0.5)))
+
+    farsync.simulate(fn, workers=2)
