@@ -105,6 +105,8 @@ def main() -> None:
             results.write_text("".join(json.dumps(x) + "\n" for x in rows))
             print(json.dumps({k: v for k, v in row.items() if k != "evals"}), flush=True)
     adam = [x for x in rows if x["run"].startswith("adamw")]
+    if not adam:
+        return  # no AdamW reference in --out yet
     target = min(adam, key=lambda x: x["final_eval_loss"])
     print(f"\nreference: {target['run']} final eval loss {target['final_eval_loss']:.4f}\n")
     print("| run | final eval loss | best eval loss | steps to the reference's final loss |")

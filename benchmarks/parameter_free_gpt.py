@@ -5,7 +5,7 @@
 One worker: the setting of benchmarks/averaging_quality.py (4-block GPT, 600 steps of batch 16,
 cosine to 0.1 after 30 warm-up steps, grad clip 1), whose AdamW sweep picked lr 1.2e-2.
 DiLoCo: the demo config (4 workers, H 20, outer SGD 0.7 / Nesterov 0.9, 3-block GPT, 600 steps)
-with an inner AdamW sweep 3e-3 / 6e-3 / 1.2e-2. Prodigy and DoWG run untuned: lr 1 under the
+with an inner AdamW sweep 3e-3 / 6e-3 / 1.2e-2 / 2.4e-2. Prodigy and DoWG run untuned: lr 1 under the
 same schedule; Prodigy with AdamW's betas and weight decay and ``safeguard_warmup`` (its authors'
 advice with an lr warm-up). Their scalar statistics are averaged over the 4 workers every inner
 step (one small all-reduce, counted in the bytes). Writes results.jsonl into --out and prints the
@@ -31,6 +31,7 @@ RUNS = {  # name: (config, overrides)
     "diloco-adamw-3e-3": ("demo_diloco.yaml", ["algorithm.inner=" + ADAMW.format(lr=3e-3)]),
     "diloco-adamw-6e-3": ("demo_diloco.yaml", ["algorithm.inner=" + ADAMW.format(lr=6e-3)]),
     "diloco-adamw-1.2e-2": ("demo_diloco.yaml", ["algorithm.inner=" + ADAMW.format(lr=1.2e-2)]),
+    "diloco-adamw-2.4e-2": ("demo_diloco.yaml", ["algorithm.inner=" + ADAMW.format(lr=2.4e-2)]),
     "diloco-prodigy": ("demo_diloco.yaml", ["algorithm.inner=" + PRODIGY]),
     "diloco-dowg": ("demo_diloco.yaml", ["algorithm.inner=" + DOWG]),
 }
