@@ -58,3 +58,15 @@ def train_sim(name, workers, steps, inner, *, outer=None, sync_every=1, task=Non
 @pytest.fixture
 def quad4():
     return Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), 4, seed=0)
+
+
+def tiny_net():
+    """The small float64 MLP (5 -> 8 -> 2) the optimizer tests train."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+
+def regression_batch(t):
+    """Batch t of a fixed float64 regression stream: (16 x 5 inputs, 16 x 2 targets)."""
+    g = torch.Generator().manual_seed(t)
+    return torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)

@@ -17,16 +17,10 @@ from farsync.comm import SimCluster
 from farsync.optim import SPS, AdGD, DoG, DoWG, MoMo, PolyAverage, build_optimizer, check_optimizer_config, step_kwargs
 from farsync.tasks.classification import LogReg, LogRegParams
 from farsync.tasks.quadratic import Quadratic, QuadraticParams
+from conftest import regression_batch, tiny_net
 
 
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
-
-
-def batch(t):
-    g = torch.Generator().manual_seed(t)
-    return torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
+net, batch = tiny_net, regression_batch
 
 
 def train(model, opt, steps, start=0, fixed_batch=False, pass_loss=False):

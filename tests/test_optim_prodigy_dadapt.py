@@ -16,19 +16,13 @@ from farsync.optim.dadapt import DAdaptAdam, DAdaptSGD
 from farsync.optim.prodigy import Prodigy
 from farsync.optim.stats import set_stats_reducer
 from farsync.tasks.classification import LogReg, LogRegParams
+from conftest import regression_batch, tiny_net
 
 OURS = {"prodigy": Prodigy, "dadapt-sgd": DAdaptSGD, "dadapt-adam": DAdaptAdam}
 OFFICIAL = {"prodigy": prodigyopt.Prodigy, "dadapt-sgd": dadaptation.DAdaptSGD, "dadapt-adam": dadaptation.DAdaptAdam}
 
 
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
-
-
-def batch(t):
-    g = torch.Generator().manual_seed(t)
-    return torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
+net, batch = tiny_net, regression_batch
 
 
 def one_step(model, opt, t):

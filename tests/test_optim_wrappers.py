@@ -7,20 +7,13 @@ import torch
 from torch import nn
 
 import farsync
-from conftest import assert_crash_and_resume_reproduce
+from conftest import assert_crash_and_resume_reproduce, regression_batch, tiny_net
 from farsync.config import ConfigError
 from farsync.optim import GPA, EMANesterov, GPAReference, Lookahead, MuonWithAdamW, build_optimizer
 from farsync.tasks.gpt import GPT, GPTConfig
 
 
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
-
-
-def batch(t):
-    g = torch.Generator().manual_seed(t)
-    return torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g, dtype=torch.float64)
+net, batch = tiny_net, regression_batch
 
 
 def loss(model, t):

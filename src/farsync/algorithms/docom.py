@@ -57,7 +57,7 @@ from pydantic import Field, field_validator
 
 from .base import flatten, unflatten_into
 from .choco import CompressedGossip, check_unit_interval
-from .gossip import GossipOptions
+from .gossip import GossipOptions, check_plain_sgd_config, require_plain_sgd
 
 BUFFERS = ("x_hat", "s_x", "g_hat", "s_g", "v", "tracker", "x_prev")
 
@@ -80,20 +80,11 @@ class DoCoMSGT(CompressedGossip):
     @classmethod
     def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
         super().check_config(inner, compress)
-        extra = {k: v for k, v in inner.items() if k not in ("name", "lr")}
-        plain = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
-        if inner.get("name") != "sgd" or any(plain.get(k, object()) != v for k, v in extra.items()):
-            raise ValueError(f"algorithm.inner: docom-sgt steps along its tracked gradient with plain SGD's lr; "
-                             f"use {{name: sgd, lr: ...}} without momentum or weight decay (got {inner!r})")
+        check_plain_sgd_config(cls.name, inner)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        groups = self.optimizer.param_groups
-        if not isinstance(self.optimizer, torch.optim.SGD) or any(
-            g["momentum"] or g["weight_decay"] or g["nesterov"] or g["maximize"] for g in groups
-        ):
-            raise ValueError("docom-sgt needs a plain torch.optim.SGD inner optimizer (no momentum, no weight "
-                             f"decay); got {type(self.optimizer).__name__}")
+        require_plain_sgd(self.name, self.optimizer)
         for k in BUFFERS:
             setattr(self, k, None)
 

@@ -48,26 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..comm import Communicator
 from ..topology import TimeVarying, _splitmix64, step_generator
 from .base import flatten, unflatten_into
-from .gossip import Decentralized
-
-_PLAIN_SGD = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
-
-
-def check_plain_sgd_config(name: str, inner: dict[str, Any]) -> None:
-    """Raise ValueError unless the inner optimizer config is plain SGD (its lr is alpha)."""
-    extra = {k: v for k, v in inner.items() if k not in ("name", "lr")}
-    if inner.get("name") != "sgd" or any(_PLAIN_SGD.get(k, object()) != v for k, v in extra.items()):
-        raise ValueError(f"algorithm.inner: {name} takes its primal step alpha as plain SGD's lr; "
-                         f"use {{name: sgd, lr: ...}} without momentum or weight decay (got {inner!r})")
-
-
-def require_plain_sgd(name: str, optimizer: torch.optim.Optimizer) -> None:
-    if not isinstance(optimizer, torch.optim.SGD) or any(
-        g["momentum"] or g["weight_decay"] or g["nesterov"] or g["maximize"] for g in optimizer.param_groups
-    ):
-        raise ValueError(f"{name} needs a plain torch.optim.SGD inner optimizer (no momentum, no weight decay); "
-                         f"got {type(optimizer).__name__}")
-
+from .gossip import Decentralized, check_plain_sgd_config, require_plain_sgd
 
 def exchange_each(comm: Communicator, sends: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Send ``sends[j]`` to each peer j and receive a tensor shaped like it from j; the message

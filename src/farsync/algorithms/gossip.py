@@ -37,6 +37,27 @@ from .base import Algorithm, flatten, swapped_params, unflatten_into
 TopologySpec = Topology | TimeVarying | dict[str, Any] | str | None
 
 
+_PLAIN_SGD = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
+
+
+def check_plain_sgd_config(name: str, inner: dict[str, Any]) -> None:
+    """Raise ValueError unless the inner optimizer config is plain SGD: algorithms that step along
+    their own direction (a gradient tracker, a primal-dual direction) use only its lr."""
+    extra = {k: v for k, v in inner.items() if k not in ("name", "lr")}
+    if inner.get("name") != "sgd" or any(_PLAIN_SGD.get(k, object()) != v for k, v in extra.items()):
+        raise ValueError(f"algorithm.inner: {name} steps along its own direction with plain SGD's lr; "
+                         f"use {{name: sgd, lr: ...}} without momentum or weight decay (got {inner!r})")
+
+
+def require_plain_sgd(name: str, optimizer: torch.optim.Optimizer) -> None:
+    """The same check on a built optimizer (for `wrap`)."""
+    if not isinstance(optimizer, torch.optim.SGD) or any(
+        g["momentum"] or g["weight_decay"] or g["nesterov"] or g["maximize"] for g in optimizer.param_groups
+    ):
+        raise ValueError(f"{name} needs a plain torch.optim.SGD inner optimizer (no momentum, no weight decay); "
+                         f"got {type(optimizer).__name__}")
+
+
 def exchange(comm: Communicator, x: torch.Tensor, peers: list[int]) -> dict[int, torch.Tensor]:
     """Send `x` to every rank in `peers` and receive each peer's tensor (same shape and dtype).
 

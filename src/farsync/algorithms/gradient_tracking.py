@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .base import flatten, unflatten_into
-from .gossip import Decentralized
+from .gossip import Decentralized, check_plain_sgd_config, require_plain_sgd
 
 
 class GradientTracking(Decentralized):
@@ -38,20 +38,11 @@ class GradientTracking(Decentralized):
     @classmethod
     def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
         super().check_config(inner, compress)
-        extra = {k: v for k, v in inner.items() if k not in ("name", "lr")}
-        plain = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
-        if inner.get("name") != "sgd" or any(plain.get(k, object()) != v for k, v in extra.items()):
-            raise ValueError(f"algorithm.inner: gradient-tracking steps along its tracked gradient with plain SGD's lr; "
-                             f"use {{name: sgd, lr: ...}} without momentum or weight decay (got {inner!r})")
+        check_plain_sgd_config(cls.name, inner)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        groups = self.optimizer.param_groups
-        if not isinstance(self.optimizer, torch.optim.SGD) or any(
-            g["momentum"] or g["weight_decay"] or g["nesterov"] or g["maximize"] for g in groups
-        ):
-            raise ValueError("gradient-tracking needs a plain torch.optim.SGD inner optimizer (no momentum, no weight "
-                             f"decay); got {type(self.optimizer).__name__}")
+        require_plain_sgd(self.name, self.optimizer)
         self.tracker: torch.Tensor | None = None  # y_i^t
         self.prev_grad: torch.Tensor | None = None  # g_i^t
         self.mixed_tracker: torch.Tensor | None = None  # sum_j W(t)_ij y_j^t, used at step t+1

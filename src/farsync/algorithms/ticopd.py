@@ -55,8 +55,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..compress import EF21, Compressor, EControl, ErrorFeedback, Identity, build_compressor
 from ..topology import TimeVarying
 from .base import flatten, unflatten_into
-from .fspda import active_peers, check_plain_sgd_config, exchange_each, require_plain_sgd
-from .gossip import Decentralized
+from .fspda import active_peers, exchange_each
+from .gossip import Decentralized, check_plain_sgd_config, require_plain_sgd
 
 
 class TiCoPDOptions(BaseModel):
