@@ -219,6 +219,10 @@ def test_runs_from_a_config_log_consensus_error_and_eval_the_average(tmp_path, n
     assert [m["step"] for m in rows] == [5, 10, 15, 20]
     assert all(m["consensus_error"] >= 0 for m in rows) and "eval_loss" in rows[-1]
     assert rows[-1]["eval_loss"] < rows[0]["train_loss"]
+    if topology == "ring":  # ring of 4: 4 edges, each carrying one message of 8 float64 per direction per step
+        per_step = 2 * 8 * 8 * (2 if name == "gradient-tracking" else 1)
+        assert [m["bytes_per_edge"] for m in rows] == [per_step * m["step"] for m in rows]
+        assert [m["bytes_per_edge"] for m in rows] == [m["bytes_sent"] / 4 for m in rows]
 
 
 def test_gradient_tracking_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):

@@ -149,7 +149,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         if not (do_eval or step % t.log_every == 0):
             continue
         rows = comm.gather_metrics({"loss": loss_sum / loss_n, "bad": first_bad, **comm.stats.as_dict()})
-        extra = algo.log_metrics()  # every rank (e.g. a decentralized run's average model and consensus error)
+        extra = algo.log_metrics(rows)  # every rank (e.g. a decentralized run's average model and consensus error)
         loss_sum, loss_n = 0.0, 0
         bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
         failed = math.isfinite(bad)

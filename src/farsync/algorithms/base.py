@@ -132,9 +132,10 @@ class Algorithm:
         """True on the step that completes a round (`sync_every` inner steps, or QSR's H)."""
         return self.rounds.ends_after(self.local_step + 1, self.optimizer.param_groups[0]["lr"])
 
-    def log_metrics(self) -> dict[str, float]:
-        """Extra numbers for the metrics row. Called on every rank at each logging step, before
-        rank 0 evaluates (decentralized algorithms gather their average model here)."""
+    def log_metrics(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        """Extra numbers for the metrics row, given every worker's logged counters (`rows`, one
+        dict per rank: loss, bytes_sent, clock_s, ...). Called on every rank at each logging step,
+        before rank 0 evaluates (decentralized algorithms gather their average model here)."""
         return {}
 
     @contextmanager

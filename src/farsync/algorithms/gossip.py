@@ -16,9 +16,9 @@ worker sends deg_i(t) * numel * element_size bytes per exchange.
 Evaluation: the models differ across workers, so `Decentralized` evaluates their average
 xbar = (1/n) sum_i x_i and reports the consensus error (1/n) sum_i ||x_i - xbar||^2. Both come
 from an all-gather of the flat parameters over the control plane (like logging: not counted in
-bytes or time, identical on both backends), done on every rank in `log_metrics`, which the
+bytes or time, identical on both backends), done on every rank in `log_metrics(rows)`, which the
 training loop calls at each logging step before rank 0 evaluates. `eval_params()` is collective
-(every rank must call it) unless `log_metrics()` / `consensus_error()` already ran at this step.
+(every rank must call it) unless `log_metrics` / `consensus_error()` already ran at this step.
 """
 
 from __future__ import annotations
@@ -162,8 +162,12 @@ class Decentralized(Algorithm):
             self._gather_average()
         return self._consensus_error
 
-    def log_metrics(self) -> dict[str, float]:
-        return {"consensus_error": self.consensus_error()}
+    def log_metrics(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        """Consensus error and bytes per edge: all bytes sent so far over the number of (undirected)
+        edges of the graph (of the base graph when it varies over time). Collective."""
+        graph = self.topology.base if isinstance(self.topology, TimeVarying) else self.topology
+        sent = sum(r["bytes_sent"] for r in rows)
+        return {"consensus_error": self.consensus_error(), "bytes_per_edge": sent / max(1, len(graph.edges))}
 
     @contextmanager
     def eval_params(self) -> Iterator[torch.nn.Module]:
