@@ -1,0 +1,276 @@
+"""DuDe-ASGD vs vanilla async SGD vs FedBuff under worker-speed heterogeneity with label-skewed
+data (issue 8, benchmark 3).
+
+    python benchmarks/async_heterogeneity.py [--out runs/async-heterogeneity] [--seeds 0 1 2]
+        [--steps 500] [--lr 0.2] [--fedbuff-q 4] [--fedbuff-k 2] [--fedbuff-outer-lr 2.0]
+        [--target-subopt 0.03] [--json benchmarks/results/async_heterogeneity.json]
+        [--png docs/img/async_heterogeneity.png]
+
+Setup: `logreg` on digits (64 features, 10 classes, convex, l2 = 1e-3, float32), split
+``label-sorted`` over 4 workers (each worker holds 2-3 classes), batch 16 per gradient, a parameter
+server on rank 0 (simulated cluster, 1 s per inner step times the worker's speed factor).
+Speeds: ``equal`` [1, 1, 1, 1], ``1114`` [1, 1, 1, 4] (one worker 4x slower) and ``1124``
+[1, 1, 2, 4]. Every run has the same budget: ``--steps`` x 4 inner steps (gradients).
+
+- asgd: every arrival x <- x - lr g_i (inner SGD, lr ``--lr``)
+- dude-asgd: every arrival x <- x - lr G_bar, G_bar = mean of every worker's latest gradient
+  (same inner SGD and lr; ``average_over: all``, the default)
+- fedbuff: Q = ``--fedbuff-q`` local SGD steps (same lr) per round, buffer K = ``--fedbuff-k``
+  deltas weighted 1/sqrt(1 + staleness), server SGD with lr ``--fedbuff-outer-lr`` (no momentum;
+  default 2.0 = K, so a server step moves as far as the K deltas summed - with 1.0 FedBuff lagged ASGD
+  already at equal speeds in a one-seed pilot: f - f* 0.025 vs 0.008; Q 2 / K 4 were worse)
+
+Besides the held-out eval loss (metrics.jsonl's eval_loss), every evaluation also records the
+train-objective suboptimality f(x) - f* (f* from `LogReg.optimum()`, L-BFGS): the run uses the
+task ``logreg-trace``, `logreg` with an evaluate that also logs `train_objective` (in-process
+simulator). Reported per method and speed setting (mean over seeds): final eval loss and
+suboptimality after the whole budget, suboptimality at the common simulated time T_eq at which the
+equal-speed runs end, simulated time until the suboptimality first reaches ``--target-subopt``,
+and the degradation heterogeneous / equal. The ideal time degradation is the throughput ratio
+4 / sum(1 / speed) (1.23x for 1114, 1.45x for 1124): that much is lost by any method, since the
+slow worker simply computes less. Also printed: the suboptimality of the minimizer of the
+arrival-rate-weighted objective sum_i (1/s_i) f_i / sum_i (1/s_i), the point that plain ASGD's
+iterates are pulled to (a fast worker's gradient arrives more often).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import farsync
+from farsync.tasks import register_task
+from farsync.tasks.classification import LogReg, LogRegParams
+
+SPEEDS = {"equal": [1, 1, 1, 1], "1114": [1, 1, 1, 4], "1124": [1, 1, 2, 4]}
+METHODS = ("asgd", "dude-asgd", "fedbuff")
+TRACE: list[float] = []  # train objectives of the evaluations of the current run, in order
+
+
+@register_task
+class LogRegTrace(LogReg):
+    """`logreg` whose evaluate also appends the train objective f(x) to TRACE."""
+
+    name = "logreg-trace"
+
+    def evaluate(self, model) -> float:
+        TRACE.append(self.train_objective(model))
+        return super().evaluate(model)
+
+
+def config(method: str, speeds: list[int], seed: int, args) -> dict:
+    inner = {"name": "sgd", "lr": args.lr}
+    alg = {"name": method, "inner": inner}
+    if method == "fedbuff":
+        alg.update(sync_every=args.fedbuff_q, buffer_size=args.fedbuff_k, outer={"name": "sgd", "lr": args.fedbuff_outer_lr})
+    return {
+        "name": f"{method}-{''.join(map(str, speeds))}-s{seed}", "seed": seed,
+        "task": {"name": "logreg-trace", "dataset": "digits", "split": "label-sorted"},
+        "cluster": {"workers": 4, "step_time": "1s", "speeds": speeds},
+        "algorithm": alg,
+        "train": {"steps": args.steps, "batch_size": 16, "eval_every": args.eval_every, "log_every": args.eval_every},
+    }
+
+
+def run_one(method: str, speed: str, seed: int, args, f_star: float) -> dict:
+    cfg = config(method, SPEEDS[speed], seed, args)
+    run_dir = Path(args.out) / cfg["name"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    TRACE.clear()
+    t0 = time.perf_counter()
+    r = farsync.run(cfg, out=run_dir, progress=False)
+    evals = [m for m in r.metrics if "eval_loss" in m]
+    assert len(evals) == len(TRACE), (len(evals), len(TRACE))
+    return {"method": method, "speed": speed, "seed": seed, "status": r.summary["status"],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "t": [round(m["sim_time_s"], 2) for m in evals], "step": [m["step"] for m in evals],
+            "eval_loss": [float(f"{m['eval_loss']:.5g}") for m in evals],
+            "subopt": [float(f"{f - f_star:.5g}") for f in TRACE],
+            "staleness": r.metrics[-1].get("staleness"), "updates": r.metrics[-1].get("updates")}
+
+
+def at_time(run: dict, key: str, t: float) -> float:
+    """The value at the last evaluation at or before simulated time t."""
+    vals = [v for s, v in zip(run["t"], run[key]) if s <= t + 1e-9]
+    return vals[-1] if vals else math.nan
+
+
+def first_time(run: dict, key: str, target: float) -> float | None:
+    return next((s for s, v in zip(run["t"], run[key]) if v <= target), None)
+
+
+def weighted_optimum_subopt(task: LogReg, speeds: list[int], f_star: float) -> float:
+    """f(x_w) - f*, x_w = argmin sum_i w_i f_i with w_i ~ 1/speed_i (worker i's share of arrivals)."""
+    w = torch.tensor([1.0 / s for s in speeds], dtype=torch.float64)
+    w = w / w.sum()
+    X, y = task.X_train64, task.y
+    shards = task._shards
+    model = torch.nn.Linear(X.shape[1], task.n_classes).double()
+    with torch.no_grad():
+        for q in model.parameters():
+            q.zero_()
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=5000, tolerance_grad=1e-11, tolerance_change=0.0,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        f = sum(w[i] * task._objective(model, X[s], y[s]) for i, s in enumerate(shards))
+        f.backward()
+        return f
+
+    for _ in range(3):
+        opt.step(closure)
+    return task.train_objective(model) - f_star
+
+
+def fmt(x, spec=".4f"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def summarize(runs: list[dict], args, f_star: float, task: LogReg) -> dict:
+    t_eq = mean([r["t"][-1] for r in runs if r["speed"] == "equal"])
+    rows = {}
+    methods = [m for m in METHODS if m in args.methods]
+    for method in methods:
+        for speed in SPEEDS:
+            rs = [r for r in runs if r["method"] == method and r["speed"] == speed]
+            ttt = [first_time(r, "subopt", args.target_subopt) for r in rs]
+            rows[(method, speed)] = {
+                "final_eval_loss": mean([r["eval_loss"][-1] for r in rs]),
+                "final_eval_loss_sd": statistics.pstdev([r["eval_loss"][-1] for r in rs]),
+                "final_subopt": mean([r["subopt"][-1] for r in rs]),
+                "final_subopt_sd": statistics.pstdev([r["subopt"][-1] for r in rs]),
+                "tail_subopt": mean([mean(r["subopt"][-len(r["subopt"]) // 5:]) for r in rs]),  # last 20% of evaluations
+                "subopt_at_t_eq": mean([at_time(r, "subopt", t_eq) for r in rs]),
+                "eval_loss_at_t_eq": mean([at_time(r, "eval_loss", t_eq) for r in rs]),
+                "time_to_target_s": mean(ttt) if all(x is not None for x in ttt) else None,
+                "reached_target": sum(x is not None for x in ttt), "seeds": len(rs),
+                "sim_time_s": mean([r["t"][-1] for r in rs]),
+                "staleness": mean([r["staleness"] for r in rs]),
+            }
+    ideal = {s: 4 / sum(1 / v for v in sp) for s, sp in SPEEDS.items()}
+    bias = {s: weighted_optimum_subopt(task, sp, f_star) for s, sp in SPEEDS.items()}
+    print(f"\nf* = {f_star:.6f}; common time T_eq = {t_eq:.0f} s (end of the equal-speed runs); target suboptimality "
+          f"{args.target_subopt}; seeds {args.seeds}")
+    print("suboptimality of the arrival-weighted optimum (ASGD's pull): "
+          + ", ".join(f"{s}: {b:.4f}" for s, b in bias.items()))
+    print("\n| method | speeds | final eval loss | final f - f* | mean f - f* (last 20%) | f - f* at T_eq | "
+          f"time to f - f* <= {args.target_subopt} (s) | staleness |\n|---|---|---|---|---|---|---|---|")
+    for (method, speed), r in rows.items():
+        print(f"| {method} | {SPEEDS[speed]} | {fmt(r['final_eval_loss'])} ± {fmt(r['final_eval_loss_sd'])} | "
+              f"{fmt(r['final_subopt'])} ± {fmt(r['final_subopt_sd'])} | {fmt(r['tail_subopt'])} | {fmt(r['subopt_at_t_eq'])} | "
+              f"{fmt(r['time_to_target_s'], '.0f')} ({r['reached_target']}/{r['seeds']}) | {fmt(r['staleness'], '.2f')} |")
+    degr = {}
+    print("\n| method | speeds | tail f - f*: hetero / equal | f - f* at T_eq: hetero / equal | time to target: hetero / equal "
+          "(ideal = throughput ratio) |\n|---|---|---|---|---|")
+    for method in methods:
+        eq = rows[(method, "equal")]
+        for speed in ("1114", "1124"):
+            h = rows[(method, speed)]
+            d = {"tail_subopt_ratio": h["tail_subopt"] / eq["tail_subopt"],
+                 "subopt_at_t_eq_ratio": h["subopt_at_t_eq"] / eq["subopt_at_t_eq"],
+                 "time_to_target_ratio": (h["time_to_target_s"] / eq["time_to_target_s"]
+                                          if h["time_to_target_s"] and eq["time_to_target_s"] else None),
+                 "ideal_time_ratio": ideal[speed]}
+            degr[f"{method}/{speed}"] = d
+            print(f"| {method} | {SPEEDS[speed]} | {d['tail_subopt_ratio']:.2f}x | {d['subopt_at_t_eq_ratio']:.2f}x | "
+                  f"{fmt(d['time_to_target_ratio'], '.2f')}x (ideal {ideal[speed]:.2f}x) |")
+    # target: DuDe-ASGD does not degrade with heterogeneity as ASGD does
+    verdict = {}
+    for speed in ("1114", "1124"):
+        dd, da = degr[f"dude-asgd/{speed}"], degr[f"asgd/{speed}"]
+        met = dd["tail_subopt_ratio"] <= 1.25 and dd["tail_subopt_ratio"] < da["tail_subopt_ratio"]
+        verdict[speed] = {"met": met, "dude_tail_ratio": dd["tail_subopt_ratio"], "asgd_tail_ratio": da["tail_subopt_ratio"]}
+        print(f"\ntarget ({SPEEDS[speed]}): DuDe-ASGD tail suboptimality hetero/equal {dd['tail_subopt_ratio']:.2f}x (<= 1.25x) "
+              f"and below ASGD's {da['tail_subopt_ratio']:.2f}x: {'MET' if met else 'NOT MET'}")
+    return {"t_eq": t_eq, "ideal_time_ratio": ideal, "weighted_optimum_subopt": bias,
+            "rows": {f"{m}/{s}": v for (m, s), v in rows.items()}, "degradation": degr, "target": verdict}
+
+
+def plot(runs: list[dict], args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"equal": "tab:green", "1114": "tab:orange", "1124": "tab:red"}
+    mcolors = {"asgd": "tab:blue", "dude-asgd": "tab:red", "fedbuff": "tab:purple"}
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.6), sharey=True)
+
+    def mean_curve(rs):
+        n = min(len(r["t"]) for r in rs)
+        return ([statistics.fmean(r["t"][k] for r in rs) for k in range(n)],
+                [statistics.fmean(r["subopt"][k] for r in rs) for k in range(n)])
+
+    for ax, method in zip(axes, [m for m in METHODS if m in args.methods]):
+        for speed in SPEEDS:
+            t, s = mean_curve([r for r in runs if r["method"] == method and r["speed"] == speed])
+            ax.plot(t, s, color=colors[speed], label=f"speeds {SPEEDS[speed]}")
+        ax.set(title=method, xlabel="simulated time (s)", yscale="log")
+    ax = axes[3]
+    for method in [m for m in METHODS if m in args.methods]:
+        for speed, ls in (("equal", "--"), ("1114", "-")):
+            t, s = mean_curve([r for r in runs if r["method"] == method and r["speed"] == speed])
+            ax.plot(t, s, ls, color=mcolors[method], label=f"{method} {SPEEDS[speed]}")
+    ax.set(title="all methods: [1,1,1,4] (solid) vs equal (dashed)", xlabel="simulated time (s)", yscale="log")
+    for ax in axes:
+        ax.axhline(args.target_subopt, color="grey", lw=0.5)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("train objective f(x) - f*  (mean over seeds)")
+    fig.suptitle(f"logreg digits, label-sorted, 4 workers, SGD lr {args.lr}, batch 16, {args.steps * 4} gradients per run; "
+                 f"FedBuff Q={args.fedbuff_q}, K={args.fedbuff_k}, server lr {args.fedbuff_outer_lr}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/async-heterogeneity")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=500, help="train.steps: the budget is steps x 4 gradients")
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=0.2, help="inner SGD lr of all three methods")
+    ap.add_argument("--fedbuff-q", type=int, default=4)
+    ap.add_argument("--fedbuff-k", type=int, default=2)
+    ap.add_argument("--fedbuff-outer-lr", type=float, default=2.0)
+    ap.add_argument("--target-subopt", type=float, default=0.03)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--json", default="benchmarks/results/async_heterogeneity.json")
+    ap.add_argument("--png", default="docs/img/async_heterogeneity.png")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    task = LogReg(LogRegParams(dataset="digits", split="label-sorted"), 4, seed=0)
+    f_star = task.optimum()
+    runs = []
+    for seed in args.seeds:
+        for method in args.methods:
+            for speed in SPEEDS:
+                r = run_one(method, speed, seed, args, f_star)
+                runs.append(r)
+                print(f"{method:10s} {speed:5s} s{seed}: final eval {r['eval_loss'][-1]:.4f} f-f* {r['subopt'][-1]:.4f} "
+                      f"sim {r['t'][-1]:.0f}s wall {r['wall_s']}s", flush=True)
+    summary = summarize(runs, args, f_star, task) if {"asgd", "dude-asgd"} <= set(args.methods) else None
+    out = {"setup": {k: v for k, v in vars(args).items()}, "f_star": f_star, "speeds": SPEEDS,
+           "summary": summary, "runs": runs}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, separators=(",", ":")))
+    if summary is not None and args.png:
+        plot(runs, args, Path(args.png))
+
+
+if __name__ == "__main__":
+    main()
