@@ -7,9 +7,12 @@ classes), wine, iris - a stratified `test_fraction` is held out for evaluation -
 its own train/test split of 4062 + 4062 rows (`test_fraction` is ignored). Features are
 standardized with training-set statistics (mushroom's binary columns too, for consistency;
 constant columns keep scale 1). Loss: mean cross-entropy + (l2 / 2) * ||weights||^2 (biases not
-penalized). Shards: ``iid`` (shuffled and dealt round-robin) or ``label-sorted`` (sorted by label,
-then cut into contiguous blocks: each worker sees few classes). ``full_batch``: every step a
-worker's batch is its whole shard (deterministic gradients), whatever the batch size.
+penalized). Shards: ``iid`` (shuffled and dealt round-robin), ``label-sorted`` (sorted by label,
+then cut into contiguous blocks: each worker sees few classes) or ``dirichlet`` (for each class,
+its samples, shuffled, are cut among the workers in proportions p ~ Dirichlet(dirichlet_alpha)
+drawn per class; small alpha: each worker holds a few classes, large alpha: close to iid; see
+`dirichlet_shards`). ``full_batch``: every step a worker's batch is its whole shard
+(deterministic gradients), whatever the batch size.
 Evaluation: the same regularized loss on the held-out split, in float64.
 
 Convex benchmarks (hidden = 0, l2 > 0): `LogReg.train_objective(model)` is the regularized loss
@@ -85,7 +88,8 @@ class LogRegParams(TaskParams):
     hidden: int = Field(0, ge=0, description="0: logistic regression; >0: one hidden tanh layer of this width")
     l2: float = Field(1e-3, ge=0.0, description="L2 penalty on weights")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share (not mushroom: it has its own split)")
-    split: Literal["iid", "label-sorted"] = "iid"
+    split: Literal["iid", "label-sorted", "dirichlet"] = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0.0, description="concentration of the per-class worker proportions (split: dirichlet)")
     dtype: Literal["float32", "float64"] = "float32"
     full_batch: bool = Field(False, description="every batch is the worker's whole shard (train.batch_size is ignored)")
 
@@ -114,6 +118,8 @@ class LogReg(Task):
         if params.split == "iid":
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(worker_seed(seed, 0, 3)))
             self._shards = [perm[r::world_size] for r in range(world_size)]
+        elif params.split == "dirichlet":
+            self._shards = dirichlet_shards(self.y, world_size, params.dirichlet_alpha, worker_seed(seed, 0, 5))
         else:
             order = torch.argsort(self.y, stable=True)
             self._shards = list(order.tensor_split(world_size))
@@ -155,9 +161,10 @@ class LogReg(Task):
     @torch.no_grad()
     def train_objective(self, model: nn.Module) -> float:
         """The regularized training objective f(model) in float64: mean cross-entropy over the whole
-        training set + (l2 / 2) ||weights||^2 - what suboptimality f(x) - f* is measured on. (The
-        workers' shards differ in size by at most one sample, so the mean of their losses is this
-        objective up to that imbalance.)"""
+        training set + (l2 / 2) ||weights||^2 - what suboptimality f(x) - f* is measured on. (iid
+        and label-sorted shards differ in size by at most one sample, so the mean of the workers'
+        losses is this objective up to that imbalance; dirichlet shards vary a lot in size and the
+        mean of the workers' losses is a differently weighted objective.)"""
         m64 = _as_float64(model)
         device = next(m64.parameters()).device
         return float(self._objective(m64, self.X_train64.to(device), self.y.to(device)))
@@ -243,6 +250,33 @@ class LogReg(Task):
             "weight": model.weight.detach().tolist(),
             "bias": model.bias.detach().tolist(),
         }
+
+
+def dirichlet_shards(y: torch.Tensor, workers: int, alpha: float, seed: int) -> list[torch.Tensor]:
+    """Label-skewed shards (indices into `y`, each ascending): for every class c in increasing
+    order, its samples are shuffled and cut into `workers` contiguous pieces of sizes
+    round(n_c * cumsum(p)) differences, with p ~ Dirichlet(alpha * 1) drawn for that class. All from
+    one numpy generator seeded with `seed`: deterministic, and every sample lands in exactly one
+    shard. Fix-up so that no shard is empty (needs len(y) >= workers): while some worker has none,
+    the lowest-ranked empty worker takes the last sample (in shuffled order) of the largest shard
+    (ties: the lowest rank) - deterministic, and it moves at most one sample per empty worker."""
+    rng = np.random.default_rng(seed)
+    labels = y.cpu().numpy()
+    pieces: list[list[np.ndarray]] = [[] for _ in range(workers)]
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        p = rng.dirichlet(np.full(workers, float(alpha)))
+        cuts = np.round(np.cumsum(p) * len(idx)).astype(int)
+        cuts[-1] = len(idx)
+        for r, part in enumerate(np.split(idx, cuts[:-1])):
+            pieces[r].append(part)
+    shards = [np.concatenate(ps) if ps else np.zeros(0, dtype=np.int64) for ps in pieces]
+    for r in range(workers):
+        if len(shards[r]) == 0:
+            big = max(range(workers), key=lambda k: (len(shards[k]), -k))
+            shards[r], shards[big] = shards[big][-1:], shards[big][:-1]
+    return [torch.tensor(np.sort(s), dtype=torch.long) for s in shards]
 
 
 def _load_split(dataset: str, test_fraction: float):
