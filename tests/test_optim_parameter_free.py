@@ -9,7 +9,6 @@ import dog as dog_pkg
 import momo as momo_pkg
 import pytest
 import torch
-from torch import nn
 
 from farsync.algorithms import get_algorithm
 from farsync.algorithms.base import evaluation_point

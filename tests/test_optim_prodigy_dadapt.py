@@ -10,7 +10,6 @@ import dadaptation
 import prodigyopt
 import pytest
 import torch
-from torch import nn
 
 from farsync.optim.dadapt import DAdaptAdam, DAdaptSGD
 from farsync.optim.prodigy import Prodigy

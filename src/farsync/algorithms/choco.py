@@ -72,18 +72,7 @@ class CompressedGossip(Decentralized):
     compressor of ``algorithm.compress`` (kept in ``self.reducer``: compressor, per-message
     state and generator, all in checkpoints)."""
 
-    @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        if compress is None:
-            return
-        if compress.get("name") == "powersgd":
-            raise ValueError(f"algorithm {cls.name!r} gossips through a tensor compressor (topk, randomk, int8, ...); "
-                             "powersgd is a reducer of all-reduce and cannot be used")
-        if "collective" in compress:
-            raise ValueError(f"algorithm {cls.name!r} sends to graph neighbours: remove algorithm.compress.collective")
-        if compress.get("error_feedback", "none") != "none":
-            raise ValueError(f"algorithm {cls.name!r} keeps public copies that compensate the compression error; "
-                             f"remove algorithm.compress.error_feedback (got {compress['error_feedback']!r})")
+    compresses = True
 
     @classmethod
     def check_topology(cls, topology: Topology | TimeVarying, options: BaseModel) -> None:

@@ -57,7 +57,7 @@ from pydantic import Field, field_validator
 
 from .base import flatten, unflatten_into
 from .choco import CompressedGossip, check_unit_interval
-from .gossip import GossipOptions, check_plain_sgd_config, require_plain_sgd
+from .gossip import GossipOptions
 
 BUFFERS = ("x_hat", "s_x", "g_hat", "s_g", "v", "tracker", "x_prev")
 
@@ -74,17 +74,12 @@ class DoCoMOptions(GossipOptions):
 
 class DoCoMSGT(CompressedGossip):
     name = "docom-sgt"
+    plain_sgd_inner = True
     summary = "DoCoM-SGT: compressed gossip of models and gradient trackers with STORM momentum (algorithm.compress)"
     Options = DoCoMOptions
 
-    @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        super().check_config(inner, compress)
-        check_plain_sgd_config(cls.name, inner)
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        require_plain_sgd(self.name, self.optimizer)
         for k in BUFFERS:
             setattr(self, k, None)
 

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..comm import Communicator
 from ..topology import TimeVarying, _splitmix64, step_generator
 from .base import flatten, unflatten_into
-from .gossip import Decentralized, check_plain_sgd_config, require_plain_sgd
+from .gossip import Decentralized
 
 def exchange_each(comm: Communicator, sends: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Send ``sends[j]`` to each peer j and receive a tensor shaped like it from j; the message
@@ -96,17 +96,12 @@ class FSPDAOptions(BaseModel):
 
 class FSPDA(Decentralized):
     name = "fspda"
+    plain_sgd_inner = True
     summary = "FSPDA: primal-dual on random edges with shared random coordinate masks (sparse, async)"
     Options = FSPDAOptions
 
-    @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        super().check_config(inner, compress)
-        check_plain_sgd_config(cls.name, inner)
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        require_plain_sgd(self.name, self.optimizer)
         x = flatten([p.detach() for p in self.params])
         self.d = x.numel()
         self.k = max(1, min(self.d, int(round(self.options.mask_fraction * self.d))))

@@ -58,6 +58,22 @@ def require_plain_sgd(name: str, optimizer: torch.optim.Optimizer) -> None:
                          f"got {type(optimizer).__name__}")
 
 
+def check_gossip_compressor(name: str, compress: dict[str, Any] | None) -> None:
+    """Raise ValueError unless `compress` is an elementwise compressor usable on messages to graph
+    neighbours (no all-reduce collective, no powersgd, no error feedback: the public copies /
+    mirrors of these methods already carry the compression error)."""
+    if compress is None:
+        return
+    if compress.get("name") == "powersgd":
+        raise ValueError(f"algorithm {name!r}: algorithm.compress cannot be powersgd (a low-rank all-reduce scheme); "
+                         "use an elementwise compressor such as topk, randomk or int8")
+    if "collective" in compress:
+        raise ValueError(f"algorithm {name!r} sends to graph neighbours: algorithm.compress.collective does not apply; remove it")
+    if compress.get("error_feedback", "none") != "none":
+        raise ValueError(f"algorithm {name!r} keeps public copies that compensate the compression error: "
+                         f"error_feedback must be none; remove algorithm.compress.error_feedback (got {compress['error_feedback']!r})")
+
+
 def exchange(comm: Communicator, x: torch.Tensor, peers: list[int]) -> dict[int, torch.Tensor]:
     """Send `x` to every rank in `peers` and receive each peer's tensor (same shape and dtype).
 
@@ -98,10 +114,14 @@ class Decentralized(Algorithm):
     of step t, neighbour exchange, and evaluation of the average model."""
 
     uses_topology: ClassVar[bool] = True
+    compresses: ClassVar[bool] = False  # sends algorithm.compress-compressed messages (checked by check_gossip_compressor)
+    plain_sgd_inner: ClassVar[bool] = False  # steps along its own direction with plain SGD's lr (inner must be plain SGD)
     Options: ClassVar[type[BaseModel]] = GossipOptions
 
     def __init__(self, *args, topology: TopologySpec = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.plain_sgd_inner:
+            require_plain_sgd(self.name, self.optimizer)
         n = self.comm.world_size
         if not isinstance(topology, (Topology, TimeVarying)):
             topology = build_topology(topology if topology is not None else "complete", n)
@@ -117,8 +137,11 @@ class Decentralized(Algorithm):
 
     @classmethod
     def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        if compress is not None:
+        if compress is not None and not cls.compresses:
             raise ValueError(f"algorithm {cls.name!r} does not compress what it sends; remove algorithm.compress")
+        check_gossip_compressor(cls.name, compress)
+        if cls.plain_sgd_inner:
+            check_plain_sgd_config(cls.name, inner)
 
     @classmethod
     def check_topology(cls, topology: Topology | TimeVarying, options: BaseModel) -> None:

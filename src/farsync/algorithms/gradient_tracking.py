@@ -28,21 +28,16 @@ from typing import Any
 import torch
 
 from .base import flatten, unflatten_into
-from .gossip import Decentralized, check_plain_sgd_config, require_plain_sgd
+from .gossip import Decentralized
 
 
 class GradientTracking(Decentralized):
     name = "gradient-tracking"
+    plain_sgd_inner = True
     summary = "gradient tracking (DIGing/DSGT): gossip models and a tracker of the mean gradient"
-
-    @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        super().check_config(inner, compress)
-        check_plain_sgd_config(cls.name, inner)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        require_plain_sgd(self.name, self.optimizer)
         self.tracker: torch.Tensor | None = None  # y_i^t
         self.prev_grad: torch.Tensor | None = None  # g_i^t
         self.mixed_tracker: torch.Tensor | None = None  # sum_j W(t)_ij y_j^t, used at step t+1

@@ -56,7 +56,7 @@ from ..compress import EF21, Compressor, EControl, ErrorFeedback, Identity, buil
 from ..topology import TimeVarying
 from .base import flatten, unflatten_into
 from .fspda import active_peers, exchange_each
-from .gossip import Decentralized, check_plain_sgd_config, require_plain_sgd
+from .gossip import Decentralized, check_gossip_compressor
 
 
 class TiCoPDOptions(BaseModel):
@@ -70,35 +70,19 @@ class TiCoPDOptions(BaseModel):
         return "metropolis-hastings"
 
 
-def _check_compress(spec: dict[str, Any] | None) -> None:
-    if spec is None:
-        return
-    if spec.get("name") == "powersgd":
-        raise ValueError("ticopd: algorithm.compress cannot be powersgd (a collective low-rank scheme); "
-                         "use an elementwise compressor such as int8, topk or randomk")
-    if "collective" in spec:
-        raise ValueError("ticopd: algorithm.compress.collective does not apply (messages go to graph neighbours)")
-    if spec.get("error_feedback", "none") != "none":
-        raise ValueError("ticopd: algorithm.compress.error_feedback must be none (the mirror x_hat is the memory)")
-
-
 class TiCoPD(Decentralized):
     name = "ticopd"
+    plain_sgd_inner = True
+    compresses = True  # per-edge messages C(x - x_hat), compressed here (no reducer)
     summary = "TiCoPD: two-timescale compressed primal-dual, Laplacian on compressed mirrors"
     Options = TiCoPDOptions
 
-    @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        _check_compress(compress)
-        check_plain_sgd_config(cls.name, inner)
-
     def __init__(self, *args, compress: dict[str, Any] | Compressor | None = None, **kwargs):
         super().__init__(*args, **kwargs)  # no reducer: compression happens here, per edge
-        require_plain_sgd(self.name, self.optimizer)
         if isinstance(compress, Compressor):
             comp = None if type(compress) is Identity else compress
         else:
-            _check_compress(compress)
+            check_gossip_compressor(self.name, compress)
             comp = build_compressor(compress)
         if isinstance(comp, (ErrorFeedback, EF21, EControl)):
             raise ValueError("ticopd: error feedback is not supported (the mirror x_hat is the memory)")
