@@ -9,7 +9,7 @@ group is a thin adapter. Every call records the bytes it puts on the wire (see `
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
