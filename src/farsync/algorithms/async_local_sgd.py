@@ -64,12 +64,12 @@ class AsyncLocalSGD(Algorithm):
     @classmethod
     def check_config(cls, inner, compress):
         if compress is not None:
-            raise ValueError("async-local-sgd sends pseudo-gradients uncompressed; remove algorithm.compress")
+            raise ValueError(f"{cls.name} sends pseudo-gradients uncompressed; remove algorithm.compress")
 
     @classmethod
     def check_options(cls, sync_every, options):
         if not isinstance(sync_every, int):
-            raise ValueError("async-local-sgd needs an integer sync_every (QSR is for local-sgd and diloco)")
+            raise ValueError(f"{cls.name} needs an integer sync_every (QSR is for local-sgd and diloco)")
 
     def __init__(self, *args, outer=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -66,24 +66,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .async_local_sgd import SERVER, UP, AsyncLocalSGD
-from .base import flatten, outer_step
+from .base import NoOptions, flatten, outer_step
 
 
 def _refuse_loss_closure_optimizers(name: str, inner: dict[str, Any]) -> None:
-    from ..optim import OptimizerWrapper, build_optimizer, innermost
+    from ..optim import WRAPPERS, config_step_needs
 
-    opt = build_optimizer([torch.zeros(2, 2, requires_grad=True)], inner)
-    if isinstance(opt, OptimizerWrapper):
+    if inner.get("name") in WRAPPERS:
         raise ValueError(f"{name} steps algorithm.inner on the server and evaluates x itself; "
                          "averaging / lookahead wrappers are not supported")
-    needs = getattr(innermost(opt), "step_needs", ())
+    needs = config_step_needs(inner)
     if needs:
         raise ValueError(f"{name} steps algorithm.inner on the server, which has no loss or closure; "
                          f"{inner.get('name')!r} needs {', '.join(needs)}")
-
-
-class GradientServerOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class DuDeOptions(BaseModel):
@@ -100,7 +95,7 @@ class ASGD(AsyncLocalSGD):
     uses_outer = False
     uses_sync_every = False
     server_based = True
-    Options = GradientServerOptions
+    Options = NoOptions
 
     @classmethod
     def check_config(cls, inner, compress):
@@ -215,16 +210,6 @@ class FedBuff(AsyncLocalSGD):
     name = "fedbuff"
     summary = "parameter server buffers K staleness-weighted pseudo-gradients of Q local steps, then one outer step (Nguyen et al. 2022)"
     Options = FedBuffOptions
-
-    @classmethod
-    def check_config(cls, inner, compress):
-        if compress is not None:
-            raise ValueError("fedbuff sends pseudo-gradients uncompressed; remove algorithm.compress")
-
-    @classmethod
-    def check_options(cls, sync_every, options):
-        if not isinstance(sync_every, int):
-            raise ValueError("fedbuff needs an integer sync_every (Q local steps; QSR is for local-sgd and diloco)")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -146,9 +146,15 @@ def check_outer_config(cfg: dict[str, Any], where: str) -> None:
     check_optimizer_config(cfg, where)
     if uses_muon(cfg):
         raise ValueError(f"{where}: muon routes parameters by name and works as the inner optimizer only")
-    needs = getattr(innermost(build_optimizer([torch.zeros(2, 2, requires_grad=True)], cfg)), "step_needs", ())
+    needs = config_step_needs(cfg)
     if needs:
         raise ValueError(f"{where}: {cfg['name']!r} needs the mini-batch {' and '.join(needs)}, which an outer step on a pseudo-gradient does not have")
+
+
+def config_step_needs(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """What the optimizer `cfg` describes needs in ``step`` besides gradients (`GlobalStats.step_needs`:
+    "loss", "closure"), found by building it on a dummy parameter."""
+    return getattr(innermost(build_optimizer([torch.zeros(2, 2, requires_grad=True)], cfg)), "step_needs", ())
 
 
 def uses_muon(cfg: dict[str, Any]) -> bool:

@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from .stats import GlobalStats
+from .stats import GlobalStats, total
 
 RULES = ("2020", "2023")
 
@@ -84,8 +84,8 @@ class AdGD(GlobalStats, torch.optim.Optimizer):
         params = self._params()
         if shared["adgd_step"] > 0:
             g_prev = self._previous_gradients(params, closure)
-            dx2 = sum(float((p - self.state[p]["prev_x"]).pow(2).sum()) for p in params)
-            dg2 = sum(float((p.grad - gp).pow(2).sum()) for p, gp in zip(params, g_prev))
+            dx2 = total([(p - self.state[p]["prev_x"]).pow(2).sum() for p in params])
+            dg2 = total([(p.grad - gp).pow(2).sum() for p, gp in zip(params, g_prev)])
             dx2, dg2 = self._global(dx2, dg2).tolist()
             lam = self._next_lambda(shared, math.sqrt(dx2), math.sqrt(dg2))
             shared["theta"], shared["lam"] = lam / shared["lam"], lam

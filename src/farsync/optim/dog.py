@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .stats import GlobalStats
+from .stats import GlobalStats, total
 
 
 class _DistanceOverGradients(GlobalStats, torch.optim.Optimizer):
@@ -63,8 +63,8 @@ class _DistanceOverGradients(GlobalStats, torch.optim.Optimizer):
                     self.state[p]["x0"] = p.detach().clone()
             g = self._grads(group)
             grads.append(g)
-            dist2 = sum(float((p - self.state[p]["x0"]).pow(2).sum()) for p in group["params"])
-            gnorm2 = sum(float(x.pow(2).sum()) for x in g if x is not None)
+            dist2 = total([(p - self.state[p]["x0"]).pow(2).sum() for p in group["params"]])
+            gnorm2 = total([x.pow(2).sum() for x in g if x is not None])
             stats += [dist2, gnorm2]
         stats = self._global(*stats).tolist()
         for i, (group, g) in enumerate(zip(self.param_groups, grads)):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .stats import GlobalStats
+from .stats import GlobalStats, total
 
 
 def _loss_value(loss, name: str) -> float:
@@ -61,7 +61,7 @@ class SPS(GlobalStats, torch.optim.Optimizer):
         value = _loss_value(loss, "SPS")
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         f_star = self.param_groups[0]["f_star"] if f_star is None else f_star
-        gap, g2 = self._global(value - f_star, sum(float(p.grad.pow(2).sum()) for p in params)).tolist()
+        gap, g2 = self._global(value - f_star, total([p.grad.pow(2).sum() for p in params])).tolist()
         for group in self.param_groups:
             gamma = 0.0 if g2 == 0 else min(max(gap, 0.0) / (group["c"] * g2), group["lr"])
             group["gamma"] = gamma
@@ -103,9 +103,9 @@ class MoMo(GlobalStats, torch.optim.Optimizer):
                 state["grad_dot_w"] = torch.sum(p * p.grad) if first else torch.zeros((), dtype=p.dtype, device=p.device)
             state["grad_avg"].mul_(beta).add_(p.grad, alpha=1 - beta)
             state["grad_dot_w"].mul_(beta).add_(torch.sum(p * p.grad), alpha=1 - beta)
-        dot = sum(float(torch.sum(p * self.state[p]["grad_avg"])) for p in params)
-        gbar = sum(float(self.state[p]["grad_dot_w"]) for p in params)
-        norm = sum(float(self.state[p]["grad_avg"].pow(2).sum()) for p in params)
+        dot = total([torch.sum(p * self.state[p]["grad_avg"]) for p in params])
+        gbar = total([self.state[p]["grad_dot_w"].reshape(()) for p in params])
+        norm = total([self.state[p]["grad_avg"].pow(2).sum() for p in params])
         value, dot, gbar, norm = self._global(value, dot, gbar, norm).tolist()
         if k == 1:
             shared["loss_avg"] = 0.0 if self.bias_correction else value

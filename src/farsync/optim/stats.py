@@ -34,10 +34,19 @@ class GlobalStats:
     step_needs: tuple[str, ...] = ()
 
     def _global(self, *values: torch.Tensor | float) -> torch.Tensor:
-        """The statistics `values` as one float64 vector, averaged over workers when
-        ``reduce_stats`` is set (one call, so one all-reduce, per step)."""
-        flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()).cpu() for v in values])
+        """The statistics `values` (floats or 0-d tensors, possibly on a GPU) as one float64 CPU
+        vector - one device-to-host copy - averaged over workers when ``reduce_stats`` is set (one
+        call, so one all-reduce, per step)."""
+        vals = [v.detach().reshape(()).double() if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+                for v in values]
+        device = next((v.device for v in vals if v.device.type != "cpu"), torch.device("cpu"))
+        flat = torch.stack([v.to(device) for v in vals]).cpu()
         return flat if self.reduce_stats is None else self.reduce_stats(flat)
+
+
+def total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """sum of 0-d tensors, accumulated in float64 on their device (no host sync; 0 if empty)."""
+    return torch.stack([t.double() for t in terms]).sum() if terms else torch.zeros((), dtype=torch.float64)
 
 
 def innermost(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
