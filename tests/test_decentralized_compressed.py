@@ -220,21 +220,58 @@ def test_choco_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
     assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:13")
 
 
-def test_docom_crash_and_resume_reproduces_the_run_except_simulated_time(tmp_path, monkeypatch):
-    """Losses, bytes, consensus error and eval loss match the uninterrupted run exactly. The
-    simulated time of the steps right after the resume does not (+20 ms here): a simulator/loop
-    limitation with two dependent exchanges per step, not DoCoM's state - DSGD patched to gossip
-    twice per step shows the same shift, one exchange per step (dsgd, choco-sgd, GT) does not."""
+def test_docom_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
+    """Two dependent exchanges per step: the per-link order of its messages follows the
+    simulator's interleaving, which after the checkpoint commit is that of a fresh start."""
     cfg = run_cfg("docom-sgt", compress={"name": "int8", "block": 4, "rounding": "stochastic"})
     cfg["train"]["checkpoint_every"] = 10
-    full = farsync.run(cfg, out=tmp_path / "full", progress=False)
-    monkeypatch.setenv("FARSYNC_FAULT", "2:13")
-    assert farsync.run(cfg, out=tmp_path / "crashed", progress=False).status.startswith("failed: InjectedFault")
-    monkeypatch.delenv("FARSYNC_FAULT")
-    resumed = farsync.run(resume=tmp_path / "crashed", progress=False)
-    strip = lambda rows: [{k: v for k, v in m.items() if k not in ("wall_time_s", "sim_time_s")} for m in rows]
-    assert strip(resumed.metrics) == strip(full.metrics)
-    assert [m["sim_time_s"] for m in resumed.metrics[:2]] == [m["sim_time_s"] for m in full.metrics[:2]]
+    assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:13")
+
+
+def test_initial_batches_give_the_mean_gradient_and_cost_their_compute():
+    """The loop's b0 helper: .grad becomes the mean of the gradients of b0 consecutive batches of
+    the worker's sampler, and the worker's clock advances by b0 - 1 step times."""
+    from farsync.comm import TimeModel
+    from farsync.loop import add_initial_batches
+
+    task, b0 = quadratic(workers=1), 3
+    torch.manual_seed(0)
+    model = task.build_model()
+    sampler = task.sampler(0, 2)
+    grads = []
+    for _ in range(b0):
+        model.zero_grad(set_to_none=True)
+        task.loss(model, sampler.next_batch()).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert not torch.allclose(grads[0], grads[1])  # noisy batches: the mean differs from the first
+
+    def fn(comm):
+        model.zero_grad(set_to_none=True)
+        sampler = task.sampler(0, 2)
+        task.loss(model, sampler.next_batch()).backward()
+        add_initial_batches(task, model, sampler, b0, torch.device("cpu"), comm)
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()]), comm.stats.clock_s
+
+    cluster = SimCluster(1, time_model=TimeModel(step_time_s=1.0))
+    [(mean, clock)] = cluster.run(fn)
+    torch.testing.assert_close(mean, sum(grads) / b0, rtol=0, atol=1e-12)
+    assert clock == b0 - 1
+
+
+def test_docom_b0_reaches_the_loop(tmp_path, monkeypatch):
+    import farsync.loop
+
+    seen = []
+    real = farsync.loop.add_initial_batches
+    monkeypatch.setattr(farsync.loop, "add_initial_batches", lambda *a: (seen.append(a[3]), real(*a)))
+    cfg = run_cfg("docom-sgt", steps=5, compress=INT8, b0=4)
+    b4 = farsync.run(cfg, out=tmp_path / "b4", progress=False)
+    assert seen == [4] * 4  # once per worker, at step 1 only
+    cfg["algorithm"]["b0"] = 1
+    b1 = farsync.run(cfg, out=tmp_path / "b1", progress=False)
+    assert seen == [4] * 4  # b0 = 1: the helper is not called
+    assert b4.metrics[-1]["train_loss"] != b1.metrics[-1]["train_loss"]
+    assert b4.summary["sim_time_s"] == pytest.approx(b1.summary["sim_time_s"] + 3 * 0.01)  # 3 more batches of 10 ms
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -280,6 +317,7 @@ def test_state_dict_round_trip_continues_identically():
     ({"name": "docom-sgt", "beta": 0}, None, "beta must be in (0, 1], got 0"),
     ({"name": "docom-sgt", "beta": 1.2}, None, "beta must be in (0, 1], got 1.2"),
     ({"name": "docom-sgt", "inner": {"name": "adamw", "lr": 0.01}}, None, "plain SGD"),
+    ({"name": "docom-sgt", "b0": 0}, None, "b0"),
     ({"name": "choco-sgd", "compress": {"name": "topk", "error_feedback": "ef"}}, None, "remove algorithm.compress.error_feedback"),
     ({"name": "choco-sgd", "compress": {"name": "int8", "collective": "reduce_scatter"}}, None, "compress.collective"),
     ({"name": "docom-sgt", "compress": {"name": "powersgd"}}, None, "powersgd"),

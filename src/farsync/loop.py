@@ -1,7 +1,7 @@
 """The SPMD training loop that every worker runs, on any backend.
 
     for step in start+1 .. steps:
-        loss = task.loss(model, next batch); loss.backward()
+        loss = task.loss(model, next batch); loss.backward()   (step 1: mean over algo.initial_batches)
         algo.step(); algo.zero_grad(); lr_scheduler.step()
         every log_every steps: gather losses and counters (control plane); rank 0 evaluates and logs
         every checkpoint_every steps: gather every worker's state; rank 0 writes a checkpoint
@@ -100,6 +100,19 @@ def same_batch_closure(task: Task, model: torch.nn.Module, batch: Any) -> Callab
     return closure
 
 
+def add_initial_batches(task: Task, model: torch.nn.Module, sampler: Any, b0: int, device: torch.device,
+                        comm: Communicator) -> None:
+    """Turn the first batch's gradients (already in ``.grad``) into the mean gradient over `b0`
+    mini-batches: b0 - 1 more from the sampler, charged b0 - 1 steps of compute. The logged
+    loss and the token count stay those of the one batch of step 1."""
+    for _ in range(b0 - 1):
+        task.loss(model, to_device(sampler.next_batch(), device)).backward()
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(b0)
+    comm.compute(b0 - 1)
+
+
 def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -> None:
     """Train this worker; rank 0 evaluates, logs and checkpoints."""
     t, rank0 = cfg.train, comm.rank == 0
@@ -137,6 +150,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         batch = to_device(sampler.next_batch(), ctx.device)
         loss = task.loss(model, batch)
         loss.backward()
+        if step == 1 and algo.initial_batches > 1:
+            add_initial_batches(task, model, sampler, algo.initial_batches, ctx.device, comm)
         algo.step(loss.detach(), closure=same_batch_closure(task, model, batch))
         algo.zero_grad()
         sched.step()

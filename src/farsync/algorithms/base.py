@@ -99,6 +99,12 @@ class Algorithm:
         self._step()
         self.local_step += 1
 
+    @property
+    def initial_batches(self) -> int:
+        """Mini-batches whose mean gradient the first step should get (the training loop
+        accumulates them before the first ``step()``; DoCoM-SGT's large initial batch b0)."""
+        return 1
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 

@@ -14,7 +14,7 @@ compressor of ``algorithm.compress``; hats are public copies, kept exactly by ev
 
 Mapped onto the training loop (step t has the gradient at x^t on batch xi^t), worker i does::
 
-    t = 0:  v = g = grad(x^0; xi^0)                         (x_hat = g_hat = 0, s_x = s_g = 0)
+    t = 0:  v = g = grad(x^0; xi^0)   (mean over b0 batches; x_hat = g_hat = 0, s_x = s_g = 0)
     t > 0:  v_new = beta grad(x^t; xi^t) + (1 - beta)(v + grad(x^t; xi^t) - grad(x^{t-1}; xi^t))
             g_half = g + v_new - v;  q_g = C(g_half - g_hat);  exchange q_g
             g_hat += q_g;  s_g += sum_j W_ij q_g,j;  g = g_half + gamma (s_g - g_hat);  v = v_new
@@ -28,7 +28,9 @@ This is also the order of the authors' code (OscarYau525/docom, pcode/optim/para
 momentum, then tracker, then the model step with the new tracker). Deviations: the authors
 pipeline the gossip (the correction uses the public copies of the previous round while the new
 compressed messages are in flight); we follow the paper's/spec's unpipelined rules above.
-The paper initialises g = v with a large batch (b0 mini-batches); we use the first mini-batch.
+The paper initialises g = v with a large batch: option ``b0`` (default 1) makes the training
+loop average the gradients of b0 mini-batches before the first step (`initial_batches`; with your
+own loop, do the same before the first ``step()``).
 
 grad(x^{t-1}; xi^t) comes from the same-batch closure the training loop passes to
 ``Algorithm.step(loss, closure)``: the parameters are set to x^{t-1}, the closure recomputes the
@@ -65,6 +67,7 @@ BUFFERS = ("x_hat", "s_x", "g_hat", "s_g", "v", "tracker", "x_prev")
 class DoCoMOptions(GossipOptions):
     gamma: float = Field(0.2, description="consensus step size gamma in (0, 1] (paper: 0.2)")
     beta: float = Field(0.1, description="momentum weight beta in (0, 1] (paper: 0.01-0.3; 1: no momentum)")
+    b0: int = Field(1, ge=1, description="mini-batches averaged for the initial v = g (the paper's large first batch)")
 
     @field_validator("gamma", "beta")
     @classmethod
@@ -82,6 +85,10 @@ class DoCoMSGT(CompressedGossip):
         super().__init__(*args, **kwargs)
         for k in BUFFERS:
             setattr(self, k, None)
+
+    @property
+    def initial_batches(self) -> int:
+        return self.options.b0
 
     def _grad(self) -> torch.Tensor:
         """The current .grad as one flat buffer (missing: zeros; clipped if grad_clip is set)."""

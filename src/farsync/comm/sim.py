@@ -3,8 +3,10 @@
 Each worker runs the user's function in its own thread, but only one thread runs at a time: a
 worker keeps the baton until it must wait for communication (a blocking collective, or
 ``Work.wait()`` on a call that other ranks have not issued yet); the baton then passes to the
-next runnable rank in round-robin order. Collective results are computed in rank order when the
-last rank arrives. Scheduling, results and virtual times are therefore a deterministic function
+next runnable rank in round-robin order; after a control-plane call (object all-gather,
+gather, scatter: logging, checkpoint commits) the baton goes back to the lowest rank, so the
+workers go on in the order of a fresh start, as a run resumed from a checkpoint does. Collective
+results are computed in rank order when the last rank arrives. Scheduling, results and virtual times are therefore a deterministic function
 of the program, independent of the host. Each worker also gets its own copy of torch's global CPU
 RNG state (saved and restored at every hand-off), as if it were a separate process.
 
@@ -182,6 +184,20 @@ class SimCluster:
                 "in the same order, and every send needs a matching recv."
             )
         self._cv.notify_all()
+
+    def _restart_from(self, rank: int, first: int) -> None:
+        """`rank` completed a control-plane call that the other ranks wait on: give the baton to
+        `first` (the lowest rank), so that the ranks go on in the order of a fresh start. The interleaving
+        after a checkpoint commit is then the one a run resumed from that checkpoint has, and so
+        are the virtual times of point-to-point messages whose per-link order follows it."""
+        if rank == first:
+            return
+        with self._cv:
+            self._rng[rank] = torch.get_rng_state()
+            self._turn = first
+            self._cv.notify_all()
+            self._wait_turn(rank)
+            self._enter(rank)
 
     def _block_until(self, rank: int, ready: Callable[[], bool], what: str, peers: tuple[int, ...] = ()) -> None:
         """Wait (giving the baton away) until `ready()`; `peers` are the ranks the wait depends on."""
@@ -421,7 +437,10 @@ class SimCommunicator(Communicator):
 
     def _object_op(self, kind: str, obj, root: int | None):
         op = self.cluster._issue_collective(self.rank, kind, copy.deepcopy(obj), ((), None, root))
-        self.cluster._block_until(self.rank, lambda: op.done, kind, op.ranks)
+        if op.done:  # the last rank to arrive: the others wait with the call complete
+            self.cluster._restart_from(self.rank, min(op.ranks))
+        else:
+            self.cluster._block_until(self.rank, lambda: op.done, kind, op.ranks)
         return op.result
 
     def all_gather_object(self, obj):
