@@ -85,22 +85,24 @@ class LogRegSubopt(LogReg):
 register_task(LogRegSubopt)  # at import: also in the spawned pool workers
 
 
-def config(algo: str, options: dict, topology, steps: int, workers: int, log_every: int) -> dict:
+def config(algo: str, options: dict, topology, steps: int, workers: int, log_every: int, lr: float = LR) -> dict:
     return {
         "name": f"dec-logreg-{algo}",
         "task": {"name": "logreg-subopt", "dataset": "digits", "split": "label-sorted", "full_batch": True, "l2": 1e-3},
         "cluster": {"workers": workers, "topology": topology},
-        "algorithm": {"name": algo, "inner": {"name": "sgd", "lr": LR}, **options},
+        "algorithm": {"name": algo, "inner": {"name": "sgd", "lr": lr}, **options},
         "train": {"steps": steps, "batch_size": 1, "eval_every": log_every, "log_every": log_every},
     }
 
 
 def run_one(job: tuple) -> dict:
-    graph, label, workers, steps, log_every, out = job
+    """job: (graph, label, workers, steps, log_every, out[, (algorithm, options, topology[, lr])]);
+    the method comes from `methods(graph)[label]` (at lr LR) unless given."""
+    graph, label, workers, steps, log_every, out = job[:6]
     torch.set_num_threads(1)
-    algo, options, topology = methods(graph)[label]
+    algo, options, topology, *lr = job[6] if len(job) > 6 else methods(graph)[label]
     t0 = time.perf_counter()
-    cfg = config(algo, options, topology, steps, workers, log_every)
+    cfg = config(algo, options, topology, steps, workers, log_every, *lr)
     try:
         res = farsync.run(cfg, out=Path(out) / "runs" / f"n{workers}-{graph}-{label.replace(' ', '_').replace('%', '').replace(',', '').replace('(', '').replace(')', '')}",
                           progress=False)
