@@ -29,9 +29,70 @@ def assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, fault, check_c
     return full
 
 
+def het_quadratic(workers=4, **kw):
+    """The heterogeneous quadratic (d=6, sigma=0.5, zeta=1, seed 0) the algorithm tests train; `kw`
+    overrides its parameters."""
+    return Quadratic(QuadraticParams(**{"dim": 6, "sigma": 0.5, "zeta": 1.0, **kw}), workers, seed=0)
+
+
+def run_gossip(name, task, steps, *, workers=4, inner=None, topology=None, options=None, compress=None, batch_size=2,
+               before=None, after=None):
+    """Train the decentralized algorithm `name` on the simulated cluster, passing the same-batch
+    closure the training loop passes (`inner` default: SGD with lr 0.1; `compress` given only when
+    not None). `before(algo, model)` (after backward) and `after(algo, model)` (after the step) record
+    per step. Returns (per-rank dicts, cluster); each dict holds the final local "params" (and "x",
+    flattened), the average model's "eval_params" (and "x_eval"), the "pre" and "post" records and
+    the "consensus" error."""
+    inner = {"name": "sgd", "lr": 0.1} if inner is None else inner
+    cluster = SimCluster(workers)
+
+    def fn(comm):
+        torch.manual_seed(0)
+        model = task.build_model()
+        algo = get_algorithm(name)(model, build_optimizer(model.parameters(), inner), comm, topology=topology,
+                                   options=options, **({} if compress is None else {"compress": compress}))
+        sampler = task.sampler(comm.rank, batch_size)
+        pre, post = [], []
+        for _ in range(steps):
+            batch = sampler.next_batch()
+            task.loss(model, batch).backward()
+
+            def closure(batch=batch):
+                model.zero_grad(set_to_none=True)
+                loss = task.loss(model, batch)
+                loss.backward()
+                return loss.detach()
+
+            if before is not None:
+                pre.append(before(algo, model))
+            algo.step(None, closure)
+            algo.zero_grad()
+            if after is not None:
+                post.append(after(algo, model))
+        params = [p.detach().clone() for p in model.parameters()]
+        with algo.eval_params() as m:
+            eval_params = [p.detach().clone() for p in m.parameters()]
+        return {"params": params, "x": torch.cat([p.reshape(-1) for p in params]),
+                "eval_params": eval_params, "x_eval": torch.cat([p.reshape(-1) for p in eval_params]),
+                "pre": pre, "post": post, "consensus": algo.consensus_error()}
+
+    return cluster.run(fn), cluster
+
+
+def gossip_cfg(name, topology="ring", *, workers=4, steps=20, task=None, **algo):
+    """Config of a short run of the decentralized algorithm `name` (`algo`: its options) on `topology`."""
+    return {
+        "name": f"{name}-test",
+        "task": task or {"name": "quadratic", "dim": 8, "zeta": 1.0},
+        "cluster": {"workers": workers, "topology": topology, "step_time": "10ms"},
+        "algorithm": {"name": name, "inner": {"name": "sgd", "lr": 0.2}, **algo},
+        "train": {"steps": steps, "batch_size": 2, "eval_every": 10, "log_every": 5},
+    }
+
+
 def train_sim(name, workers, steps, inner, *, outer=None, sync_every=1, task=None, batch_size=2, options=None):
     """Train `name` on the simulated cluster; return (per-rank local params, eval params, cluster)."""
-    task = task or Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), workers, seed=0)
+    task = task or het_quadratic(workers)
     cluster = SimCluster(workers)
 
     def fn(comm):
@@ -57,7 +118,7 @@ def train_sim(name, workers, steps, inner, *, outer=None, sync_every=1, task=Non
 
 @pytest.fixture
 def quad4():
-    return Quadratic(QuadraticParams(dim=6, sigma=0.5, zeta=1.0), 4, seed=0)
+    return het_quadratic()
 
 
 def tiny_net():

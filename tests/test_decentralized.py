@@ -6,51 +6,19 @@ import pytest
 import torch
 
 import farsync
-from farsync.algorithms import get_algorithm
 from farsync.algorithms.gossip import exchange, mix
 from farsync.comm import SimCluster
 from farsync.config import ConfigError, load_config
-from farsync.optim import build_optimizer
 from farsync.tasks.classification import LogReg, LogRegParams
-from farsync.tasks.quadratic import Quadratic, QuadraticParams
 from farsync.topology import TimeVarying, build_topology, ring
 
-from conftest import assert_crash_and_resume_reproduce, train_sim
+from conftest import assert_crash_and_resume_reproduce, gossip_cfg, het_quadratic, run_gossip, train_sim
 
 SGD = {"name": "sgd", "lr": 0.1}
 
 
 def max_rel_diff(a, b):
     return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item() for x, y in zip(a, b))
-
-
-def run_sim(name, task, workers, steps, inner=SGD, *, topology=None, options=None, batch_size=2, record=None):
-    """Train `name`; return (per-rank dicts: local params, eval params, `record(algo)` per step), cluster."""
-    cluster = SimCluster(workers)
-
-    def fn(comm):
-        torch.manual_seed(0)
-        model = task.build_model()
-        algo = get_algorithm(name)(model, build_optimizer(model.parameters(), inner), comm,
-                                   topology=topology, options=options)
-        sampler = task.sampler(comm.rank, batch_size)
-        trace = []
-        for _ in range(steps):
-            task.loss(model, sampler.next_batch()).backward()
-            algo.step()
-            algo.zero_grad()
-            if record is not None:
-                trace.append(record(algo))
-        local = [p.detach().clone() for p in model.parameters()]
-        with algo.eval_params() as m:
-            ev = [p.detach().clone() for p in m.parameters()]
-        return {"local": local, "eval": ev, "trace": trace, "consensus": algo.consensus_error()}
-
-    return cluster.run(fn), cluster
-
-
-def quadratic(workers=4, **kw):
-    return Quadratic(QuadraticParams(**{"dim": 6, "sigma": 0.5, "zeta": 1.0, **kw}), workers, seed=0)
 
 
 # ---------------------------------------------------------------- exchange and mix
@@ -73,7 +41,7 @@ def test_exchange_sends_to_each_neighbour_and_mix_is_the_row_of_w():
 
 
 # ---------------------------------------------------------------- reductions and references
-@pytest.mark.parametrize("task", [quadratic(), LogReg(LogRegParams(dataset="breast_cancer", dtype="float64"), 4, seed=0)],
+@pytest.mark.parametrize("task", [het_quadratic(), LogReg(LogRegParams(dataset="breast_cancer", dtype="float64"), 4, seed=0)],
                          ids=["quadratic", "logreg"])
 def test_dsgd_atc_on_the_complete_graph_with_uniform_weights_is_ddp(task):
     """W = 11^T/n: x_i <- mean_j (x_j - lr g_j) is DDP's step on every worker."""
@@ -87,7 +55,7 @@ def test_dsgd_atc_on_the_complete_graph_with_uniform_weights_is_ddp(task):
 def test_dsgd_cta_on_the_complete_graph_averages_to_ddp_on_quadratics():
     """x_i <- xbar - lr g_i(x_i): the average follows DDP when gradients are affine with one Hessian;
     the local models differ from it (by lr times the spread of the gradients)."""
-    task = quadratic()
+    task = het_quadratic()
     dsgd, _ = train_sim("dsgd", 4, 30, SGD, task=task, options={"weights": "uniform"})
     ddp, _ = train_sim("ddp", 4, 30, SGD, task=task)
     for r in range(4):
@@ -118,50 +86,50 @@ TOPOLOGIES = {"ring": "ring", "one-edge": {"name": "one-edge", "base": "ring", "
 @pytest.mark.parametrize("order", ["cta", "atc"])
 @pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
 def test_dsgd_with_inner_sgd_equals_the_matrix_reference(order, topology):
-    task, steps = quadratic(), 12
+    task, steps = het_quadratic(), 12
     top = build_topology(TOPOLOGIES[topology], 4)
     W_at = top.mixing_matrix if isinstance(top, TimeVarying) else (lambda t: top.mixing_matrix())
-    res, _ = run_sim("dsgd", task, 4, steps, topology=TOPOLOGIES[topology], options={"order": order})
+    res, _ = run_gossip("dsgd", task, steps, topology=TOPOLOGIES[topology], options={"order": order})
     X = reference(task, W_at, steps, SGD["lr"], order)
     for r in range(4):
-        torch.testing.assert_close(res[r]["local"][0], X[r], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(res[r]["params"][0], X[r], rtol=1e-12, atol=1e-12)
     xbar = X.mean(0)
-    torch.testing.assert_close(res[0]["eval"][0], xbar, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res[0]["eval_params"][0], xbar, rtol=1e-12, atol=1e-12)
     assert res[0]["consensus"] == pytest.approx(float((X - xbar).pow(2).sum(1).mean()), rel=1e-10)
 
 
 def test_one_edge_graph_leaves_idle_workers_with_a_local_step():
-    task = quadratic()
+    task = het_quadratic()
     top = build_topology(TOPOLOGIES["one-edge"], 4)
     (i, j), = top.active_edges(0)
-    res, cluster = run_sim("dsgd", task, 4, 1, topology=top)
+    res, cluster = run_gossip("dsgd", task, 1, topology=top)
     X = reference(task, top.mixing_matrix, 1, SGD["lr"], "cta")
     for r in range(4):
         sent = cluster.stats[r].bytes_sent
         assert sent == (6 * 8 if r in (i, j) else 0)
-        torch.testing.assert_close(res[r]["local"][0], X[r], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(res[r]["params"][0], X[r], rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- gradient tracking
-def grads_and_tracker(algo):
+def grads_and_tracker(algo, model):
     return algo.prev_grad.clone(), algo.tracker.clone()
 
 
 @pytest.mark.parametrize("topology", ["ring", "one-edge", "star"])
 def test_gradient_tracking_mean_tracker_equals_mean_gradient_at_every_step(topology):
     spec = TOPOLOGIES.get(topology, topology)
-    res, _ = run_sim("gradient-tracking", quadratic(), 4, 25, topology=spec, record=grads_and_tracker)
+    res, _ = run_gossip("gradient-tracking", het_quadratic(), 25, topology=spec, after=grads_and_tracker)
     for t in range(25):
-        g = torch.stack([res[r]["trace"][t][0] for r in range(4)]).mean(0)
-        y = torch.stack([res[r]["trace"][t][1] for r in range(4)]).mean(0)
+        g = torch.stack([res[r]["post"][t][0] for r in range(4)]).mean(0)
+        y = torch.stack([res[r]["post"][t][1] for r in range(4)]).mean(0)
         torch.testing.assert_close(y, g, rtol=0, atol=1e-12)
-    assert not torch.equal(res[0]["trace"][-1][1], res[0]["trace"][-1][0])  # y_i is not g_i itself
+    assert not torch.equal(res[0]["post"][-1][1], res[0]["post"][-1][0])  # y_i is not g_i itself
 
 
 def test_gradient_tracking_equals_the_diging_recursion():
     """X^{t+1} = W (X^t - lr Y^t);  Y^{t+1} = W Y^t + G^{t+1} - G^t;  Y^0 = G^0 (ring of 4)."""
-    task, steps, lr = quadratic(), 10, SGD["lr"]
-    res, _ = run_sim("gradient-tracking", task, 4, steps, topology="ring")
+    task, steps, lr = het_quadratic(), 10, SGD["lr"]
+    res, _ = run_gossip("gradient-tracking", task, steps, topology="ring")
     W = ring(4).mixing_matrix()
     samplers = [task.sampler(r, 2) for r in range(4)]
     X = torch.zeros(4, 6, dtype=torch.float64)
@@ -171,17 +139,17 @@ def test_gradient_tracking_equals_the_diging_recursion():
         Y = G.clone() if Y is None else W @ Y + G - G_old
         X, G_old = W @ (X - lr * Y), G
     for r in range(4):
-        torch.testing.assert_close(res[r]["local"][0], X[r], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(res[r]["params"][0], X[r], rtol=1e-12, atol=1e-12)
 
 
 def test_gradient_tracking_converges_on_heterogeneous_quadratics_where_dsgd_stalls():
     """Exact gradients (sigma=0), zeta=1, ring of 4, constant lr 0.3: GT reaches x* (measured
     ~4e-15 after 200 steps); DSGD's local models stay ~0.53 away (bias O(lr zeta / rho))."""
-    task = quadratic(mu=0.5, sigma=0.0)
+    task = het_quadratic(mu=0.5, sigma=0.0)
     dist = {}
     for name in ("dsgd", "gradient-tracking"):
-        res, _ = run_sim(name, task, 4, 200, {"name": "sgd", "lr": 0.3}, topology="ring")
-        dist[name] = max(float((res[r]["local"][0] - task.x_star).norm()) for r in range(4))
+        res, _ = run_gossip(name, task, 200, inner={"name": "sgd", "lr": 0.3}, topology="ring")
+        dist[name] = max(float((res[r]["params"][0] - task.x_star).norm()) for r in range(4))
     assert dist["gradient-tracking"] < 1e-6
     assert dist["dsgd"] > 0.1
 
@@ -191,7 +159,7 @@ def test_gradient_tracking_converges_on_heterogeneous_quadratics_where_dsgd_stal
 @pytest.mark.parametrize("topology", ["ring", "star", "complete"])
 def test_bytes_are_degree_times_model_size_per_step(name, messages, topology):
     steps, d = 5, 6
-    res, cluster = run_sim(name, quadratic(), 4, steps, topology=topology)
+    res, cluster = run_gossip(name, het_quadratic(), steps, topology=topology)
     top = build_topology(topology, 4)
     for r in range(4):  # evaluation and consensus error (control plane) add nothing
         assert cluster.stats[r].bytes_sent == steps * messages * top.degree(r) * d * 8
@@ -199,21 +167,10 @@ def test_bytes_are_degree_times_model_size_per_step(name, messages, topology):
 
 
 # ---------------------------------------------------------------- config and runs
-def run_cfg(name, topology, workers=4, steps=20, **algo):
-    inner = {"name": "sgd", "lr": 0.2}
-    return {
-        "name": f"{name}-test",
-        "task": {"name": "quadratic", "dim": 8, "zeta": 1.0},
-        "cluster": {"workers": workers, "topology": topology, "step_time": "10ms"},
-        "algorithm": {"name": name, "inner": inner, **algo},
-        "train": {"steps": steps, "batch_size": 2, "eval_every": 10, "log_every": 5},
-    }
-
-
 @pytest.mark.parametrize("name", ["dsgd", "gradient-tracking"])
 @pytest.mark.parametrize("topology", ["ring", {"name": "one-edge", "base": "ring"}], ids=["ring", "one-edge"])
 def test_runs_from_a_config_log_consensus_error_and_eval_the_average(tmp_path, name, topology):
-    res = farsync.run(run_cfg(name, topology), out=tmp_path / "r", progress=False)
+    res = farsync.run(gossip_cfg(name, topology), out=tmp_path / "r", progress=False)
     assert res.status == "completed"
     rows = res.metrics
     assert [m["step"] for m in rows] == [5, 10, 15, 20]
@@ -226,7 +183,7 @@ def test_runs_from_a_config_log_consensus_error_and_eval_the_average(tmp_path, n
 
 
 def test_gradient_tracking_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
-    cfg = run_cfg("gradient-tracking", "ring")
+    cfg = gossip_cfg("gradient-tracking", "ring")
     cfg["train"]["checkpoint_every"] = 10
     assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:13")
 
@@ -247,7 +204,7 @@ def test_gradient_tracking_crash_and_resume_reproduces_the_run(tmp_path, monkeyp
     ({"algorithm": {"name": "dsgd", "compress": {"name": "int8"}}}, "does not compress"),
 ])
 def test_bad_topology_configs_fail_before_training_naming_the_value(change, message):
-    cfg = run_cfg("dsgd", "ring")
+    cfg = gossip_cfg("dsgd", "ring")
     for section, value in change.items():
         cfg[section] = {**cfg[section], **value}
     with pytest.raises(ConfigError) as err:

@@ -13,57 +13,17 @@ from farsync.compress import build_compressor
 from farsync.config import ConfigError, load_config
 from farsync.optim import build_optimizer
 from farsync.tasks.classification import LogReg, LogRegParams
-from farsync.tasks.quadratic import Quadratic, QuadraticParams
 from farsync.topology import build_topology, ring
 
-from conftest import assert_crash_and_resume_reproduce
+from conftest import assert_crash_and_resume_reproduce, gossip_cfg, het_quadratic, run_gossip
 
 LR = 0.1
 TOPK = {"name": "topk", "ratio": 1 / 6}  # k = 1 of d = 6
 INT8 = {"name": "int8", "block": 4, "rounding": "stochastic"}
 
 
-def quadratic(workers=4, **kw):
-    return Quadratic(QuadraticParams(**{"dim": 6, "sigma": 0.5, "zeta": 1.0, **kw}), workers, seed=0)
-
-
 def flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-
-
-def run_sim(name, task, steps, *, lr=LR, workers=4, topology="ring", options=None, compress=None, before=None, after=None):
-    """Train `name` with the same-batch closure the training loop passes; `before(algo, model)`
-    (after backward) and `after(algo, model)` record per step. Returns (per-rank results, cluster)."""
-    cluster = SimCluster(workers)
-
-    def fn(comm):
-        torch.manual_seed(0)
-        model = task.build_model()
-        algo = get_algorithm(name)(model, build_optimizer(model.parameters(), {"name": "sgd", "lr": lr}), comm,
-                                   topology=topology, options=options, compress=compress)
-        sampler = task.sampler(comm.rank, 2)
-        pre, post = [], []
-        for _ in range(steps):
-            batch = sampler.next_batch()
-            task.loss(model, batch).backward()
-
-            def closure(batch=batch):
-                model.zero_grad(set_to_none=True)
-                loss = task.loss(model, batch)
-                loss.backward()
-                return loss.detach()
-
-            if before is not None:
-                pre.append(before(algo, model))
-            algo.step(None, closure)
-            algo.zero_grad()
-            if after is not None:
-                post.append(after(algo, model))
-        with algo.eval_params() as m:
-            ev = flat(m)
-        return {"local": flat(model), "eval": ev, "pre": pre, "post": post, "consensus": algo.consensus_error()}
-
-    return cluster.run(fn), cluster
 
 
 # ---------------------------------------------------------------- CHOCO-SGD
@@ -76,13 +36,13 @@ LOGREG = LogReg(LogRegParams(dataset="breast_cancer", dtype="float64"), 4, seed=
 
 
 @pytest.mark.parametrize("task,compress", [
-    (quadratic(), TOPK), (quadratic(), INT8), (quadratic(), {"name": "randomk", "ratio": 0.5}), (quadratic(), None),
+    (het_quadratic(), TOPK), (het_quadratic(), INT8), (het_quadratic(), {"name": "randomk", "ratio": 0.5}), (het_quadratic(), None),
     (LOGREG, TOPK), (LOGREG, INT8), (LOGREG, None),  # (random-k's d/k scale is not contractive: CHOCO diverges there)
 ], ids=["quadratic-topk", "quadratic-int8", "quadratic-randomk", "quadratic-none", "logreg-topk", "logreg-int8", "logreg-none"])
 def test_choco_preserves_the_network_average_at_every_step(task, compress):
     steps = 30
-    res, _ = run_sim("choco-sgd", task, steps, options={"gamma": 0.4}, compress=compress,
-                     before=half_step, after=lambda algo, model: flat(model))
+    res, _ = run_gossip("choco-sgd", task, steps, topology="ring", options={"gamma": 0.4}, compress=compress,
+                        before=half_step, after=lambda algo, model: flat(model))
     for t in range(steps):
         half = torch.stack([r["pre"][t] for r in res]).mean(0)
         x = torch.stack([r["post"][t] for r in res]).mean(0)
@@ -92,15 +52,15 @@ def test_choco_preserves_the_network_average_at_every_step(task, compress):
 
 @pytest.mark.parametrize("compress", [None, {"name": "none"}], ids=["absent", "none"])
 @pytest.mark.parametrize("topology", ["ring", "star"])
-@pytest.mark.parametrize("task", [quadratic(), LOGREG], ids=["quadratic", "logreg"])
+@pytest.mark.parametrize("task", [het_quadratic(), LOGREG], ids=["quadratic", "logreg"])
 def test_choco_uncompressed_with_gamma_one_is_dsgd_atc(task, topology, compress):
     """x_hat = x_half, so x = x_half + (W x_half - x_half) = W x_half."""
-    choco, _ = run_sim("choco-sgd", task, 30, topology=topology, options={"gamma": 1.0}, compress=compress)
-    dsgd, _ = run_sim("dsgd", task, 30, topology=topology, options={"order": "atc"})
+    choco, _ = run_gossip("choco-sgd", task, 30, topology=topology, options={"gamma": 1.0}, compress=compress)
+    dsgd, _ = run_gossip("dsgd", task, 30, topology=topology, options={"order": "atc"})
     for r in range(4):
-        scale = dsgd[r]["local"].abs().max()
-        assert float((choco[r]["local"] - dsgd[r]["local"]).abs().max() / scale) < 1e-12
-    torch.testing.assert_close(choco[0]["eval"], dsgd[0]["eval"], rtol=1e-12, atol=1e-12)
+        scale = dsgd[r]["x"].abs().max()
+        assert float((choco[r]["x"] - dsgd[r]["x"]).abs().max() / scale) < 1e-12
+    torch.testing.assert_close(choco[0]["x_eval"], dsgd[0]["x_eval"], rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- DoCoM-SGT
@@ -112,8 +72,8 @@ def tracker_and_momentum(algo, model):
 @pytest.mark.parametrize("topology", ["ring", "star"])
 def test_docom_mean_tracker_equals_mean_momentum_at_every_step(topology, compress):
     steps = 40
-    res, _ = run_sim("docom-sgt", quadratic(), steps, topology=topology, options={"gamma": 0.3, "beta": 0.2},
-                     compress=compress, after=tracker_and_momentum)
+    res, _ = run_gossip("docom-sgt", het_quadratic(), steps, topology=topology, options={"gamma": 0.3, "beta": 0.2},
+                        compress=compress, after=tracker_and_momentum)
     for t in range(steps):
         g = torch.stack([r["post"][t][0] for r in res]).mean(0)
         v = torch.stack([r["post"][t][1] for r in res]).mean(0)
@@ -125,8 +85,8 @@ def test_docom_uncompressed_equals_the_dense_recursion():
     """No compression: x_hat = x_half and g_hat = g_half, so with X, G, V stacked as rows
     V' = beta grad(X'; xi) + (1-beta)(V + grad(X'; xi) - grad(X; xi)) (one noise draw z per step)
     G' = (1-gamma) H + gamma W H with H = G + V' - V;  X'' = (1-gamma) Y + gamma W Y with Y = X' - lr G'."""
-    task, steps, gamma, beta = quadratic(), 15, 0.4, 0.3
-    res, _ = run_sim("docom-sgt", task, steps, options={"gamma": gamma, "beta": beta})
+    task, steps, gamma, beta = het_quadratic(), 15, 0.4, 0.3
+    res, _ = run_gossip("docom-sgt", task, steps, topology="ring", options={"gamma": gamma, "beta": beta})
     M = (1 - gamma) * torch.eye(4, dtype=torch.float64) + gamma * ring(4).mixing_matrix()
     samplers = [task.sampler(r, 2) for r in range(4)]
     X = torch.zeros(4, 6, dtype=torch.float64)
@@ -141,19 +101,20 @@ def test_docom_uncompressed_equals_the_dense_recursion():
             G, V = M @ (G + V_new - V), V_new
         X_old, X = X, M @ (X - LR * G)
     for r in range(4):
-        torch.testing.assert_close(res[r]["local"], X[r], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(res[r]["x"], X[r], rtol=1e-12, atol=1e-12)
 
 
 def test_docom_converges_on_heterogeneous_quadratics_where_choco_stalls():
     """Exact gradients (sigma=0), zeta=1, ring of 4, lr 0.3, gamma 0.2, top-1 of 6 coordinates.
     Measured: DoCoM-SGT's local models are all within 1e-6 of x* from step 292 on (8e-9 at 400);
     CHOCO's stay 1.33 away (its bias; 0.59 with gamma 0.5; DSGD's is 0.21 at this lr)."""
-    task = quadratic(mu=0.5, sigma=0.0)
+    task = het_quadratic(mu=0.5, sigma=0.0)
     dist = {}
     for name in ("choco-sgd", "docom-sgt"):
-        res, _ = run_sim(name, task, 400, lr=0.3, options={"gamma": 0.2}, compress=TOPK)
-        dist[name] = max(float((r["local"] - task.x_star).norm()) for r in res)
-        dist[name + " avg"] = float((res[0]["eval"] - task.x_star).norm())
+        res, _ = run_gossip(name, task, 400, inner={"name": "sgd", "lr": 0.3}, topology="ring", options={"gamma": 0.2},
+                            compress=TOPK)
+        dist[name] = max(float((r["x"] - task.x_star).norm()) for r in res)
+        dist[name + " avg"] = float((res[0]["x_eval"] - task.x_star).norm())
     assert dist["docom-sgt"] < 1e-6 and dist["docom-sgt avg"] < 1e-6
     assert dist["choco-sgd"] > 0.1
 
@@ -182,7 +143,7 @@ def payload_bytes(compress, d=6):
 @pytest.mark.parametrize("topology", ["ring", "star", "complete"])
 def test_bytes_are_degree_times_compressed_message_size(name, messages, compress, topology):
     steps = 5
-    _, cluster = run_sim(name, quadratic(), steps, topology=topology, compress=compress)
+    _, cluster = run_gossip(name, het_quadratic(), steps, topology=topology, compress=compress)
     top = build_topology(topology, 4)
     size = payload_bytes(compress)
     assert size == {"topk": 8, "int8": 8 + 8}.get((compress or {}).get("name"), size)  # 1 value + 1 index; 2 blocks of 4 codes + 2 scales
@@ -192,20 +153,10 @@ def test_bytes_are_degree_times_compressed_message_size(name, messages, compress
 
 
 # ---------------------------------------------------------------- config, runs, resume
-def run_cfg(name, topology="ring", steps=20, task=None, **algo):
-    return {
-        "name": f"{name}-test",
-        "task": task or {"name": "quadratic", "dim": 8, "zeta": 1.0},
-        "cluster": {"workers": 4, "topology": topology, "step_time": "10ms"},
-        "algorithm": {"name": name, "inner": {"name": "sgd", "lr": 0.2}, **algo},
-        "train": {"steps": steps, "batch_size": 2, "eval_every": 10, "log_every": 5},
-    }
-
-
 @pytest.mark.parametrize("name", ["choco-sgd", "docom-sgt"])
 @pytest.mark.parametrize("task", [None, {"name": "logreg", "dataset": "breast_cancer"}], ids=["quadratic", "logreg"])
 def test_runs_from_a_config(tmp_path, name, task):
-    cfg = run_cfg(name, task=task, gamma=0.3, compress={"name": "topk", "ratio": 0.25})
+    cfg = gossip_cfg(name, task=task, gamma=0.3, compress={"name": "topk", "ratio": 0.25})
     res = farsync.run(cfg, out=tmp_path / "r", progress=False)
     assert res.status == "completed"
     rows = res.metrics
@@ -215,7 +166,7 @@ def test_runs_from_a_config(tmp_path, name, task):
 
 
 def test_choco_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
-    cfg = run_cfg("choco-sgd", compress={"name": "randomk", "ratio": 0.25})
+    cfg = gossip_cfg("choco-sgd", compress={"name": "randomk", "ratio": 0.25})
     cfg["train"]["checkpoint_every"] = 10
     assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:13")
 
@@ -223,7 +174,7 @@ def test_choco_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
 def test_docom_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch):
     """Two dependent exchanges per step: the per-link order of its messages follows the
     simulator's interleaving, which after the checkpoint commit is that of a fresh start."""
-    cfg = run_cfg("docom-sgt", compress={"name": "int8", "block": 4, "rounding": "stochastic"})
+    cfg = gossip_cfg("docom-sgt", compress={"name": "int8", "block": 4, "rounding": "stochastic"})
     cfg["train"]["checkpoint_every"] = 10
     assert_crash_and_resume_reproduce(cfg, tmp_path, monkeypatch, "2:13")
 
@@ -234,7 +185,7 @@ def test_initial_batches_give_the_mean_gradient_and_cost_their_compute():
     from farsync.comm import TimeModel
     from farsync.loop import add_initial_batches
 
-    task, b0 = quadratic(workers=1), 3
+    task, b0 = het_quadratic(workers=1), 3
     torch.manual_seed(0)
     model = task.build_model()
     sampler = task.sampler(0, 2)
@@ -264,7 +215,7 @@ def test_docom_b0_reaches_the_loop(tmp_path, monkeypatch):
     seen = []
     real = farsync.loop.add_initial_batches
     monkeypatch.setattr(farsync.loop, "add_initial_batches", lambda *a: (seen.append(a[3]), real(*a)))
-    cfg = run_cfg("docom-sgt", steps=5, compress=INT8, b0=4)
+    cfg = gossip_cfg("docom-sgt", steps=5, compress=INT8, b0=4)
     b4 = farsync.run(cfg, out=tmp_path / "b4", progress=False)
     assert seen == [4] * 4  # once per worker, at step 1 only
     cfg["algorithm"]["b0"] = 1
@@ -277,7 +228,7 @@ def test_docom_b0_reaches_the_loop(tmp_path, monkeypatch):
 def test_state_dict_round_trip_continues_identically():
     """Save every worker's state after 7 steps into fresh objects; the next 8 steps match the run
     that never stopped (compressor state and stochastic-rounding generator included)."""
-    task = quadratic()
+    task = het_quadratic()
 
     def train(comm, steps, state=None):
         torch.manual_seed(0)
@@ -326,7 +277,7 @@ def test_state_dict_round_trip_continues_identically():
     ({"name": "docom-sgt"}, {"workers": 4, "topology": {"name": "one-edge", "base": "ring"}}, "needs a static graph"),
 ])
 def test_bad_options_fail_before_training_naming_the_value(algo, cluster, message):
-    cfg = run_cfg("choco-sgd")
+    cfg = gossip_cfg("choco-sgd")
     cfg["algorithm"] = {**cfg["algorithm"], **algo}
     if cluster is not None:
         cfg["cluster"] = {**cfg["cluster"], **cluster}

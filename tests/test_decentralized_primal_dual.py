@@ -11,42 +11,14 @@ from farsync.algorithms.fspda import edge_mask
 from farsync.comm import SimCluster
 from farsync.config import ConfigError, load_config
 from farsync.optim import build_optimizer
-from farsync.tasks.quadratic import Quadratic, QuadraticParams
 from farsync.topology import build_topology
 
-from conftest import assert_crash_and_resume_reproduce
+from conftest import assert_crash_and_resume_reproduce, gossip_cfg, het_quadratic, run_gossip
 
 ONE_EDGE = {"name": "one-edge", "base": {"name": "complete"}, "seed": 3}
 
 
-def quadratic(workers=4, **kw):
-    return Quadratic(QuadraticParams(**{"dim": 6, "sigma": 0.5, "zeta": 1.0, **kw}), workers, seed=0)
-
-
-def run_sim(name, task, steps, lr=0.1, *, topology=None, options=None, compress=None, record=None, workers=4):
-    """Train `name`; return (per-rank dicts: final local x, `record(algo)` per step), cluster."""
-    cluster = SimCluster(workers)
-
-    def fn(comm):
-        torch.manual_seed(0)
-        model = task.build_model()
-        kw = {} if compress is None else {"compress": compress}
-        algo = get_algorithm(name)(model, build_optimizer(model.parameters(), {"name": "sgd", "lr": lr}), comm,
-                                   topology=topology, options=options, **kw)
-        sampler = task.sampler(comm.rank, 2)
-        trace = []
-        for _ in range(steps):
-            task.loss(model, sampler.next_batch()).backward()
-            algo.step()
-            algo.zero_grad()
-            if record is not None:
-                trace.append(record(algo))
-        return {"x": model.x.detach().clone(), "trace": trace}
-
-    return cluster.run(fn), cluster
-
-
-def dual(algo):
+def dual(algo, model):
     return algo.dual.clone()
 
 
@@ -67,12 +39,12 @@ def test_edge_masks_are_shared_by_both_endpoints_and_change_with_the_step():
 def test_fspda_keeps_the_dual_sum_zero_and_sends_only_the_mask():
     """One-edge graph, random-k 50% of d=6: every step sum_i lam_i = 0; the two endpoints' dual
     increments are opposite on the same 3 coordinates; bytes = 3 float64 per active edge."""
-    task, steps, top = quadratic(), 30, build_topology(ONE_EDGE, 4)
-    res, cluster = run_sim("fspda", task, steps, topology=ONE_EDGE, options={"mask_fraction": 0.5, "eta": 0.05},
-                           record=dual)
+    task, steps, top = het_quadratic(), 30, build_topology(ONE_EDGE, 4)
+    res, cluster = run_gossip("fspda", task, steps, topology=ONE_EDGE, options={"mask_fraction": 0.5, "eta": 0.05},
+                              after=dual)
     prev = torch.zeros(4, 6, dtype=torch.float64)
     for t in range(steps):
-        lam = torch.stack([res[r]["trace"][t] for r in range(4)])
+        lam = torch.stack([res[r]["post"][t] for r in range(4)])
         assert float(lam.sum(0).abs().max()) < 1e-12
         (i, j), = top.active_edges(t)
         inc = lam - prev
@@ -89,11 +61,11 @@ def test_fspda_keeps_the_dual_sum_zero_and_sends_only_the_mask():
 
 def test_fspda_equals_the_masked_primal_dual_recursion():
     """X <- X - a G - eta Lam - gamma D;  Lam <- Lam + beta D, D_i = sum_{active j} S_ij (x_i - x_j)."""
-    task, steps, a = quadratic(), 12, 0.1
+    task, steps, a = het_quadratic(), 12, 0.1
     o = {"eta": 0.05, "gamma": 0.4, "beta": 0.7, "mask_fraction": 0.34, "mask_seed": 5}
     top = build_topology({"name": "bernoulli", "p": 0.5, "base": "complete", "seed": 2}, 4)
-    res, _ = run_sim("fspda", task, steps, a, topology={"name": "bernoulli", "p": 0.5, "base": "complete", "seed": 2},
-                     options=o)
+    res, _ = run_gossip("fspda", task, steps, inner={"name": "sgd", "lr": a},
+                        topology={"name": "bernoulli", "p": 0.5, "base": "complete", "seed": 2}, options=o)
     samplers = [task.sampler(r, 2) for r in range(4)]
     X, Lam = torch.zeros(4, 6, dtype=torch.float64), torch.zeros(4, 6, dtype=torch.float64)
     for t in range(steps):
@@ -113,10 +85,10 @@ def test_fspda_converges_to_the_optimum_on_heterogeneous_quadratics(topology):
     """Exact gradients (sigma=0), zeta=1, alpha 0.3, eta 0.1, gamma 0.5 (0.3 on the ring), beta 1,
     random-k 50%: every local model reaches x* (measured: one-edge(complete) ~7e-11 after 300
     steps; ring ~1e-15 after 200); DSGD on the ring stays ~0.5 away."""
-    task = quadratic(mu=0.5, sigma=0.0)
+    task = het_quadratic(mu=0.5, sigma=0.0)
     steps, gamma = (300, 0.5) if topology == ONE_EDGE else (200, 0.3)
-    res, _ = run_sim("fspda", task, steps, 0.3, topology=topology,
-                     options={"eta": 0.1, "gamma": gamma, "beta": 1.0, "mask_fraction": 0.5})
+    res, _ = run_gossip("fspda", task, steps, inner={"name": "sgd", "lr": 0.3}, topology=topology,
+                        options={"eta": 0.1, "gamma": gamma, "beta": 1.0, "mask_fraction": 0.5})
     assert max_dist_to_optimum(res, task) < 1e-6
 
 
@@ -131,27 +103,27 @@ TICOPD = {"eta": 0.1, "theta": 0.5, "gamma": 0.5}
 ], ids=["ring", "ring-int8-stochastic", "one-edge-int8", "bernoulli-randomk"])
 def test_ticopd_keeps_the_dual_sum_zero_and_the_mirrors_consistent(topology, compress):
     """L symmetric: sum_i lam_i = 0 every step; every copy of a mirror equals its owner's."""
-    def record(algo):
+    def record(algo, model):
         own = {j: t.clone() for j, t in algo.own.items()} if algo.per_edge else algo.own.clone()
         return algo.dual.clone(), own, {j: t.clone() for j, t in algo.mirrors.items()}
 
     steps = 25
-    res, _ = run_sim("ticopd", quadratic(), steps, 0.2, topology=topology, options=TICOPD, compress=compress,
-                     record=record)
+    res, _ = run_gossip("ticopd", het_quadratic(), steps, inner={"name": "sgd", "lr": 0.2}, topology=topology,
+                        options=TICOPD, compress=compress, after=record)
     for t in range(steps):
-        lam = torch.stack([res[r]["trace"][t][0] for r in range(4)])
+        lam = torch.stack([res[r]["post"][t][0] for r in range(4)])
         assert float(lam.sum(0).abs().max()) < 1e-12
         for i in range(4):
-            for j, m in res[i]["trace"][t][2].items():  # i's copy of j's mirror
-                own_j = res[j]["trace"][t][1]
+            for j, m in res[i]["post"][t][2].items():  # i's copy of j's mirror
+                own_j = res[j]["post"][t][1]
                 assert torch.equal(m, own_j[i] if isinstance(own_j, dict) else own_j)
     assert float(lam.abs().max()) > 1e-3
 
 
 def test_ticopd_bytes_are_the_compressed_payload_per_edge():
     steps = 5
-    _, exact = run_sim("ticopd", quadratic(), steps, topology="ring")
-    _, int8 = run_sim("ticopd", quadratic(), steps, topology="ring", compress={"name": "int8", "block": 64})
+    _, exact = run_gossip("ticopd", het_quadratic(), steps, topology="ring")
+    _, int8 = run_gossip("ticopd", het_quadratic(), steps, topology="ring", compress={"name": "int8", "block": 64})
     for r in range(4):
         assert exact.stats[r].bytes_sent == steps * 2 * 6 * 8  # 2 neighbours, d float64
         assert int8.stats[r].bytes_sent == steps * 2 * (64 + 4)  # one padded block of int8 codes + its scale
@@ -162,26 +134,17 @@ def test_ticopd_converges_to_the_optimum_on_heterogeneous_quadratics(compress):
     """Exact gradients, zeta=1, ring of 4, alpha 0.3, eta 0.1, theta 0.5, gamma 0.5: every local
     model reaches x* (measured after 300 steps: exact ~7e-13, int8 (per-block absmax scale, a
     contractive compressor whose error shrinks with x - x_hat) ~7e-13)."""
-    task = quadratic(mu=0.5, sigma=0.0)
-    res, _ = run_sim("ticopd", task, 300, 0.3, topology="ring", options=TICOPD, compress=compress)
+    task = het_quadratic(mu=0.5, sigma=0.0)
+    res, _ = run_gossip("ticopd", task, 300, inner={"name": "sgd", "lr": 0.3}, topology="ring", options=TICOPD,
+                        compress=compress)
     assert max_dist_to_optimum(res, task) < 1e-6
 
 
 # ---------------------------------------------------------------- config, checkpoints, errors
-def run_cfg(name, topology, steps=20, **algo):
-    return {
-        "name": f"{name}-test",
-        "task": {"name": "quadratic", "dim": 8, "zeta": 1.0},
-        "cluster": {"workers": 4, "topology": topology, "step_time": "10ms"},
-        "algorithm": {"name": name, "inner": {"name": "sgd", "lr": 0.2}, **algo},
-        "train": {"steps": steps, "batch_size": 2, "eval_every": 10, "log_every": 5},
-    }
-
-
 CONFIGS = {
-    "fspda": run_cfg("fspda", {"name": "one-edge", "base": {"name": "complete"}}, eta=0.05, mask_fraction=0.5),
-    "ticopd": run_cfg("ticopd", "ring", eta=0.1, theta=0.5, compress={"name": "int8"}),
-    "ticopd-one-edge": run_cfg("ticopd", {"name": "one-edge", "base": "ring"}, compress={"name": "int8", "rounding": "stochastic"}),
+    "fspda": gossip_cfg("fspda", {"name": "one-edge", "base": {"name": "complete"}}, eta=0.05, mask_fraction=0.5),
+    "ticopd": gossip_cfg("ticopd", "ring", eta=0.1, theta=0.5, compress={"name": "int8"}),
+    "ticopd-one-edge": gossip_cfg("ticopd", {"name": "one-edge", "base": "ring"}, compress={"name": "int8", "rounding": "stochastic"}),
 }
 
 
@@ -203,7 +166,7 @@ def test_crash_and_resume_reproduces_the_run(tmp_path, monkeypatch, key):
 
 def test_state_dict_round_trip_continues_identically():
     """Save after 7 steps, load into fresh algorithms, take 5 more: same models as 12 straight."""
-    task, topo = quadratic(), {"name": "one-edge", "base": "ring", "seed": 1}
+    task, topo = het_quadratic(), {"name": "one-edge", "base": "ring", "seed": 1}
     for name, compress in (("fspda", None), ("ticopd", {"name": "int8", "rounding": "stochastic"})):
         opts = {"mask_fraction": 0.5} if name == "fspda" else TICOPD
 
@@ -252,7 +215,7 @@ def test_state_dict_round_trip_continues_identically():
     ({"name": "ticopd", "compress": {"name": "int9"}}, "unknown compressor 'int9'"),
 ])
 def test_bad_options_fail_before_training_naming_the_value(algo, message):
-    cfg = run_cfg("fspda", "ring")
+    cfg = gossip_cfg("fspda", "ring")
     cfg["algorithm"] = {**cfg["algorithm"], **algo}
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
