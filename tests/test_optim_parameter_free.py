@@ -212,14 +212,14 @@ def test_each_method_decreases_the_loss_on_a_quadratic_and_on_logistic_regressio
         b = batch_ if batch_ is not None else t.sampler(0, 4).next_batch()
         b = tuple(v.double() if v.is_floating_point() else v for v in b)
         opt = build_optimizer(model.parameters(), METHODS[name])
-        first = float(t.loss(model, b))
+        first = t.loss(model, b).item()
         for _ in range(100):
             opt.zero_grad()
             loss = t.loss(model, b)
             loss.backward()
             opt.step(**step_kwargs(opt, loss.detach(), None))
         with evaluation_point([opt]):
-            last = float(t.loss(model, b))
+            last = t.loss(model, b).item()
         assert last < 0.5 * first, (type(t).__name__, first, last)
 
 

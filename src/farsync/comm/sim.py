@@ -6,9 +6,10 @@ worker keeps the baton until it must wait for communication (a blocking collecti
 next runnable rank in round-robin order; after a control-plane call (object all-gather,
 gather, scatter: logging, checkpoint commits) the baton goes back to the lowest rank, so the
 workers go on in the order of a fresh start, as a run resumed from a checkpoint does. Collective
-results are computed in rank order when the last rank arrives. Scheduling, results and virtual times are therefore a deterministic function
-of the program, independent of the host. Each worker also gets its own copy of torch's global CPU
-RNG state (saved and restored at every hand-off), as if it were a separate process.
+results are computed in rank order when the last rank arrives. Scheduling, results and virtual
+times are therefore a deterministic function of the program, independent of the host. Each
+worker also gets its own copy of torch's global CPU RNG state (saved and restored at every
+hand-off), as if it were a separate process.
 
 Virtual time: ``compute()`` advances a worker's clock by the time model's step time. A call that
 all participants have issued starts at ``max(issue times, participants' link-free times)``, lasts
@@ -187,9 +188,9 @@ class SimCluster:
 
     def _restart_from(self, rank: int, first: int) -> None:
         """`rank` completed a control-plane call that the other ranks wait on: give the baton to
-        `first` (the lowest rank), so that the ranks go on in the order of a fresh start. The interleaving
-        after a checkpoint commit is then the one a run resumed from that checkpoint has, and so
-        are the virtual times of point-to-point messages whose per-link order follows it."""
+        `first` (the lowest rank), so that the ranks go on in the order of a fresh start. The
+        interleaving after a checkpoint commit is then the one a run resumed from that checkpoint
+        has, and so are the virtual times of point-to-point messages whose per-link order follows it."""
         if rank == first:
             return
         with self._cv:
