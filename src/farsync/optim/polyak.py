@@ -32,10 +32,12 @@ import torch
 from .stats import GlobalStats, total
 
 
-def _loss_value(loss, name: str) -> float:
+def _loss_value(loss, name: str) -> torch.Tensor | float:
+    """The loss as a float64 0-d tensor on its device (no host sync: `_global` copies it to the
+    host with the other statistics) or a float."""
     if loss is None:
         raise ValueError(f"{name}.step needs the mini-batch loss: step(loss=loss) or step(closure)")
-    return float(loss)
+    return loss.detach().reshape(()).double() if torch.is_tensor(loss) else float(loss)
 
 
 def _check(name: str, value: float, ok: bool, rng: str) -> None:
