@@ -148,7 +148,12 @@ class AsyncLocalSGD(Algorithm):
             self.step_time[worker] = float(head[2]) / steps
         staleness = self.version - self.pulled_at.get(worker, 0)
         self.version += 1
-        return {"worker": worker, "steps": steps, "loss_sum": float(head[1]), "finite": head[3] == 0,
+        return self.report(worker, head, staleness)
+
+    @staticmethod
+    def report(worker: int, head: torch.Tensor, staleness: int) -> dict[str, Any]:
+        """What `receive` returns: the worker's header (steps, loss sum, finite, its byte counters)."""
+        return {"worker": worker, "steps": int(head[0]), "loss_sum": float(head[1]), "finite": head[3] == 0,
                 "bytes_sent": int(head[4]), "bytes_received": int(head[5]), "staleness": staleness}
 
     def state_dict(self):

@@ -120,9 +120,7 @@ class ASGD(AsyncLocalSGD):
     # ------------------------------------------------------------------ worker
     def _step(self) -> None:
         """Keep this step's gradient (clipped if configured); the worker's parameters do not move."""
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self._grad = flatten([p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params])
+        self._grad = flatten([g.detach() for g in self._local_grads()])
 
     def push(self, steps: int, loss_sum: float, finite: bool) -> None:
         """Worker: send the gradient at the pulled x, its loss, and the learning rates set for this round."""
@@ -156,11 +154,9 @@ class ASGD(AsyncLocalSGD):
             for g, lr in zip(groups, base_lrs):
                 g["lr"] = lr
         self.arrivals[worker] += 1
-        steps = int(head[0])
         staleness = self.version - self.pulled_at.get(worker, 0)
         self.version += 1
-        return {"worker": worker, "steps": steps, "loss_sum": float(head[1]), "finite": head[3] == 0,
-                "bytes_sent": int(head[4]), "bytes_received": int(head[5]), "staleness": staleness}
+        return self.report(worker, head, staleness)
 
     def state_dict(self):
         raise NotImplementedError(f"{self.name} runs cannot be checkpointed")
@@ -245,8 +241,7 @@ class FedBuff(AsyncLocalSGD):
             self.buffer.zero_()
             self.buffered = 0
             self.version += 1
-        return {"worker": worker, "steps": int(head[0]), "loss_sum": float(head[1]), "finite": head[3] == 0,
-                "bytes_sent": int(head[4]), "bytes_received": int(head[5]), "staleness": tau}
+        return self.report(worker, head, tau)
 
     def state_dict(self):
         raise NotImplementedError("fedbuff runs cannot be checkpointed")

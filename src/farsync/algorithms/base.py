@@ -111,6 +111,16 @@ class Algorithm:
     def _step(self) -> None:
         raise NotImplementedError
 
+    def _local_grads(self) -> list[torch.Tensor]:
+        """Every parameter's ``.grad`` (zeros where missing), clipped to ``grad_clip`` if set: the
+        local gradient g_i of algorithms that build their own direction from it."""
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        return [p.grad for p in self.params]
+
     def _optimizer_step(self) -> None:
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)

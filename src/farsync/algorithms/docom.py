@@ -92,12 +92,7 @@ class DoCoMSGT(CompressedGossip):
 
     def _grad(self) -> torch.Tensor:
         """The current .grad as one flat buffer (missing: zeros; clipped if grad_clip is set)."""
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        return flatten([p.grad.detach() for p in self.params]).clone()
+        return flatten([g.detach() for g in self._local_grads()]).clone()
 
     @torch.no_grad()
     def _grad_at(self, x: torch.Tensor) -> torch.Tensor:

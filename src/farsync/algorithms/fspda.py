@@ -45,32 +45,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..comm import Communicator
-from ..topology import TimeVarying, _splitmix64, step_generator
+from ..topology import _splitmix64, step_generator
 from .base import flatten, unflatten_into
-from .gossip import Decentralized
-
-def exchange_each(comm: Communicator, sends: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Send ``sends[j]`` to each peer j and receive a tensor shaped like it from j; the message
-    may differ per peer. Same posting order as `gossip.exchange` (cannot deadlock)."""
-    received = {j: torch.empty_like(sends[j]) for j in sorted(sends)}
-    works = []
-    for j, buf in received.items():
-        if comm.rank < j:
-            works += [comm.isend(sends[j], j), comm.irecv(buf, j)]
-        else:
-            works += [comm.irecv(buf, j), comm.isend(sends[j], j)]
-    for w in works:
-        w.wait()
-    return received
-
-
-def active_peers(algo: Decentralized, t: int) -> list[int]:
-    """This worker's neighbours in the step-t graph (all of them on a static graph)."""
-    if isinstance(algo.topology, TimeVarying):
-        return algo.topology.graph(t).neighbors(algo.comm.rank)
-    return algo._static[0]
-
+from .gossip import Decentralized, exchange_each
 
 def edge_mask(seed: int, t: int, i: int, j: int, d: int, k: int) -> torch.Tensor:
     """S_ij(t): k sorted coordinates of 0..d-1, a pure function of (seed, t, {i, j})."""
@@ -89,14 +66,11 @@ class FSPDAOptions(BaseModel):
     mask_fraction: float = Field(1.0, gt=0, le=1, description="fraction of coordinates each active edge exchanges (random-k)")
     mask_seed: int = Field(0, ge=0, description="seed of the shared per-edge coordinate masks")
 
-    @property
-    def weights(self) -> str:  # the base class's mixing row (unused by FSPDA)
-        return "metropolis-hastings"
-
 
 class FSPDA(Decentralized):
     name = "fspda"
     plain_sgd_inner = True
+    mixes = False
     summary = "FSPDA: primal-dual on random edges with shared random coordinate masks (sparse, async)"
     Options = FSPDAOptions
 
@@ -109,13 +83,9 @@ class FSPDA(Decentralized):
 
     def _step(self) -> None:
         t, o, rank = self.local_step, self.options, self.comm.rank
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self._local_grads()  # g_i in .grad, for the SGD step below
         x = flatten([p.detach() for p in self.params])  # x^t (a copy)
-        masks = {j: edge_mask(o.mask_seed, t, rank, j, self.d, self.k).to(x.device) for j in active_peers(self, t)}
+        masks = {j: edge_mask(o.mask_seed, t, rank, j, self.d, self.k).to(x.device) for j in self.peers(t)}
         got = exchange_each(self.comm, {j: x[m] for j, m in masks.items()})
         D = torch.zeros_like(x)
         for j in sorted(masks):

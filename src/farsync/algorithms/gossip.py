@@ -80,13 +80,19 @@ def exchange(comm: Communicator, x: torch.Tensor, peers: list[int]) -> dict[int,
     Every peer must call it with this rank among its peers; returns {peer: received tensor}.
     Every transfer has finished when it returns (the backends read `x` until then).
     """
-    received = {j: torch.empty_like(x) for j in sorted(peers)}
+    return exchange_each(comm, {j: x for j in peers})
+
+
+def exchange_each(comm: Communicator, sends: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Send ``sends[j]`` to each peer j and receive a tensor shaped like it from j (the message
+    may differ per peer); the posting order of `exchange`."""
+    received = {j: torch.empty_like(sends[j]) for j in sorted(sends)}
     works = []
     for j, buf in received.items():  # per edge: the lower rank sends first, the higher receives first
         if comm.rank < j:
-            works += [comm.isend(x, j), comm.irecv(buf, j)]
+            works += [comm.isend(sends[j], j), comm.irecv(buf, j)]
         else:
-            works += [comm.irecv(buf, j), comm.isend(x, j)]
+            works += [comm.irecv(buf, j), comm.isend(sends[j], j)]
     for w in works:
         w.wait()
     return received
@@ -116,6 +122,7 @@ class Decentralized(Algorithm):
     uses_topology: ClassVar[bool] = True
     compresses: ClassVar[bool] = False  # sends algorithm.compress-compressed messages (checked by check_gossip_compressor)
     plain_sgd_inner: ClassVar[bool] = False  # steps along its own direction with plain SGD's lr (inner must be plain SGD)
+    mixes: ClassVar[bool] = True  # mixes with W (options.weights); False: uses only the graph's edges (primal-dual)
     Options: ClassVar[type[BaseModel]] = GossipOptions
 
     def __init__(self, *args, topology: TopologySpec = None, **kwargs):
@@ -129,8 +136,9 @@ class Decentralized(Algorithm):
             raise ValueError(f"topology has {topology.n} nodes but there are {n} workers")
         self.check_topology(topology, self.options)
         self.topology = topology
-        if isinstance(topology, Topology):  # static: one mixing row for the whole run
-            self._static = (topology.neighbors(self.comm.rank), topology.mixing_matrix(self.options.weights)[self.comm.rank])
+        if isinstance(topology, Topology):  # static: the neighbours (and mixing row) for the whole run
+            w_row = topology.mixing_matrix(self.options.weights)[self.comm.rank] if self.mixes else None
+            self._static = (topology.neighbors(self.comm.rank), w_row)
         self._average: list[torch.Tensor] | None = None
         self._average_step = -1
         self._consensus_error = float("nan")
@@ -146,12 +154,20 @@ class Decentralized(Algorithm):
     @classmethod
     def check_topology(cls, topology: Topology | TimeVarying, options: BaseModel) -> None:
         """Raise ValueError if `options` cannot work on `topology` (checked before training)."""
+        if not cls.mixes:
+            return
         if isinstance(topology, TimeVarying):
             if options.weights != "metropolis-hastings":
                 raise ValueError(f"weights={options.weights!r} needs a static graph; time-varying topologies "
                                  "use Metropolis-Hastings weights on each step's active edges")
         else:
             topology.mixing_matrix(options.weights)  # uniform on a non-regular graph raises
+
+    def peers(self, t: int) -> list[int]:
+        """This worker's neighbours in the step-t graph (all of them on a static graph)."""
+        if isinstance(self.topology, TimeVarying):
+            return self.topology.graph(t).neighbors(self.comm.rank)
+        return self._static[0]
 
     def neighbours(self, t: int) -> tuple[list[int], torch.Tensor]:
         """(this worker's neighbours, its row of W) at step t; no neighbours: W_ii = 1."""

@@ -43,12 +43,7 @@ class GradientTracking(Decentralized):
         self.mixed_tracker: torch.Tensor | None = None  # sum_j W(t)_ij y_j^t, used at step t+1
 
     def _step(self) -> None:
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        g = flatten([p.grad.detach() for p in self.params])
+        g = flatten([g.detach() for g in self._local_grads()])
         y = g.clone() if self.local_step == 0 else self.mixed_tracker + g - self.prev_grad
         unflatten_into(y, [p.grad for p in self.params])
         self.optimizer.step()  # plain SGD along the tracker: x - lr y

@@ -55,8 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..compress import EF21, Compressor, EControl, ErrorFeedback, Identity, build_compressor
 from ..topology import TimeVarying
 from .base import flatten, unflatten_into
-from .fspda import active_peers, exchange_each
-from .gossip import Decentralized, check_gossip_compressor
+from .gossip import Decentralized, check_gossip_compressor, exchange_each
 
 
 class TiCoPDOptions(BaseModel):
@@ -65,14 +64,11 @@ class TiCoPDOptions(BaseModel):
     theta: float = Field(0.5, ge=0, description="weight of the Laplacian term: x -= alpha theta L x_hat")
     gamma: float = Field(0.5, gt=0, le=1, description="mirror step: x_hat += gamma C(x - x_hat)")
 
-    @property
-    def weights(self) -> str:  # the base class's mixing row (unused by TiCoPD)
-        return "metropolis-hastings"
-
 
 class TiCoPD(Decentralized):
     name = "ticopd"
     plain_sgd_inner = True
+    mixes = False
     compresses = True  # per-edge messages C(x - x_hat), compressed here (no reducer)
     summary = "TiCoPD: two-timescale compressed primal-dual, Laplacian on compressed mirrors"
     Options = TiCoPDOptions
@@ -118,13 +114,9 @@ class TiCoPD(Decentralized):
 
     def _step(self) -> None:
         o = self.options
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self._local_grads()
         x = flatten([p.detach() for p in self.params])  # x^t
-        peers = active_peers(self, self.local_step)
+        peers = self.peers(self.local_step)
         # messages q_i = C(x_i - x_hat_i): one for all neighbours (static) or one per active edge
         if self.per_edge:
             states = self.comp_state if self.comp_state is not None else {}
