@@ -34,3 +34,40 @@ class LineFit(Task):
     @torch.no_grad()
     def evaluate(self, model):
         return float((model.weight - self.params.slope).pow(2).sum())
+
+
+class ShiftParams(TaskParams):
+    dim: int = 3
+
+
+class BatchNormRegression(Task):
+    """A small regression net with BatchNorm; worker r's inputs are shifted by r, so each worker's
+    running statistics differ (the buffer policy's test case). Eval: mse in eval mode, which reads
+    the running statistics."""
+
+    name = "bn-regression"
+    Params = ShiftParams
+
+    def build_model(self):
+        d = self.params.dim
+        return nn.Sequential(nn.Linear(d, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+
+    def sampler(self, rank, batch_size):
+        def draw(gen):
+            x = torch.randn(batch_size, self.params.dim, generator=gen) + rank
+            return x, x.sum(dim=1, keepdim=True)
+
+        return BatchSampler(draw, seed=self.seed + rank)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.mse_loss(model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        was = model.training
+        model.eval()
+        x = torch.randn(64, self.params.dim, generator=torch.Generator().manual_seed(7))
+        out = float(F.mse_loss(model(x), x.sum(dim=1, keepdim=True)))
+        model.train(was)
+        return out

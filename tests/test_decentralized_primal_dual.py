@@ -203,7 +203,7 @@ def test_state_dict_round_trip_continues_identically():
     ({"name": "fspda", "gamma": 0}, "gamma"),
     ({"name": "fspda", "eta": -1}, "eta"),
     ({"name": "fspda", "beta": -0.5}, "beta"),
-    ({"name": "fspda", "weights": "uniform"}, "unknown key 'weights'"),
+    ({"name": "fspda", "wieghts": "uniform"}, "unknown key 'wieghts'"),  # dsgd's 'weights' would be ignored (another's key)
     ({"name": "fspda", "inner": {"name": "adamw", "lr": 0.01}}, "plain SGD"),
     ({"name": "fspda", "compress": {"name": "int8"}}, "does not compress"),
     ({"name": "ticopd", "gamma": 1.5}, "gamma"),

@@ -31,7 +31,7 @@ ALGOS = {
     "ddp": {"name": "ddp", "inner": {"name": "adamw", "lr": 0.003}},
     "local-sgd": {"name": "local-sgd", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}},
     "diloco": CFG["algorithm"],
-    "streaming-diloco": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "delay": 1, "alpha": 0.5,
+    "streaming-diloco": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "fragment_rule": "contiguous", "delay": 1, "alpha": 0.5,
                          "inner": {"name": "adamw", "lr": 0.003}, "compress": {"name": "int8", "error_feedback": "ef"}},
     "eager-diloco": {**CFG["algorithm"], "name": "eager-diloco", "compress": {"name": "int8"}},
     # parameter-free inner optimizers: their scalar statistics (Prodigy: the d numerator and ||s||_1;
@@ -237,7 +237,7 @@ def test_resume_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(FAULT_ENV)
     args = ["run", "--resume", str(tmp_path / "r"), "--set", "algorithm.inner.lr=0.01", "--set", "seed=4", "--quiet"]
     assert main(args) == 2
-    assert "differing keys: algorithm.inner.lr, seed" in capsys.readouterr().err
+    assert "these keys cannot change on resume: algorithm.inner.lr, seed" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     shutil.copy(tmp_path / "r" / "config.yaml", tmp_path / "empty" / "config.yaml")
     assert main(["run", "--resume", str(tmp_path / "empty"), "--quiet"]) == 2

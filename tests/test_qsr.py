@@ -69,7 +69,6 @@ def test_qsr_rounds_grow_as_the_cosine_schedule_decays_and_survive_resume(tmp_pa
     ({"sync_every": {"rule": "qsr", "base": 2, "alpha": -1}}, "alpha"),
     ({"sync_every": {"rule": "linear", "base": 2, "alpha": 0.1}}, "rule"),
     ({"name": "streaming-diloco", "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.1}}, "needs an integer sync_every"),
-    ({"name": "ddp", "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.1}}, "synchronizes every step"),
 ])
 def test_bad_sync_every_fails_before_training(algo, msg):
     with pytest.raises(farsync.ConfigError, match=msg):

@@ -137,12 +137,13 @@ def test_bad_input_fails_before_training_with_a_clear_message(tmp_path, capsys, 
     assert not out.exists()  # nothing was started
 
 
-def test_missing_config_file_and_outer_on_ddp(tmp_path, capsys):
+def test_missing_config_file_and_an_unknown_algorithm_key(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
-    cfg = write_cfg(tmp_path, dict(TINY_GPT, algorithm={"name": "ddp", "outer": {"name": "sgd", "lr": 1.0}}))
-    assert main(["run", str(cfg), "--quiet"]) == 2
-    assert "algorithm 'ddp' has no outer optimizer" in capsys.readouterr().err
+    cfg = write_cfg(tmp_path, dict(TINY_GPT, algorithm={"name": "ddp", "sync_evry": 3}))  # a typo no algorithm knows
+    assert main(["run", str(cfg), "--quiet", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown key 'sync_evry' for algorithm 'ddp'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_console_script_exit_code_on_bad_input(tmp_path):

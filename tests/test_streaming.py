@@ -34,6 +34,8 @@ def loss_fn(model, rank):
 
 
 def run_farsync(workers, steps, H, **options):
+    options.setdefault("fragment_rule", "contiguous")  # net() has no block list to stride over
+
     def fn(comm):
         model = net()
         algo = get_algorithm("streaming-diloco")(model, torch.optim.SGD(model.parameters(), lr=0.05), comm,
@@ -49,7 +51,7 @@ def run_farsync(workers, steps, H, **options):
     return SimCluster(workers).run(fn)
 
 
-def run_reference(workers, steps, H, fragments, delay=0, alpha=0.0, fragment_rule="strided"):
+def run_reference(workers, steps, H, fragments, delay=0, alpha=0.0, fragment_rule="contiguous"):
     """Streaming DiLoCo written out with explicit per-worker parameter lists, no communicator."""
     models = [net() for _ in range(workers)]
     inner = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
@@ -164,7 +166,7 @@ def test_schedule_fragment_k_syncs_every_h_steps_from_step_k_plus_1_times_s():
     def fn(comm):
         model = net()
         algo = get_algorithm("streaming-diloco")(model, torch.optim.SGD(model.parameters(), lr=0.05), comm,
-                                                 sync_every=8, options={"fragments": 4, "delay": 1})
+                                                 sync_every=8, options={"fragments": 4, "delay": 1, "fragment_rule": "contiguous"})
         start = algo._start
         algo._start = lambda fragment, apply_at: (starts.append((algo.local_step + 1, fragment, apply_at)), start(fragment, apply_at))
         for _ in range(16):

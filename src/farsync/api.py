@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .algorithms import Algorithm, get_algorithm
+from .algorithms.replicas import INIT_MODES, replicate_initial_state
 from .comm import CommStats, Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .comm.sim import current_sim_communicator
 from .units import parse_bandwidth, parse_duration
@@ -52,6 +53,7 @@ def wrap(
     optimizer: torch.optim.Optimizer,
     algorithm: str | dict[str, Any] = "diloco",
     comm: Communicator | None = None,
+    init: str = "broadcast",
     _server_ok: bool = False,
     **options: Any,
 ) -> Algorithm:
@@ -64,6 +66,12 @@ def wrap(
     ``grad_clip``, ``compress`` (a `farsync.compress` config dict or Compressor), ``topology``
     (decentralized algorithms: a `farsync.topology` graph or its config, default complete) and
     the algorithm's own options.
+
+    Every worker starts from rank 0's model: ``init="broadcast"`` (default) copies rank 0's
+    parameters and buffers into every worker's `model` before anything else, as torch DDP does;
+    ``init="check"`` copies nothing and raises ValueError, naming the tensor and the ranks, if the
+    workers' models differ. Buffers (BatchNorm statistics) then follow the policy in
+    `farsync.algorithms.replicas`.
     """
     spec = dict(algorithm) if isinstance(algorithm, dict) else {"name": algorithm}
     spec.update(options)
@@ -101,8 +109,12 @@ def wrap(
     if kwargs["sync_every"] != 1 and not cls.uses_sync_every:
         raise ValueError(f"algorithm {name!r} synchronizes every step; remove 'sync_every'")
     kwargs["options"] = cls.Options(**spec)  # unknown keys -> pydantic error naming them
+    if init not in INIT_MODES:
+        raise ValueError(f"init must be one of {', '.join(INIT_MODES)}, got {init!r}")
     device = next(model.parameters()).device
-    return cls(model, optimizer, comm if comm is not None else default_communicator(device), **kwargs)
+    comm = comm if comm is not None else default_communicator(device)
+    replicate_initial_state(model, comm, init)  # before the algorithm copies the model (DiLoCo's phi, ...)
+    return cls(model, optimizer, comm, **kwargs)
 
 
 @dataclass

@@ -94,6 +94,7 @@ def _serve(algo, cfg: Config, task: Task, ctx: RunContext, schedule) -> bool:
         if not r["finite"]:
             failed = True
         step = done // n
+        ctx.step = step  # the server's global step (named in the summary if the run is interrupted)
         due_log = step // t.log_every > last_step // t.log_every
         due_eval = step == t.steps or (t.eval_every > 0 and step // t.eval_every > last_step // t.eval_every)
         if due_log or due_eval or failed:

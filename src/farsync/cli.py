@@ -10,6 +10,14 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .units import format_loss
+
+
+def _print_result(run_dir, s: dict) -> None:
+    print(f"run directory: {run_dir}")
+    print(f"status: {s['status']}  final eval loss: {format_loss(s['final_eval_loss'])}  bytes sent: {s['bytes_sent_total']:,}")
+    if s.get("warning"):
+        print(f"warning: {s['warning']}")
 
 
 def _cmd_run(args) -> int:
@@ -17,10 +25,12 @@ def _cmd_run(args) -> int:
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR")
-    result = run(args.config, overrides=args.set, out=args.out, progress=not args.quiet, resume=args.resume)
+    if args.resume is not None and args.unset:
+        raise ConfigError("--unset cannot be used with --resume (a resumed run keeps its config; --set may change "
+                          "only the keys that a resume allows)")
+    result = run(args.config, overrides=args.set, out=args.out, progress=not args.quiet, resume=args.resume, unset=args.unset)
     s = result.summary
-    print(f"run directory: {result.run_dir}")
-    print(f"status: {s['status']}  final eval loss: {s['final_eval_loss']}  bytes sent: {s['bytes_sent_total']}")
+    _print_result(result.run_dir, s)
     return 0 if s["status"] == "completed" else 1
 
 
@@ -29,12 +39,14 @@ def _cmd_launch(args) -> int:
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR")
-    code, run_dir = launch(args.config, args.set, args.nproc, args.out, args.max_restarts, args.resume)
+    if args.resume is not None and args.unset:
+        raise ConfigError("--unset cannot be used with --resume (a resumed run keeps its config)")
+    code, run_dir = launch(args.config, args.set, args.nproc, args.out, args.max_restarts, args.resume, args.unset)
     s = read_summary(run_dir)
-    print(f"run directory: {run_dir}")
     if s is not None:
-        print(f"status: {s['status']}  final eval loss: {s['final_eval_loss']}  bytes sent: {s['bytes_sent_total']}")
+        _print_result(run_dir, s)
     else:
+        print(f"run directory: {run_dir}")
         print("no summary.json: the workers failed before training started (see the torchrun output above)")
     return code if code else (0 if s and s["status"] == "completed" else 1)
 
@@ -42,7 +54,7 @@ def _cmd_launch(args) -> int:
 def _cmd_worker(args) -> int:
     from .runner import run_distributed_worker
 
-    result = run_distributed_worker(args.config, args.set, args.out, resume=args.resume)
+    result = run_distributed_worker(args.config, args.set, args.out, resume=args.resume, unset=args.unset)
     return 0 if result is None or result.status == "completed" else 1
 
 
@@ -58,7 +70,7 @@ def _cmd_compare(args) -> int:
 def _cmd_sweep(args) -> int:
     from .sweep import sweep
 
-    report = sweep(args.configs, args.grid, args.set, args.out, args.target_loss, progress=not args.quiet)
+    report = sweep(args.configs, args.grid, args.set, args.out, args.target_loss, progress=not args.quiet, unset=args.unset)
     print(report.read_text())
     print(f"report written to {report}")
     return 0
@@ -101,15 +113,15 @@ def _cmd_demo(args) -> int:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         print(f"[demo] training {name} on a simulated 4-worker cluster ...", flush=True)
-        runs.append(run(str(cfg_path), overrides=args.set, out=run_dir, progress=not args.quiet))
+        runs.append(run(str(cfg_path), overrides=args.set, out=run_dir, progress=not args.quiet, unset=args.unset))
     report = compare([r.run_dir for r in runs], out / "report")
     ddp, dil = (r.summary for r in runs)
     print(f"\nreport: {report}")
     if not all(r.status == "completed" for r in runs):
         print("demo incomplete: " + "; ".join(f"{r.summary['name']}: {r.status}" for r in runs))
         return 1
-    print(f"DDP:    final eval loss {ddp['final_eval_loss']:.4f}, {ddp['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {ddp['sim_time_s']:.1f} s")
-    print(f"DiLoCo: final eval loss {dil['final_eval_loss']:.4f}, {dil['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {dil['sim_time_s']:.1f} s")
+    print(f"DDP:    final eval loss {format_loss(ddp['final_eval_loss'])}, {ddp['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {ddp['sim_time_s']:.1f} s")
+    print(f"DiLoCo: final eval loss {format_loss(dil['final_eval_loss'])}, {dil['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {dil['sim_time_s']:.1f} s")
     rel = (dil["final_eval_loss"] - ddp["final_eval_loss"]) / ddp["final_eval_loss"]
     print(f"DiLoCo sent {ddp['bytes_sent_total'] / dil['bytes_sent_total']:.1f}x fewer bytes than DDP; eval loss {rel:+.2%} vs DDP at equal tokens")
     return 0 if all(r.status == "completed" for r in runs) else 1
@@ -122,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train one config on the simulated cluster")
     r.add_argument("config", nargs="?", help="YAML config file")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    r.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a config key before --set applies (repeatable)")
     r.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -131,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("config", nargs="?", help="YAML config file (cluster.backend is set to torch)")
     la.add_argument("--nproc", type=int, help="processes (default and required: cluster.workers, plus 1 for a server-based algorithm)")
     la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    la.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a config key before --set applies (repeatable)")
     la.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     la.add_argument("--max-restarts", type=int, default=0, help="restart the group after a worker dies, K times")
     la.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
@@ -139,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="one process of a torch.distributed run (start it with torchrun)")
     w.add_argument("config", nargs="?", help="YAML config file with cluster.backend: torch")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    w.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a config key before --set applies (repeatable)")
     w.add_argument("--out", required=True, help="run directory (written by rank 0; also where restarts resume from)")
     w.add_argument("--resume", action="store_true", help="continue --out from its latest checkpoint")
     w.set_defaults(func=_cmd_worker)
@@ -152,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("configs", nargs="+", help="YAML config files")
     sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...", help="values to sweep (repeatable: all combinations)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every run")
+    sw.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a config key before --set applies (repeatable)")
     sw.add_argument("--target-loss", type=float, help="report the simulated time until eval loss <= this")
     sw.add_argument("--out", default="runs/sweep", help="output directory (default: runs/sweep)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -163,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="DDP vs DiLoCo on the Shakespeare GPT, 4 simulated workers")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of both configs")
+    d.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a config key before --set applies (repeatable)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
     return p
@@ -174,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("farsync: interrupted (the run directory keeps its metrics; summary.json says at which step)", file=sys.stderr)
+        return 130
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, DataMissingError, CheckpointError) as exc:
         print(f"farsync: error: {exc}", file=sys.stderr)
         return 2

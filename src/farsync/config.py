@@ -12,12 +12,12 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .algorithms.sync_schedule import QSR, parse_sync_every
 from .optim import SCHEDULES, check_optimizer_config, check_outer_config, lr_lambda
 from .units import parse_bandwidth, parse_duration, parse_flops
+from .yamlio import YAMLSyntaxError, load_yaml, load_yaml_file
 
 
 class ConfigError(ValueError):
@@ -197,24 +197,47 @@ class AlgorithmConfig(BaseModel):
             return {**(DEFAULT_INNER if info.field_name == "inner" else DEFAULT_OUTER), **v}
         return v
 
+    _ignored: list[str] = PrivateAttr(default_factory=list)
+
     @model_validator(mode="after")
     def _check(self):
         from .algorithms import get_algorithm
 
         cls = get_algorithm(self.name)
+        self._drop_foreign_keys(cls)
         check_optimizer_config(self.inner, "algorithm.inner")
         cls.check_config(self.inner, self.compress)
         if cls.uses_outer:
             check_outer_config(self.outer, "algorithm.outer")
-        elif "outer" in self.model_fields_set and self.outer != DEFAULT_OUTER:  # resolved configs carry the default
-            raise ValueError(f"algorithm {self.name!r} has no outer optimizer; remove algorithm.outer")
-        if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
-            raise ValueError(f"algorithm {self.name!r} synchronizes every step; remove algorithm.sync_every")
         opts = _validate_params(cls.Options, self.model_extra, f"algorithm {self.name!r}")
         cls.check_options(self.sync_every, opts)
         for k, v in opts.model_dump().items():
             setattr(self, k, v)
         return self
+
+    def _drop_foreign_keys(self, cls) -> None:
+        """Keys that another registered algorithm uses and this one does not (``outer``,
+        ``sync_every``, another's options) are dropped and listed in `ignored`, so one config can
+        be run with any ``algorithm.name``; keys no algorithm knows stay errors."""
+        from .algorithms import ALGORITHMS
+
+        if not cls.uses_outer and "outer" in self.model_fields_set and self.outer != DEFAULT_OUTER:
+            self._ignored.append("outer")
+        if not cls.uses_outer:
+            self.outer = dict(DEFAULT_OUTER)
+        if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
+            self._ignored.append("sync_every")
+            self.sync_every = 1
+        known = {k for other in ALGORITHMS.values() for k in other.Options.model_fields}
+        for key in list(self.model_extra or {}):
+            if key not in cls.Options.model_fields and key in known:
+                del self.model_extra[key]
+                self._ignored.append(key)
+
+    @property
+    def ignored(self) -> list[str]:
+        """The keys of other algorithms that were dropped for this one (see `_drop_foreign_keys`)."""
+        return list(self._ignored)
 
     def options(self):
         from .algorithms import get_algorithm
@@ -287,6 +310,10 @@ class Config(_Strict):
         from .algorithms import get_algorithm
 
         cls = get_algorithm(self.algorithm.name)
+        every = self.algorithm.sync_every
+        if cls.uses_sync_every and isinstance(every, int) and every > self.train.steps:
+            raise ValueError(f"algorithm.sync_every ({every}) is larger than train.steps ({self.train.steps}): the workers "
+                             "would never synchronize; lower algorithm.sync_every or raise train.steps")
         if cls.server_based and self.train.checkpoint_every:
             raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed; set train.checkpoint_every: 0")
         if cls.uses_topology:
@@ -305,9 +332,18 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def notes(self) -> list[str]:
+        """One-line notes about what the config ignores (printed by the runner before it starts)."""
+        ignored = self.algorithm.ignored
+        if not ignored:
+            return []
+        keys = ", ".join(f"algorithm.{k}" for k in ignored)
+        return [f"note: algorithm {self.algorithm.name!r} does not use {keys} (options of other algorithms); ignored"]
+
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML, numbers as in `farsync.yamlio`) to a
+    nested dict copy."""
     tree = copy.deepcopy(tree)
     for item in overrides or []:
         if "=" not in item:
@@ -322,7 +358,22 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[s
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = nxt
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = load_yaml(raw, f"--set {item}") if raw.strip() else ""
+    return tree
+
+
+def remove_keys(tree: dict[str, Any], keys: list[str] | None) -> dict[str, Any]:
+    """Remove dotted `keys` (``--unset algorithm.outer``) from a nested dict copy; a key that is
+    not there is an error (a typo must not pass silently)."""
+    tree = copy.deepcopy(tree)
+    for key in keys or []:
+        parts = key.strip().split(".")
+        node = tree
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"--unset {key}: the config has no key {key!r}")
+        del node[parts[-1]]
     return tree
 
 
@@ -354,8 +405,13 @@ def _format_error(err: ValidationError) -> str:
     return "invalid config:\n" + "\n".join(lines)
 
 
-def load_config(source: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated `Config` from a YAML path, a dict or a Config, plus overrides."""
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | None = None,
+    unset: list[str] | None = None,
+) -> Config:
+    """Build a validated `Config` from a YAML path, a dict or a Config, minus the `unset` keys,
+    plus overrides. An empty file is refused (it would silently start the defaults' long run)."""
     if isinstance(source, Config):
         tree = source.to_dict()
     elif isinstance(source, dict):
@@ -366,10 +422,19 @@ def load_config(source: str | Path | dict[str, Any] | Config | None = None, over
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        try:
+            tree = load_yaml_file(path)
+        except YAMLSyntaxError as err:
+            raise ConfigError(str(err)) from None
+        if tree is None:
+            raise ConfigError(f"{path} is empty: a config needs at least the keys that differ from the defaults "
+                              "(examples: farsync/configs/demo_diloco.yaml)")
         if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-    tree = apply_overrides(tree, overrides)
+            raise ConfigError(f"{path}: top level must be a mapping of sections (task, cluster, algorithm, train)")
+    try:
+        tree = apply_overrides(remove_keys(tree, unset), overrides)
+    except YAMLSyntaxError as err:
+        raise ConfigError(str(err)) from None
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .runner import default_run_dir, resume_config, world_size
+from .runner import build_task, check_model, default_run_dir, resume_config, world_size
 
 
 def torchrun_command(nproc: int, max_restarts: int, worker_args: list[str]) -> list[str]:
@@ -34,14 +34,20 @@ def launch(
     out: str | None = None,
     max_restarts: int = 0,
     resume: str | None = None,
+    unset: list[str] | None = None,
 ) -> tuple[int, Path]:
-    """Validate, start torchrun, wait; return (exit code, run directory)."""
+    """Validate, start torchrun, wait; return (exit code, run directory). A run resumed here
+    (``resume=RUN_DIR``) may have been made on the simulator: it goes on with ``cluster.backend:
+    torch`` and the same workers."""
     overrides = list(overrides or [])
     if resume is None:
         overrides.append("cluster.backend=torch")
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, unset)
     else:
-        cfg = resume_config(resume, overrides)
+        cfg = resume_config(resume, overrides, backend="torch")
+    for note in cfg.notes():
+        print(note, file=sys.stderr)
+    check_model(cfg, build_task(cfg))
     need = world_size(cfg)
     n = nproc if nproc is not None else need
     if n != need:
@@ -55,6 +61,8 @@ def launch(
     args = ["--out", str(run_dir)] + (["--resume"] if resume is not None else [str(config)])
     for o in overrides:
         args += ["--set", o]
+    for key in unset or []:
+        args += ["--unset", key]
     proc = subprocess.run(torchrun_command(n, max_restarts, args))
     return proc.returncode, run_dir
 

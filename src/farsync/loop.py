@@ -52,6 +52,7 @@ class RunContext:
     hard_kill: bool = False  # torch backend: an injected fault exits the process
     last_rows: list[dict[str, Any]] = field(default_factory=list)  # rank 0: last gathered counters
     final_model: dict[str, Any] | None = None  # rank 0: state_dict at the evaluation point, at the end
+    step: int = 0  # rank 0: the last inner step this worker completed (a run's summary names it when interrupted)
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
@@ -130,10 +131,13 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         model.load_state_dict(mine["model"])
         algo.load_state_dict(mine["algorithm"])
         sched.load_state_dict(mine["lr_scheduler"])
+        follow_schedule(sched)  # a resumed run with a new train.steps follows the schedule over the new total
         sampler.load_state_dict(mine["sampler"])
         comm.restore_stats(mine["stats"])
         torch.set_rng_state(mine["rng"])
         start = mine["step"]
+    if rank0:
+        ctx.step = start
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
     fault = None if (start or restarted) else parse_fault(os.environ.get(FAULT_ENV))
 
@@ -159,6 +163,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         if not math.isfinite(value):
             first_bad = min(first_bad, step)
         loss_sum, loss_n = loss_sum + value, loss_n + 1
+        if rank0:
+            ctx.step = step
 
         do_eval = step == t.steps or (t.eval_every > 0 and step % t.eval_every == 0)
         if not (do_eval or step % t.log_every == 0):
@@ -208,6 +214,15 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
             if rank0:
                 save_checkpoint(ctx.run_dir, {"config": cfg.to_dict(), "step": step, "workers": gathered, "metrics": list(ctx.log.records)})
             comm.all_gather_object(None)  # commit: nobody goes on until the checkpoint is on disk
+
+
+def follow_schedule(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set each group's lr to the schedule's value at the restored step, as ``LambdaLR`` computes
+    it (bit for bit the saved value when the schedule is unchanged)."""
+    lrs = [base * lam(sched.last_epoch) for base, lam in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -1,21 +1,48 @@
-"""A live progress bar (step, ETA, loss, bytes) that stays quiet when output is not a terminal."""
+"""Progress of a run: a live bar on a terminal, plain lines at a steady interval elsewhere.
+
+On a terminal (stderr is a TTY) a rich progress bar shows step, ETA, losses and bytes. When stderr
+is not a terminal (batch schedulers, nohup, ``make demo | tee``) a plain line is printed at most
+every `interval` seconds (``FARSYNC_PROGRESS_EVERY``, default 30 s), and always at the last step::
+
+    [demo-diloco] step 120/1000 (12%)  train loss 2.3456  eval loss 2.4011  1,234 tokens/s  sim 12.3 s  ETA 3m 05s
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .units import format_bytes
+from .units import format_bytes, format_duration, format_loss
+
+INTERVAL_ENV = "FARSYNC_PROGRESS_EVERY"
+
+
+def _interval() -> float:
+    raw = os.environ.get(INTERVAL_ENV, "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds >= 0, got {raw!r}") from None
+    if not value >= 0:
+        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 class ProgressBar:
-    def __init__(self, total: int, enabled: bool = True, label: str = "train"):
+    def __init__(self, total: int, enabled: bool = True, label: str = "train", interval: float | None = None, start: int = 0):
         self.console = Console(file=sys.stderr)
-        self.enabled = enabled and self.console.is_terminal
+        self.total, self.label, self.start = total, label, start  # start: steps done before (a resumed run)
+        self.enabled = enabled
+        self.plain = enabled and not self.console.is_terminal
+        self.interval = _interval() if interval is None else interval
         self._progress = None
-        if self.enabled:
+        self._last_print: float | None = None
+        self._t0 = time.perf_counter()
+        if enabled and not self.plain:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -28,6 +55,7 @@ class ProgressBar:
             self._task = self._progress.add_task(label, total=total, info="")
 
     def __enter__(self):
+        self._t0 = time.perf_counter()
         if self._progress is not None:
             self._progress.start()
         return self
@@ -37,10 +65,28 @@ class ProgressBar:
             self._progress.stop()
 
     def update(self, step: int, record: dict) -> None:
+        if self.plain:
+            self._plain_line(step, record)
         if self._progress is None:
             return
-        info = f"loss {record['train_loss']:.4f}"
+        info = f"loss {format_loss(record['train_loss'])}"
         if "eval_loss" in record:
-            info += f"  eval {record['eval_loss']:.4f}"
+            info += f"  eval {format_loss(record['eval_loss'])}"
         info += f"  sent {format_bytes(record['bytes_sent'])}"
         self._progress.update(self._task, completed=step, info=info)
+
+    def _plain_line(self, step: int, record: dict) -> None:
+        now = time.perf_counter()
+        if not (self._last_print is None or now - self._last_print >= self.interval or step >= self.total):
+            return
+        self._last_print = now
+        rate = (step - self.start) / max(now - self._t0, 1e-9)  # steps per second since this process started
+        tokens_per_step = record.get("tokens", 0) / step if step else 0
+        line = f"[{self.label}] step {step}/{self.total} ({100 * step / self.total:.0f}%)  train loss {format_loss(record['train_loss'])}"
+        if "eval_loss" in record:
+            line += f"  eval loss {format_loss(record['eval_loss'])}"
+        line += f"  {rate * tokens_per_step:,.0f} tokens/s"
+        if "sim_time_s" in record:
+            line += f"  sim {record['sim_time_s']:.4g} s"
+        line += f"  ETA {format_duration((self.total - step) / rate) if rate > 0 else '?'}"
+        print(line, file=sys.stderr, flush=True)

@@ -12,7 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .units import format_bytes  # noqa: E402
+import yaml  # noqa: E402
+
+from .units import format_bytes, format_loss  # noqa: E402
 
 PLOTS = (
     ("step", "loss_vs_steps.png", "inner steps per worker", False),
@@ -26,10 +28,11 @@ class LoadedRun:
     path: Path
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
+    config: dict[str, Any] | None = None
+    label: str = ""
 
-    @property
-    def label(self) -> str:
-        return self.summary.get("name") or self.path.name
+    def __post_init__(self):
+        self.label = self.label or self.summary.get("name") or self.path.name
 
 
 def load_run(path: str | Path) -> LoadedRun:
@@ -38,7 +41,66 @@ def load_run(path: str | Path) -> LoadedRun:
     if not s.is_file() or not m.is_file():
         raise FileNotFoundError(f"{path} is not a run directory (needs summary.json and metrics.jsonl)")
     metrics = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
-    return LoadedRun(path, json.loads(s.read_text()), metrics)
+    cfg = path / "config.yaml"
+    config = yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
+    return LoadedRun(path, json.loads(s.read_text()), metrics, config)
+
+
+def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"algorithm": {"inner": {"lr": 1e-3}}}`` -> ``{"algorithm.inner.lr": 1e-3}``."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            flat.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """The dotted keys whose values differ between `configs` (resolved run configs). When
+    ``algorithm.name`` differs, an ``algorithm.*`` key counts only if it differs between runs of
+    the same algorithm (otherwise it is just that algorithm's default or an ignored option)."""
+    flats = [flatten_config(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    diff = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1 and k != "name"]
+    if "algorithm.name" not in diff:
+        return diff
+    groups: dict[str, list[dict]] = {}
+    for f in flats:
+        groups.setdefault(f.get("algorithm.name"), []).append(f)
+    keep = ["algorithm.name"]
+    for k in diff:
+        if k == "algorithm.name":
+            continue
+        if not k.startswith("algorithm.") or any(len({json.dumps(f.get(k), sort_keys=True, default=str) for f in g}) > 1 for g in groups.values()):
+            keep.append(k)
+    return keep
+
+
+def short_key(key: str) -> str:
+    """``algorithm.inner.lr`` -> ``inner.lr``, ``cluster.bandwidth`` -> ``bandwidth``,
+    ``algorithm.name`` -> ``algorithm``."""
+    if key.endswith(".name") and key.count(".") == 1:
+        return key.split(".")[0]
+    parts = key.split(".")
+    return ".".join(parts[1:]) if len(parts) > 1 else key
+
+
+def run_labels(names: list[str], configs: list[dict[str, Any] | None], max_keys: int = 3) -> list[str]:
+    """Legend labels: each run's name, followed by the config keys that differ between the runs
+    (``tiny (name=ddp)``, ``tiny (name=diloco, sync_every=50)``)."""
+    if len(names) < 2 or any(c is None for c in configs):
+        return list(names)
+    keys = differing_keys(configs)
+    labels = []
+    for name, cfg in zip(names, configs):
+        flat = flatten_config(cfg)
+        parts = [f"{short_key(k)}={flat.get(k, '-')}" for k in keys[:max_keys]]
+        if len(keys) > max_keys:
+            parts.append(f"+{len(keys) - max_keys} more")
+        labels.append(f"{name} ({', '.join(parts)})" if parts else name)
+    return labels
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -57,7 +119,7 @@ def markdown_table(runs: list[LoadedRun]) -> str:
         s = r.summary
         ratio = "-" if not base or not s["bytes_sent_total"] else f"{base / s['bytes_sent_total']:.1f}x fewer" if s["bytes_sent_total"] < base else f"{s['bytes_sent_total'] / base:.2f}x"
         rows.append(
-            f"| {r.label} | {s['algorithm']} | {s['workers']} | {_fmt(s['final_eval_loss'])} | {_fmt(s['best_eval_loss'])} "
+            f"| {r.label} | {s['algorithm']} | {s['workers']} | {format_loss(s['final_eval_loss'])} | {format_loss(s['best_eval_loss'])} "
             f"| {format_bytes(s['bytes_sent_total'])} | {ratio} | {format_bytes(s['peak_bytes_per_sync'])} "
             f"| {_fmt(s['sim_time_s'], '.2f')} | {_fmt(s['compute_utilization'], '.3f')} | {s['status']} |"
         )
@@ -118,15 +180,16 @@ def compare(run_dirs: list[str | Path], out: str | Path) -> Path:
     if not run_dirs:
         raise ValueError("compare needs at least one run directory")
     runs = [load_run(p) for p in run_dirs]
+    legends = run_labels([r.label for r in runs], [r.config for r in runs])  # name + the keys that differ
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for key, fname, xlabel, logx in PLOTS:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for r in runs:
+        for r, legend in zip(runs, legends):
             pts = [(m[key], m["eval_loss"]) for m in r.metrics if "eval_loss" in m]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", markersize=3, label=r.label)
+                ax.plot(xs, ys, marker="o", markersize=3, label=legend)
         if logx:
             ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel(xlabel)

@@ -11,7 +11,9 @@ call's virtual start and end, the rank and the bytes it sent (bytes in flight ov
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,7 +33,12 @@ from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
 from .report import bytes_in_flight, load_transfers
 from .tasks import Task, get_task
-from .units import parse_duration, parse_flops
+from .units import format_loss, parse_duration, parse_flops
+
+# Keys a resumed run may change: none of them changes what a finished step computed.
+RESUMABLE_KEYS = ("name", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
+                  "cluster.backend", "cluster.device", "cluster.timeout")
+DIVERGED_FACTOR = 10.0  # summary "diverged": the last logged train loss is this many times the first
 
 
 @dataclass
@@ -112,7 +119,7 @@ def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, w
     compute = [r["compute_time_s"] for r in rows]
     busy = [r["compute_time_s"] for r in rows if r.get("role") != "server"]  # a server does no compute
     last = records[-1] if records else {}
-    return {
+    summary = {
         "name": cfg.name,
         "status": status,
         "backend": cfg.cluster.backend,
@@ -134,6 +141,21 @@ def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, w
         "compute_utilization": (sum(busy) / (len(busy) * sim_time)) if sim_time > 0 and busy else None,
         "wall_time_s": round(wall, 3),
     }
+    summary.update(divergence(records))
+    return summary
+
+
+def divergence(records: list[dict]) -> dict:
+    """``{"diverged": True, "warning": ...}`` when the last logged train loss is at least
+    `DIVERGED_FACTOR` times the first (a blow-up by an order of magnitude or more), else ``{}``."""
+    losses = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    if len(losses) < 2:
+        return {}
+    (s0, first), (s1, last) = losses[0], losses[-1]
+    if first > 0 and math.isfinite(first) and (not math.isfinite(last) or last >= DIVERGED_FACTOR * first):
+        return {"diverged": True, "warning": f"loss diverged: train loss {format_loss(first)} at step {s0} "
+                                             f"rose to {format_loss(last)} at step {s1}"}
+    return {}
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -141,29 +163,88 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def prepare_run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[Path, dict | None]:
-    """Create (or, when resuming, check) the run directory; return it and the checkpoint to resume."""
+    """Create (or, when resuming, check) the run directory; return it and the checkpoint to resume.
+
+    Nothing is written unless every check passes: an `out` that is a file, or where a directory
+    cannot be made, is a ConfigError; on resume only `RESUMABLE_KEYS` may differ from the
+    checkpoint's config (then config.yaml is rewritten with the new values)."""
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if resume:
         path = latest_checkpoint(run_dir)
         if path is None:
             raise CheckpointError(f"no checkpoint in {run_dir}/checkpoints to resume from")
         ckpt = load_checkpoint(path)
-        diff = config_diff(ckpt["config"], cfg.to_dict())
-        if diff:
-            raise CheckpointError(f"checkpoint {path} was written with a different config; differing keys: {', '.join(diff)}")
+        check_resume(ckpt, cfg, path)
+        if config_diff(ckpt["config"], cfg.to_dict()):
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return run_dir, ckpt
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a directory; choose another --out")
     if (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"{run_dir} already holds a run; choose another --out, delete it, or --resume it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    except OSError as err:
+        for p in made:  # leave no half-made run directory behind
+            if p.is_dir():
+                (p / "config.yaml").unlink(missing_ok=True)
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+        raise ConfigError(f"cannot write the run directory {run_dir} (--out): {err.strerror or err}") from None
     return run_dir, None
 
 
-def resume_config(run_dir: str | Path, overrides: list[str] | None) -> Config:
+def check_resume(ckpt: dict, cfg: Config, path: Path) -> None:
+    """Refuse a resumed config that changes what the checkpoint's finished steps mean."""
+    diff = config_diff(ckpt["config"], cfg.to_dict())
+    bad = [k for k in diff if k not in RESUMABLE_KEYS]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} was written with a different config; these keys cannot change on "
+                              f"resume: {', '.join(bad)} (a resume may change only {', '.join(RESUMABLE_KEYS)})")
+    if cfg.train.steps <= ckpt["step"]:
+        raise CheckpointError(f"train.steps ({cfg.train.steps}) must be larger than the checkpoint's step "
+                              f"({ckpt['step']}, {path}) to go on training")
+    old_steps = ckpt["config"]["train"]["steps"]
+    if old_steps != cfg.train.steps and cfg.train.lr_schedule.name != "constant":
+        print(f"note: train.lr_schedule {cfg.train.lr_schedule.name!r} is defined over train.steps; from step "
+              f"{ckpt['step'] + 1} on the lr follows it over the new total {cfg.train.steps} (was {old_steps})",
+              file=sys.stderr)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None, backend: str | None = None) -> Config:
+    """The config of run `run_dir` (its config.yaml) plus `overrides`; `backend` ('sim' for
+    ``farsync run``, 'torch' for ``farsync launch``) replaces the one the run was written with,
+    so a checkpoint moves between the simulator and torch.distributed with the same workers."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    if backend is not None and cfg.cluster.backend != backend:
+        print(f"note: {run_dir} was run on cluster.backend {cfg.cluster.backend!r}; resuming it on {backend!r}", file=sys.stderr)
+        cfg = load_config(path, [*(overrides or []), f"cluster.backend={backend}"])
+    return cfg
+
+
+def check_model(cfg: Config, task: Task) -> int:
+    """Build the initial model once: the algorithm checks its options against it (e.g. fragments
+    against blocks) before anything is written; returns the number of parameters."""
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    try:
+        get_algorithm(cfg.algorithm.name).check_model(model, cfg.algorithm.options())
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return sum(p.numel() for p in model.parameters())
 
 
 def write_transfers(path: Path, transfers: list[tuple[float, float, int, int]]) -> None:
@@ -191,7 +272,9 @@ def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, tran
     return RunResult(ctx.run_dir, summary, ctx.log.records)
 
 
-def _status(exc: BaseException) -> str:
+def _status(exc: BaseException, ctx: RunContext | None = None) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return f"failed: interrupted at step {ctx.step if ctx is not None else '?'}"
     return f"failed: {exc}" if isinstance(exc, NonFiniteLoss) else f"failed: {type(exc).__name__}: {exc}"
 
 
@@ -201,28 +284,36 @@ def run(
     out: str | Path | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
+    unset: list[str] | None = None,
 ) -> RunResult:
     """Validate `config`, train on the simulated cluster and write a run directory.
 
-    ``resume=RUN_DIR`` continues that run from its latest checkpoint (its config.yaml plus
-    `overrides`, which must not change it). Raises ConfigError / ValueError / DataMissingError /
-    CheckpointError before any training on bad input; a run that fails during training still
-    writes its metrics and a summary whose status says why.
+    `unset` removes dotted keys from the config before `overrides` apply. ``resume=RUN_DIR``
+    continues that run from its latest checkpoint (its config.yaml plus `overrides`, which may
+    change only `RESUMABLE_KEYS`, e.g. ``train.steps`` to train longer; a run made with
+    ``farsync launch`` resumes here on the simulator). Raises ConfigError / ValueError /
+    DataMissingError / CheckpointError before anything is written on bad input; a run that fails
+    during training, or is interrupted (Ctrl-C: KeyboardInterrupt is re-raised), still writes its
+    metrics and a summary whose status says why.
     """
-    cfg = resume_config(resume, overrides) if resume is not None else load_config(config, overrides)
-    if cfg.cluster.backend != "sim":
-        raise ConfigError("cluster.backend is 'torch': start it with `farsync launch --nproc N CONFIG` (or torchrun)")
+    if resume is not None:
+        cfg = resume_config(resume, overrides, backend="sim")
+    else:
+        cfg = load_config(config, overrides, unset)
+        if cfg.cluster.backend != "sim":
+            raise ConfigError("cluster.backend is 'torch': start it with `farsync launch --nproc N CONFIG` (or torchrun)")
+    for note in cfg.notes():
+        print(note, file=sys.stderr)
     task = build_task(cfg)
+    n_params = check_model(cfg, task)
     cluster = build_cluster(cfg, task)
-    torch.manual_seed(cfg.seed)
-    n_params = sum(p.numel() for p in task.build_model().parameters())
     run_dir, ckpt = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
 
     ctx = RunContext(
         device=torch.device(cfg.cluster.device),
         run_dir=run_dir,
         resume=ckpt,
-        bar=ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name),
+        bar=ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name, start=ckpt["step"] if ckpt else 0),
     )
     ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
     earlier = []  # a resumed run: the calls the crashed attempt started before the checkpoint
@@ -239,7 +330,7 @@ def run(
     except Exception as exc:  # noqa: BLE001 - recorded in summary.json
         status = _status(exc)
     except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
-        _finish(cfg, ctx, _status(exc), wall0, n_params, earlier + cluster.transfers)
+        _finish(cfg, ctx, _status(exc, ctx), wall0, n_params, earlier + cluster.transfers)
         raise
     return _finish(cfg, ctx, status, wall0, n_params, earlier + cluster.transfers)
 
@@ -268,7 +359,8 @@ def init_process_group(backend: str, timeout: timedelta) -> None:
 
 
 def run_distributed_worker(
-    config: str | Path | None, overrides: list[str] | None, out: str | Path, resume: bool = False
+    config: str | Path | None, overrides: list[str] | None, out: str | Path, resume: bool = False,
+    unset: list[str] | None = None,
 ) -> RunResult | None:
     """Entry point of one torch.distributed process (under torchrun). Rank 0 returns the result.
 
@@ -279,7 +371,7 @@ def run_distributed_worker(
 
     from .comm.torch_dist import TorchCommunicator
 
-    cfg = resume_config(out, overrides) if resume else load_config(config, overrides)
+    cfg = resume_config(out, overrides, backend="torch") if resume else load_config(config, overrides, unset)
     if cfg.cluster.backend != "torch":
         raise ConfigError(f"farsync launch needs cluster.backend: torch (got {cfg.cluster.backend!r}); add --set cluster.backend=torch")
     device = torch.device("cpu")
@@ -310,15 +402,14 @@ def run_distributed_worker(
         errors = comm.all_gather_object(error)
         if errors[0] is not None:
             raise RuntimeError(f"rank 0 could not prepare the run directory: {errors[0]}")
-        torch.manual_seed(cfg.seed)
-        n_params = sum(p.numel() for p in task.build_model().parameters())
+        n_params = check_model(cfg, task)
         status, wall0 = "completed", time.perf_counter()
         try:
             train(comm, cfg, task, ctx)
             rows = comm.all_gather_object(comm.stats.as_dict())
             ctx.last_rows = [{**r, "role": "server" if server_based(cfg) and i == 0 else "worker"} for i, r in enumerate(rows)]
         except BaseException as exc:
-            status = _status(exc)
+            status = _status(exc, ctx)
             if not isinstance(exc, NonFiniteLoss):
                 raise
         finally:

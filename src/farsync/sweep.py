@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, load_config
-from .units import parse_bandwidth, parse_duration
+from .report import run_labels
+from .units import format_loss, parse_bandwidth, parse_duration
 
 
 def split_values(text: str) -> list[str]:
@@ -73,8 +74,10 @@ def _numeric(key: str, value: str) -> float | None:
 
 
 def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None = None, out: str | Path = "runs/sweep",
-          target_loss: float | None = None, progress: bool = False) -> Path:
-    """Run the sweep; return the path of report.md."""
+          target_loss: float | None = None, progress: bool = False, unset: list[str] | None = None) -> Path:
+    """Run the sweep; return the path of report.md. `unset` keys are removed from every config
+    first. A grid over ``algorithm.name`` runs one config with each algorithm: keys of the others
+    (``sync_every``, ``outer``, ``fragments``, ...) are ignored where they do not apply."""
     from .runner import run
 
     grid = parse_grid(grid_items)
@@ -83,8 +86,10 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
     for path in configs:  # validate everything before any work
         for point in points:
             sets = list(overrides or []) + [f"{k}={v}" for k, v in point.items()]
-            cfg = load_config(path, sets)
+            cfg = load_config(path, sets, unset)
             plan.append((cfg.name, point, path, sets))
+    bases = {path: load_config(path, overrides, unset) for path in dict.fromkeys(configs)}
+    labels = dict(zip(bases, run_labels([c.name for c in bases.values()], [c.to_dict() for c in bases.values()])))
     out = Path(out)
     rows = []
     for name, point, path, sets in plan:
@@ -98,10 +103,10 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             print(f"[sweep] {name} {point}", flush=True)
-            result = run(path, overrides=sets, out=run_dir, progress=progress)
+            result = run(path, overrides=sets, out=run_dir, progress=progress, unset=unset)
             summary, metrics = result.summary, result.metrics
         rows.append({
-            "config": name, **point, "run_dir": str(run_dir), "status": summary["status"],
+            "config": name, "label": labels[path], **point, "run_dir": str(run_dir), "status": summary["status"],
             "final_eval_loss": summary["final_eval_loss"], "bytes_sent_total": summary["bytes_sent_total"],
             "sim_time_s": summary["sim_time_s"], "compute_utilization": summary["compute_utilization"],
             "time_to_target_s": time_to_target(metrics, target_loss),
@@ -119,7 +124,7 @@ def write_report(rows: list[dict], keys: list[str], out: Path, target: float | N
     head = ["config", *keys, "final eval loss", "bytes sent", "sim time (s)", "compute util.", f"time to loss {target} (s)", "status"]
     lines = ["# Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["config"], *[str(r[k]) for k in keys], fmt(r["final_eval_loss"], ".4f"), f"{r['bytes_sent_total']:,}",
+        cells = [r["config"], *[str(r[k]) for k in keys], format_loss(r["final_eval_loss"]), f"{r['bytes_sent_total']:,}",
                  fmt(r["sim_time_s"], ".2f"), fmt(r["compute_utilization"], ".3f"), fmt(r["time_to_target_s"], ".2f"), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     if len(keys) == 1:
@@ -144,8 +149,8 @@ def plot_sweep(rows: list[dict], key: str, out: Path, target: float | None) -> N
         if field == "time_to_target_s" and target is None:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for name in dict.fromkeys(r["config"] for r in rows):
-            pts = [(xpos[r[key]], r[field]) for r in rows if r["config"] == name and r[field] is not None]
+        for name in dict.fromkeys(r.get("label", r["config"]) for r in rows):
+            pts = [(xpos[r[key]], r[field]) for r in rows if r.get("label", r["config"]) == name and r[field] is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name)
         if xs is not nums:

@@ -62,3 +62,25 @@ def format_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{n:.0f} B"
+
+
+def format_loss(x: float | None) -> str:
+    """A loss for people: 4 decimals in the usual range, scientific notation outside it (a diverged
+    finite loss such as 3.2e+130 is not printed with 130 digits); '-' for none."""
+    if x is None:
+        return "-"
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    if x != 0 and not 1e-3 <= abs(x) < 1e5:
+        return f"{x:.4e}"
+    return f"{x:.4f}"
+
+
+def format_duration(seconds: float) -> str:
+    """'42s', '3m 05s', '2h 03m' (for progress lines and ETAs)."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"

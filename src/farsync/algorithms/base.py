@@ -24,6 +24,7 @@ from torch import nn
 from ..comm import Communicator
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import OptimizerWrapper, build_optimizer, set_stats_reducer, step_kwargs
+from .replicas import Buffers
 from .sync_schedule import QSR, RoundClock, parse_sync_every
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -65,6 +66,7 @@ class Algorithm:
         self.grad_clip = grad_clip
         self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.buffers = Buffers(model, comm)  # BatchNorm statistics etc.: the policy in replicas.py
         self.local_step = 0  # inner steps taken by this worker
         self.reducer = self._build_reducer(compress)
         if comm.world_size > 1 and not self.server_based:  # parameter-free step sizes agree across workers
@@ -88,6 +90,11 @@ class Algorithm:
     @classmethod
     def check_options(cls, sync_every: int, options: BaseModel) -> None:
         """Raise ValueError if the algorithm's options do not fit `sync_every` (checked before training)."""
+
+    @classmethod
+    def check_model(cls, model: nn.Module, options: BaseModel) -> None:
+        """Raise ValueError if the options cannot work on `model` (e.g. more fragments than
+        blocks); the runner calls it on a freshly built model before it writes anything."""
 
     # ------------------------------------------------------------------ loop API
     def step(self, loss: torch.Tensor | None = None, closure: Callable[[], torch.Tensor] | None = None) -> None:
@@ -168,6 +175,7 @@ class Algorithm:
             "optimizer": self.optimizer.state_dict(),
             "reducer": self.reducer.state_dict(),
             "rounds": self.rounds.state_dict(),
+            "buffers": self.buffers.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -175,6 +183,7 @@ class Algorithm:
         self.optimizer.load_state_dict(state["optimizer"])
         self.reducer.load_state_dict(state["reducer"])
         self.rounds.load_state_dict(state["rounds"])
+        self.buffers.load_state_dict(state.get("buffers"))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

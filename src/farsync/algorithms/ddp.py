@@ -7,7 +7,8 @@ Update, every step t on every worker i::
 
 Bytes per step per worker (ring all-reduce): 2(n-1)/n * d * bytes_per_element. Gradient
 clipping, if set, applies to the averaged gradient (as in torch DDP). Parameters whose ``.grad``
-is None contribute zeros.
+is None contribute zeros. Buffers (BatchNorm statistics): rank 0's are broadcast after every
+step, as torch DDP's ``broadcast_buffers`` (`replicas.py`).
 """
 
 from __future__ import annotations
@@ -33,3 +34,4 @@ class DDP(Algorithm):
 
             self._closure = averaged
         self._optimizer_step()
+        self.buffers.broadcast_from_rank0()

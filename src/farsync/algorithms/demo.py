@@ -87,6 +87,7 @@ class DecoupledMomentum(Algorithm):
                 u = t.decode(scatter_mean(n_chunks, t.coeffs_per_chunk, idx, val))
                 p.grad = (u.sign() if o.sign else u).to(p.dtype)
         self.optimizer.step()
+        self.buffers.broadcast_from_rank0()  # identical replicas: rank 0's buffers, as DDP (replicas.py)
 
     @staticmethod
     def _unpack(buf: torch.Tensor, layout) -> list[tuple[torch.Tensor, torch.Tensor]]:

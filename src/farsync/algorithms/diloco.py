@@ -12,7 +12,8 @@ H = `sync_every` inner steps (or H from the QSR rule, `sync_schedule.py`)::
 Any torch optimizer can be inner or outer (`farsync.optim.OPTIMIZERS`). Reductions: n=1, H=1,
 outer SGD lr=1 without momentum equals the plain inner optimizer; H=1 with outer SGD lr=1 and
 inner SGD equals DDP with SGD (both up to floating-point rounding of phi - (phi - theta)).
-Evaluation point: phi.
+Evaluation point: phi, with the buffers (BatchNorm statistics) averaged at the last outer step
+(`replicas.py`).
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ class DiLoCo(Algorithm):
         with torch.no_grad():
             for p, g in zip(self.params, self.global_params):
                 p.copy_(g)
+        self.buffers.average()
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
         with evaluation_point([self.outer_optimizer]):  # an averaging outer optimizer (e.g. GPA) is evaluated at its x
             values = [g.detach().clone() for g in self.global_params]
-        with swapped_params(self.params, values):
+        with swapped_params(self.params, values), self.buffers.at_last_sync():
             yield self.model
 
     def state_dict(self):

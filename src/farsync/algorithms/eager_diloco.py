@@ -95,6 +95,7 @@ class DelayedDiLoCo(DiLoCo):
         with torch.no_grad():
             for p, s in zip(self.params, self.start_point):
                 p.copy_(s)
+        self.buffers.average()  # blocking and small: buffers are not part of the overlapped exchange
 
     def _pseudo_gradient(self, prev: torch.Tensor | None) -> torch.Tensor:
         """This round's pseudo-gradient: from the point the round started at."""
@@ -113,7 +114,7 @@ class DelayedDiLoCo(DiLoCo):
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
-        with swapped_params(self.params, self.start_point):
+        with swapped_params(self.params, self.start_point), self.buffers.at_last_sync():
             yield self.model
 
     def state_dict(self):

@@ -4,8 +4,11 @@
   holds its blocks; fragment k gets blocks {k, k+F, k+2F, ...} (the paper's strided pattern). The
   parameters outside the blocks (embeddings, final norm, head) are given one tensor at a time, in
   model order, to the fragment that is smallest so far, so fragments stay of similar size.
-- ``contiguous`` (and the fallback when there is no block list with at least F blocks): the
-  parameter tensors in model order cut into F runs of about d/F values each.
+- ``contiguous``: the parameter tensors in model order cut into F runs of about d/F values each.
+
+``strided`` with more fragments than blocks (or a model without a block list and F > 1) is an
+error that names ``algorithm.fragments`` and the blocks found: silently cutting the model another
+way would run a different experiment. Ask for ``fragment_rule: contiguous`` to get that split.
 
 Both return, per fragment, the indices into ``params`` (the model's trainable parameters in
 ``model.parameters()`` order), each list sorted, every index in exactly one fragment.
@@ -24,10 +27,18 @@ def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int, r
         raise ValueError(f"unknown fragment rule {rule!r}; valid choices: {', '.join(RULES)}")
     if not 1 <= n <= len(params):
         raise ValueError(f"fragments must be in [1, {len(params)}] (the number of parameter tensors), got {n}")
+    if rule == "contiguous" or n == 1:
+        return _contiguous(params, n)
     blocks = _largest_block_list(model)
-    if rule == "strided" and blocks is not None and len(blocks) >= n:
-        return _strided(blocks, params, n)
-    return _contiguous(params, n)
+    found = 0 if blocks is None else len(blocks)
+    if found < n:
+        what = f"{found} blocks (its largest nn.ModuleList)" if found else "no block list (an nn.ModuleList of blocks)"
+        raise ValueError(f"algorithm.fragments ({n}) is larger than the {found} blocks of the model: it has {what}; "
+                         f"use at most {found} fragments, or set algorithm.fragment_rule: contiguous to cut the "
+                         "parameters in model order" if found else
+                         f"algorithm.fragments ({n}) needs blocks to stride over, but the model has {what}; "
+                         "set algorithm.fragment_rule: contiguous to cut the parameters in model order")
+    return _strided(blocks, params, n)
 
 
 def _largest_block_list(model: nn.Module) -> nn.ModuleList | None:

@@ -8,7 +8,8 @@ averaged::
 
 Options: ``reset_inner_state`` clears the inner optimizer's state after each averaging;
 ``ddp_steps`` = S runs synchronous DDP (gradient averaging) for the first S steps, Local SGD after
-(post-local SGD, Lin et al. 2020). The evaluation point is the last averaged model.
+(post-local SGD, Lin et al. 2020). The evaluation point is the last averaged model, with the
+buffers averaged at that synchronization (`replicas.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class LocalSGD(Algorithm):
         if self.local_step < self.options.ddp_steps:
             self._average_gradients()
             self._optimizer_step()
+            self.buffers.broadcast_from_rank0()
             with torch.no_grad():
                 for a, p in zip(self.averaged, self.params):
                     a.copy_(p)
@@ -55,12 +57,13 @@ class LocalSGD(Algorithm):
                 flat = last + self._mean(flatten([p.detach() for p in self.params]) - last)
             unflatten_into(flat, self.params)
             unflatten_into(flat, self.averaged)
+            self.buffers.average()
             if self.options.reset_inner_state:
                 self.optimizer.state.clear()
 
     @contextmanager
     def eval_params(self) -> Iterator[torch.nn.Module]:
-        with swapped_params(self.params, self.averaged):
+        with swapped_params(self.params, self.averaged), self.buffers.at_last_sync():
             yield self.model
 
     def state_dict(self):

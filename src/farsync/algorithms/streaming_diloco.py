@@ -69,6 +69,11 @@ class StreamingDiLoCo(Algorithm):
         if options.delay >= sync_every // options.fragments:
             raise ValueError(f"delay must be < sync_every / fragments = {sync_every // options.fragments}, got {options.delay}")
 
+    @classmethod
+    def check_model(cls, model, options):
+        params = [p for p in model.parameters() if p.requires_grad]
+        split_into_fragments(model, params, options.fragments, options.fragment_rule)
+
     def __init__(self, *args, outer=None, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.options
@@ -107,12 +112,14 @@ class StreamingDiLoCo(Algorithm):
             for i in frag:
                 p, g = self.params[i], self.global_params[i]
                 p.copy_(g if alpha == 0 else torch.lerp(g, p, alpha))
+        if fragment == len(self.fragments) - 1:  # once per round: buffers are averaged whole (replicas.py)
+            self.buffers.average()
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
         with evaluation_point(self.outer_optimizers):  # an averaging outer optimizer (e.g. GPA) is evaluated at its x
             values = [g.detach().clone() for g in self.global_params]
-        with swapped_params(self.params, values):
+        with swapped_params(self.params, values), self.buffers.at_last_sync():
             yield self.model
 
     # ------------------------------------------------------------------ state

@@ -170,6 +170,14 @@ class Communicator(abc.ABC):
     def scatter_object(self, objs: list[Any] | None, src: int = 0) -> Any:
         """Rank r gets ``objs[r]`` from rank `src` (`objs` is ignored on other ranks)."""
 
+    def broadcast_state(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        """Copy rank `src`'s `tensors` into every rank's, in place (setup: the initial model, as
+        torch DDP's constructor broadcasts it; control plane, not counted)."""
+        values = self.all_gather_object([t.detach().cpu() for t in tensors] if self.rank == src else None)[src]
+        with torch.no_grad():
+            for t, v in zip(tensors, values):
+                t.copy_(v)
+
     def gather_metrics(self, values: dict[str, float]) -> list[dict[str, float]]:
         """All-gather a small dict of numbers for logging."""
         return self.all_gather_object(dict(values))

@@ -121,12 +121,30 @@ class SimCluster:
         ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt as exc:  # Ctrl-C: every worker stops at its next step or call
+            self._stop_all(exc, threads)
+            raise
         torch.set_rng_state(main_rng)
         if self._error is not None:
             raise self._error
         return results
+
+    def _stop_all(self, exc: BaseException, threads: list[threading.Thread]) -> None:
+        """Make every worker thread leave (`_Aborted` at its next ``compute()`` or communication
+        call) and wait for them, so that none is left running inside torch at interpreter exit."""
+        with self._cv:
+            if self._error is None:
+                self._error = exc
+            self._cv.notify_all()
+        for t in threads:
+            while t.is_alive():
+                try:
+                    t.join()
+                except KeyboardInterrupt:  # a second Ctrl-C while the workers finish their step
+                    continue
 
     def _thread_main(self, rank: int, fn: Callable, results: list) -> None:
         comm = SimCommunicator(self, rank)
@@ -431,6 +449,8 @@ class SimCommunicator(Communicator):
         self._finish(self.cluster._issue_collective(self.rank, "barrier", None, ((), None, None)), False)
 
     def compute(self, steps: float = 1.0) -> None:
+        if self.cluster._error is not None:  # another rank failed, or the run was interrupted
+            raise _Aborted()
         st = self.cluster.stats[self.rank]
         dt = self.cluster.time_model.step_time(self.rank, st.clock_s) * steps
         st.clock_s += dt

@@ -126,6 +126,11 @@ class TorchCommunicator(Communicator):
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def broadcast_state(self, tensors, src=0):
+        for t in tensors:  # dist.broadcast, not counted: setup traffic (the control plane)
+            with torch.no_grad():
+                dist.broadcast(t.data, src, group=self.group)
+
     def gather_object(self, obj, dst=0):
         out = [None] * self.world_size if self.rank == dst else None
         dist.gather_object(obj, out, dst=dst, group=self.group)

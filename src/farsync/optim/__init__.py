@@ -116,10 +116,22 @@ def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: 'lr' is required")
     if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr)):
         raise ValueError(f"{where}.lr must be a finite number > 0, got {lr!r}")
+    _check_numbers(cfg, inspect.signature(get_optimizer_class(cfg["name"]).__init__).parameters, where)
     try:  # the optimizer's own checks (betas, ranges), before any training
         build_optimizer([("w", torch.zeros(2, 2, requires_grad=True))], cfg)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def _check_numbers(cfg: dict[str, Any], signature: Any, where: str) -> None:
+    """A keyword whose default is a number must get a number (text such as 'abc' is refused by
+    name; numbers written as 3e-4 load as numbers, see `farsync.yamlio`)."""
+    for key, value in cfg.items():
+        param = signature.get(key)
+        if param is None or isinstance(param.default, bool) or not isinstance(param.default, (int, float)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}.{key} must be a number, got {value!r}")
 
 
 def build_optimizer(params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]], cfg: dict[str, Any]) -> torch.optim.Optimizer:
