@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import shutil
 import sys
 from importlib import resources
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, RunWriteError
 from .config import ConfigError
+from .stopping import Terminated, exit_code
 from .units import format_loss
 
 
@@ -191,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("farsync: interrupted (the run directory keeps its metrics; summary.json says at which step)", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) or exc.signum == signal.SIGINT else f"terminated by {exc}"
+        print(f"farsync: {what} (the run directory keeps its metrics; summary.json says at which step)", file=sys.stderr)
+        return exit_code(exc)
+    except RunWriteError as exc:
+        print(f"farsync: error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, DataMissingError, CheckpointError) as exc:
         print(f"farsync: error: {exc}", file=sys.stderr)
         return 2

@@ -315,7 +315,9 @@ class Config(_Strict):
             raise ValueError(f"algorithm.sync_every ({every}) is larger than train.steps ({self.train.steps}): the workers "
                              "would never synchronize; lower algorithm.sync_every or raise train.steps")
         if cls.server_based and self.train.checkpoint_every:
-            raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed; set train.checkpoint_every: 0")
+            raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed: its server and workers run at "
+                             "their own pace, so no step has one consistent state of all of them to save (not "
+                             "implemented); set train.checkpoint_every: 0")
         if cls.uses_topology:
             try:
                 cls.check_topology(self.cluster.build_topology(), self.algorithm.options())

@@ -6,17 +6,30 @@
 is ``torchrun --standalone --nproc-per-node 4 --max-restarts K -m farsync.cli worker ...`` with
 ``cluster.backend=torch``. With ``--max-restarts K``, when a worker process dies torchrun restarts
 the whole group (up to K times) and the workers resume from the latest checkpoint in RUN_DIR.
+
+The launcher owns its processes: it locks RUN_DIR for them (`rundir.py`), starts torchrun in its
+own session with ``PR_SET_PDEATHSIG`` (torchrun gets SIGTERM if the launcher dies, even by
+SIGKILL, and stops its workers; each worker also exits when its parent is gone), forwards SIGTERM,
+SIGINT and SIGHUP to torchrun (which passes them to the workers: a graceful stop, `stopping.py`),
+records every process in RUN_DIR/processes.json, and writes summary.json itself when the workers
+died without one (e.g. rank 0 was killed mid-training).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .runner import build_task, check_model, default_run_dir, resume_config, world_size
+from .rundir import LOCK_ENV, RunDirLock, check_new_run_dir, read_metrics, write_json_atomic
+from .runner import build_task, check_model, default_run_dir, resume_config, summarize, this_process, world_size, write_processes
+from .stopping import SIGNALS, stop_status
 
 
 def torchrun_command(nproc: int, max_restarts: int, worker_args: list[str]) -> list[str]:
@@ -56,15 +69,72 @@ def launch(
     if max_restarts < 0:
         raise ValueError(f"--max-restarts must be >= 0, got {max_restarts}")
     run_dir = Path(resume) if resume is not None else Path(out) if out is not None else default_run_dir(cfg)
-    if resume is None and (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; choose another --out, delete it, or --resume it")
-    args = ["--out", str(run_dir)] + (["--resume"] if resume is not None else [str(config)])
-    for o in overrides:
-        args += ["--set", o]
-    for key in unset or []:
-        args += ["--unset", key]
-    proc = subprocess.run(torchrun_command(n, max_restarts, args))
-    return proc.returncode, run_dir
+    if resume is None:
+        try:
+            check_new_run_dir(run_dir)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory")
+    lock = RunDirLock(run_dir).acquire()
+    try:
+        args = ["--out", str(run_dir)] + (["--resume"] if resume is not None else [str(config)])
+        for o in overrides:
+            args += ["--set", o]
+        for key in unset or []:
+            args += ["--unset", key]
+        return run_torchrun(torchrun_command(n, max_restarts, args), run_dir, cfg), run_dir
+    finally:
+        lock.release()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def run_torchrun(cmd: list[str], run_dir: Path, cfg) -> int:
+    """Start torchrun in its own session, forward signals to it, wait; return the exit code
+    (128 + the signal when the launcher was signalled)."""
+    summary = run_dir / "summary.json"
+    before = summary.stat().st_mtime_ns if summary.is_file() else None
+    env = {**os.environ, LOCK_ENV: str(run_dir.resolve())}
+    got: list[int] = []
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def forward(signum, frame):
+        got.append(signum)
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in SIGNALS}
+    try:
+        write_processes(run_dir, [this_process("launcher", "-"), {**this_process("torchrun", "-"), "pid": proc.pid}])
+        code = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if (summary.stat().st_mtime_ns if summary.is_file() else None) == before and (run_dir / "metrics.jsonl").is_file():
+        write_missing_summary(run_dir, cfg, code, got)
+    return 128 + got[0] if got else code
+
+
+def write_missing_summary(run_dir: Path, cfg, code: int, signals: list[int]) -> None:
+    """The workers exited without a summary (rank 0 died): write one from metrics.jsonl."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    last = records[-1]["step"] if records else 0
+    if signals:
+        status = stop_status(signals[0], f"{last} or later (the workers did not finish their summary)")
+    else:
+        status = (f"failed: the worker processes exited with code {code} before writing a summary "
+                  f"(rank 0 died during training; last logged step {last}); resume with farsync launch --resume {run_dir}")
+    s = summarize(cfg, [], records, status, 0.0, 0)
+    s["restarts"] = None
+    write_json_atomic(run_dir / "summary.json", s)
 
 
 def read_summary(run_dir: Path) -> dict | None:

@@ -5,6 +5,7 @@
         algo.step(); algo.zero_grad(); lr_scheduler.step()
         every log_every steps: gather losses and counters (control plane); rank 0 evaluates and logs
         every checkpoint_every steps: gather every worker's state; rank 0 writes a checkpoint
+        a signal (stopping.py) seen by any rank at a logging step: checkpoint, then all ranks stop
 
 Rank 0 holds the run's bookkeeping in a `RunContext`; other ranks pass a context without it.
 """
@@ -23,10 +24,11 @@ import torch
 
 from .algorithms import get_algorithm
 from .api import wrap
-from .checkpoint import save_checkpoint
+from .checkpoint import RunWriteError, save_checkpoint
 from .comm import Communicator
 from .config import Config
 from .optim import build_optimizer
+from .stopping import STOP, Terminated
 from .tasks import Task
 
 FAULT_ENV = "FARSYNC_FAULT"  # "RANK:STEP": that worker dies at the start of that step (testing)
@@ -53,6 +55,8 @@ class RunContext:
     last_rows: list[dict[str, Any]] = field(default_factory=list)  # rank 0: last gathered counters
     final_model: dict[str, Any] | None = None  # rank 0: state_dict at the evaluation point, at the end
     step: int = 0  # rank 0: the last inner step this worker completed (a run's summary names it when interrupted)
+    transfers: Callable[[], list] | None = None  # rank 0, simulator: the communication calls so far (checkpointed)
+    lock: Any = None  # rank 0: the run directory's lock (rundir.RunDirLock), released when the run ends
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
@@ -169,7 +173,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         do_eval = step == t.steps or (t.eval_every > 0 and step % t.eval_every == 0)
         if not (do_eval or step % t.log_every == 0):
             continue
-        rows = comm.gather_metrics({"loss": loss_sum / loss_n, "bad": first_bad, **comm.stats.as_dict()})
+        rows = comm.gather_metrics({"loss": loss_sum / loss_n, "bad": first_bad, "stop": STOP.signum or 0,
+                                    **comm.stats.as_dict()})
         extra = algo.log_metrics(rows)  # every rank (e.g. a decentralized run's average model and consensus error)
         loss_sum, loss_n = 0.0, 0
         bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
@@ -200,7 +205,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         if failed:
             comm.all_gather_object(None)  # every rank stops only after rank 0 has logged this step
             raise NonFiniteLoss(f"non-finite loss at step {int(bad)}")
-        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
+        stop = max(r["stop"] for r in rows) if step < t.steps else 0  # a signal reached some rank
+        if t.checkpoint_every and step < t.steps and (step % t.checkpoint_every == 0 or stop):
             state = {
                 "step": step,
                 "model": model.state_dict(),
@@ -211,9 +217,20 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "stats": comm.stats.as_dict(),
             }
             gathered = comm.gather_object(_to_cpu(state))
+            error = None
             if rank0:
-                save_checkpoint(ctx.run_dir, {"config": cfg.to_dict(), "step": step, "workers": gathered, "metrics": list(ctx.log.records)})
-            comm.all_gather_object(None)  # commit: nobody goes on until the checkpoint is on disk
+                payload = {"config": cfg.to_dict(), "step": step, "workers": gathered, "metrics": list(ctx.log.records)}
+                if ctx.transfers is not None:
+                    payload["transfers"] = ctx.transfers()
+                try:
+                    save_checkpoint(ctx.run_dir, payload)
+                except RunWriteError as err:  # e.g. a full disk: every rank stops with rank 0's message
+                    error = str(err)
+            errors = comm.all_gather_object(error)  # commit: nobody goes on until the checkpoint is on disk
+            if errors[0] is not None:
+                raise RunWriteError(errors[0])
+        if stop:
+            raise Terminated(stop)
 
 
 def follow_schedule(sched: torch.optim.lr_scheduler.LambdaLR) -> None:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import yaml  # noqa: E402
 
+from .rundir import read_metrics  # noqa: E402
 from .units import format_bytes, format_loss  # noqa: E402
 
 PLOTS = (
@@ -40,7 +41,7 @@ def load_run(path: str | Path) -> LoadedRun:
     s, m = path / "summary.json", path / "metrics.jsonl"
     if not s.is_file() or not m.is_file():
         raise FileNotFoundError(f"{path} is not a run directory (needs summary.json and metrics.jsonl)")
-    metrics = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
+    metrics = read_metrics(m)  # a partial last line (a killed run) is skipped
     cfg = path / "config.yaml"
     config = yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
     return LoadedRun(path, json.loads(s.read_text()), metrics, config)

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from .api import sim_cluster
-from .checkpoint import CheckpointError, config_diff, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, RunWriteError, config_diff, latest_checkpoint, load_latest
 from .comm import SimCluster, Straggler
 from .config import Config, ConfigError, load_config
 from .algorithms import get_algorithm
@@ -32,6 +32,9 @@ from .async_loop import train_async
 from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
 from .report import bytes_in_flight, load_transfers
+from .rundir import (LOCK_ENV, MetricsLog, RunDirLock, check_new_run_dir, lock_run_dir, write_json_atomic,  # noqa: F401
+                     write_text_atomic)
+from .stopping import Terminated, stop_on_signals, stop_status
 from .tasks import Task, get_task
 from .units import format_loss, parse_duration, parse_flops
 
@@ -50,31 +53,6 @@ class RunResult:
     @property
     def status(self) -> str:
         return self.summary["status"]
-
-
-class MetricsLog:
-    """metrics.jsonl, rewritten from `records` (a resumed run's history), then appended and flushed."""
-
-    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None):
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        self._fh = path.open("w")
-        for r in records or []:
-            self.write(r)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def build_task(cfg: Config) -> Task:
@@ -148,7 +126,8 @@ def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, w
 def divergence(records: list[dict]) -> dict:
     """``{"diverged": True, "warning": ...}`` when the last logged train loss is at least
     `DIVERGED_FACTOR` times the first (a blow-up by an order of magnitude or more), else ``{}``."""
-    losses = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    losses = [(r["step"], r["train_loss"] if r.get("train_loss") is not None else math.inf)
+              for r in records if "train_loss" in r]
     if len(losses) < 2:
         return {}
     (s0, first), (s1, last) = losses[0], losses[-1]
@@ -162,40 +141,64 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[Path, dict | None]:
-    """Create (or, when resuming, check) the run directory; return it and the checkpoint to resume.
+def prepare_run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[Path, dict | None, RunDirLock | None]:
+    """Create (or, when resuming, check) and lock the run directory; return it, the checkpoint to
+    resume and the lock (None when a launcher holds it for this process).
 
-    Nothing is written unless every check passes: an `out` that is a file, or where a directory
-    cannot be made, is a ConfigError; on resume only `RESUMABLE_KEYS` may differ from the
-    checkpoint's config (then config.yaml is rewritten with the new values)."""
+    Nothing is written unless every check passes: an `out` that is a file, a directory that is not
+    empty and not farsync's, or one that cannot be made is refused; a directory another process
+    writes is `RunDirBusy`; on resume only `RESUMABLE_KEYS` may differ from the checkpoint's config
+    (then config.yaml is rewritten with the new values), and a corrupt newest checkpoint falls back
+    to the newest intact one with a warning."""
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if resume:
-        path = latest_checkpoint(run_dir)
-        if path is None:
-            raise CheckpointError(f"no checkpoint in {run_dir}/checkpoints to resume from")
-        ckpt = load_checkpoint(path)
-        check_resume(ckpt, cfg, path)
-        if config_diff(ckpt["config"], cfg.to_dict()):
-            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return run_dir, ckpt
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a directory; choose another --out")
-    if (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; choose another --out, delete it, or --resume it")
+        if not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir} is not a run directory")
+        lock = lock_run_dir(run_dir)
+        try:
+            path, ckpt, warnings = load_latest(run_dir)
+            for w in warnings:
+                print(w, file=sys.stderr)
+            check_resume(ckpt, cfg, path)
+            if config_diff(ckpt["config"], cfg.to_dict()):
+                write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        except BaseException as err:
+            if lock is not None:
+                lock.release()
+            if isinstance(err, CheckpointError):
+                raise CheckpointError(f"{err}; {run_dir} is unchanged ({_summary_status(run_dir)})") from None
+            raise
+        return run_dir, ckpt, lock
+    try:
+        check_new_run_dir(run_dir)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    lock = None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_run_dir(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     except OSError as err:
+        if lock is not None:
+            lock.release()
         for p in made:  # leave no half-made run directory behind
             if p.is_dir():
-                (p / "config.yaml").unlink(missing_ok=True)
+                for f in ("config.yaml", ".farsync-lock"):
+                    (p / f).unlink(missing_ok=True)
                 try:
                     p.rmdir()
                 except OSError:
                     pass
         raise ConfigError(f"cannot write the run directory {run_dir} (--out): {err.strerror or err}") from None
-    return run_dir, None
+    return run_dir, None, lock
+
+
+def _summary_status(run_dir: Path) -> str:
+    try:
+        return f"its summary.json still says {json.loads((run_dir / 'summary.json').read_text())['status']!r}"
+    except (OSError, ValueError, KeyError):
+        return "it has no readable summary.json"
 
 
 def check_resume(ckpt: dict, cfg: Config, path: Path) -> None:
@@ -213,12 +216,6 @@ def check_resume(ckpt: dict, cfg: Config, path: Path) -> None:
         print(f"note: train.lr_schedule {cfg.train.lr_schedule.name!r} is defined over train.steps; from step "
               f"{ckpt['step'] + 1} on the lr follows it over the new total {cfg.train.steps} (was {old_steps})",
               file=sys.stderr)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None, backend: str | None = None) -> Config:
@@ -249,33 +246,68 @@ def check_model(cfg: Config, task: Task) -> int:
 
 def write_transfers(path: Path, transfers: list[tuple[float, float, int, int]]) -> None:
     """transfers.csv: every communication call's start, end, rank and the bytes that rank sent."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
-        fh.write("start_s,end_s,rank,bytes\n")
-        fh.writelines(f"{a!r},{b!r},{r},{n}\n" for a, b, r, n in sorted(transfers))
-    os.replace(tmp, path)
+    write_text_atomic(path, "start_s,end_s,rank,bytes\n" + "".join(f"{a!r},{b!r},{r},{n}\n" for a, b, r, n in sorted(transfers)))
 
 
 def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, transfers=None) -> RunResult:
+    """Write transfers.csv, model.pt and summary.json (as much as the disk allows: a write error
+    is printed and the summary names it), then release the run directory."""
     ctx.log.close()
-    if transfers is not None:
-        write_transfers(ctx.run_dir / "transfers.csv", transfers)
-    if ctx.final_model is not None:
-        tmp = ctx.run_dir / "model.pt.tmp"
-        torch.save(ctx.final_model, tmp)
-        os.replace(tmp, ctx.run_dir / "model.pt")
+    try:
+        if transfers is not None:
+            write_transfers(ctx.run_dir / "transfers.csv", transfers)
+        if ctx.final_model is not None:
+            tmp = ctx.run_dir / "model.pt.tmp"
+            try:
+                torch.save(ctx.final_model, tmp)
+                os.replace(tmp, ctx.run_dir / "model.pt")
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise RunWriteError(f"{(err.strerror or str(err)).lower()} while writing {ctx.run_dir / 'model.pt'}") from None
+    except RunWriteError as err:
+        status = f"failed: {err}" if status == "completed" else status
+        print(f"farsync: error: {err}", file=sys.stderr)
     summary = summarize(cfg, ctx.last_rows, ctx.log.records, status, time.perf_counter() - wall0, n_params)
     if transfers is not None:
         summary["peak_bytes_in_flight"] = max(bytes_in_flight(transfers)[1], default=0)
     summary["restarts"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-    write_json_atomic(ctx.run_dir / "summary.json", summary)
+    try:
+        write_json_atomic(ctx.run_dir / "summary.json", summary)
+    except RunWriteError as err:
+        print(f"farsync: error: {err} (the run's status: {status})", file=sys.stderr)
+    if ctx.lock is not None:
+        ctx.lock.release()
     return RunResult(ctx.run_dir, summary, ctx.log.records)
 
 
 def _status(exc: BaseException, ctx: RunContext | None = None) -> str:
+    step = ctx.step if ctx is not None else "?"
+    if isinstance(exc, Terminated):
+        return stop_status(exc.signum, step)
     if isinstance(exc, KeyboardInterrupt):
-        return f"failed: interrupted at step {ctx.step if ctx is not None else '?'}"
-    return f"failed: {exc}" if isinstance(exc, NonFiniteLoss) else f"failed: {type(exc).__name__}: {exc}"
+        return f"failed: interrupted at step {step}"
+    if isinstance(exc, (NonFiniteLoss, RunWriteError)):
+        return f"failed: {exc}"
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
+def write_processes(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """processes.json: every process of the run (role, rank, pid, host), so an operator can see
+    and stop them; under ``farsync launch`` the launcher's and torchrun's rows it wrote are kept."""
+    path = run_dir / "processes.json"
+    keep = []
+    if os.environ.get(LOCK_ENV) and path.is_file():
+        try:
+            keep = [r for r in json.loads(path.read_text()) if r.get("role") in ("launcher", "torchrun")]
+        except (OSError, ValueError):
+            keep = []
+    write_text_atomic(path, json.dumps(keep + rows, indent=2) + "\n")
+
+
+def this_process(role: str, rank: int | str) -> dict[str, Any]:
+    import socket
+
+    return {"role": role, "rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
 
 
 def run(
@@ -307,32 +339,60 @@ def run(
     task = build_task(cfg)
     n_params = check_model(cfg, task)
     cluster = build_cluster(cfg, task)
-    run_dir, ckpt = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
+    run_dir, ckpt, lock = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
 
     ctx = RunContext(
         device=torch.device(cfg.cluster.device),
         run_dir=run_dir,
         resume=ckpt,
         bar=ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name, start=ckpt["step"] if ckpt else 0),
+        lock=lock,
     )
-    ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
-    earlier = []  # a resumed run: the calls the crashed attempt started before the checkpoint
-    if ckpt is not None and (run_dir / "transfers.csv").is_file():
-        t0 = min(w["stats"]["clock_s"] for w in ckpt["workers"])
-        earlier = [row for row in load_transfers(run_dir) if row[0] < t0]
+    earlier = []  # a resumed run: the calls issued before its checkpoint
+    if ckpt is not None and "transfers" in ckpt:
+        earlier = [tuple(row) for row in ckpt["transfers"]]
+    elif ckpt is not None and (run_dir / "transfers.csv").is_file():  # a checkpoint written on torch.distributed
+        earlier = [row for row in load_transfers(run_dir) if row[0] < min(w["stats"]["clock_s"] for w in ckpt["workers"])]
+    ctx.transfers = lambda: earlier + list(cluster.transfers)
     status, wall0 = "completed", time.perf_counter()
     try:
-        with ctx.bar:
+        ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
+        write_processes(run_dir, [this_process("simulator", "all")])
+        with stop_on_signals(graceful=not server_based(cfg)), ctx.bar:
             cluster.run(lambda comm: train(comm, cfg, task, ctx))
         ctx.last_rows = [{**s.as_dict(), "role": "worker"} for s in cluster.stats]
         if server_based(cfg):
             ctx.last_rows[0]["role"] = "server"
+    except RunWriteError as exc:
+        if ctx.log is None:  # not even metrics.jsonl could be written
+            if lock is not None:
+                lock.release()
+            raise
+        status = _status(exc)
     except Exception as exc:  # noqa: BLE001 - recorded in summary.json
         status = _status(exc)
-    except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
-        _finish(cfg, ctx, _status(exc, ctx), wall0, n_params, earlier + cluster.transfers)
+    except BaseException as exc:  # a signal (Terminated, KeyboardInterrupt): record, then re-raise
+        _finish(cfg, ctx, _status(exc, ctx), wall0, n_params, ctx.transfers())
         raise
-    return _finish(cfg, ctx, status, wall0, n_params, earlier + cluster.transfers)
+    return _finish(cfg, ctx, status, wall0, n_params, ctx.transfers())
+
+
+def watch_parent(grace_s: float = 20.0) -> None:
+    """Stop this worker when its parent (torchrun's agent) is gone: SIGTERM to itself (a graceful
+    stop at the next logging step), then exit after `grace_s` if it is still running."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(143)
+
+    threading.Thread(target=watch, daemon=True, name="farsync-parent-watch").start()
 
 
 def init_process_group(backend: str, timeout: timedelta) -> None:
@@ -395,17 +455,21 @@ def run_distributed_worker(
                 if restarted and not do_resume:  # restarted before the first checkpoint: start over
                     for f in ("metrics.jsonl", "summary.json"):
                         (Path(out) / f).unlink(missing_ok=True)
-                ctx.run_dir, ctx.resume = prepare_run_dir(cfg, out, do_resume)
+                ctx.run_dir, ctx.resume, ctx.lock = prepare_run_dir(cfg, out, do_resume)
                 ctx.log = MetricsLog(ctx.run_dir / "metrics.jsonl", ctx.resume["metrics"] if ctx.resume else None)
             except Exception as exc:  # noqa: BLE001 - every rank must learn about it
                 error = f"{type(exc).__name__}: {exc}"
-        errors = comm.all_gather_object(error)
-        if errors[0] is not None:
-            raise RuntimeError(f"rank 0 could not prepare the run directory: {errors[0]}")
+        gathered = comm.all_gather_object((error, this_process("worker", comm.rank)))
+        if gathered[0][0] is not None:
+            raise RuntimeError(f"rank 0 could not prepare the run directory: {gathered[0][0]}")
+        if comm.rank == 0:
+            write_processes(ctx.run_dir, [p for _, p in gathered])
         n_params = check_model(cfg, task)
         status, wall0 = "completed", time.perf_counter()
+        watch_parent()
         try:
-            train(comm, cfg, task, ctx)
+            with stop_on_signals(graceful=not server_based(cfg)):
+                train(comm, cfg, task, ctx)
             rows = comm.all_gather_object(comm.stats.as_dict())
             ctx.last_rows = [{**r, "role": "server" if server_based(cfg) and i == 0 else "worker"} for i, r in enumerate(rows)]
         except BaseException as exc:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import ConfigError, load_config
 from .report import run_labels
+from .rundir import read_metrics
 from .units import format_loss, parse_bandwidth, parse_duration
 
 
@@ -98,7 +99,7 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
         done = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "completed"
         if done:
             summary = json.loads(summary_file.read_text())
-            metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            metrics = read_metrics(run_dir / "metrics.jsonl")
         else:
             if run_dir.exists():
                 shutil.rmtree(run_dir)

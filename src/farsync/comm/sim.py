@@ -124,7 +124,7 @@ class SimCluster:
         try:
             for t in threads:
                 t.join()
-        except KeyboardInterrupt as exc:  # Ctrl-C: every worker stops at its next step or call
+        except BaseException as exc:  # Ctrl-C or a signal: every worker stops at its next step or call
             self._stop_all(exc, threads)
             raise
         torch.set_rng_state(main_rng)
@@ -143,7 +143,7 @@ class SimCluster:
             while t.is_alive():
                 try:
                     t.join()
-                except KeyboardInterrupt:  # a second Ctrl-C while the workers finish their step
+                except BaseException:  # another signal while the workers finish their step
                     continue
 
     def _thread_main(self, rank: int, fn: Callable, results: list) -> None:
