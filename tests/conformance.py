@@ -1,0 +1,86 @@
+"""The algorithm contract as checks that any registered algorithm must pass (used by
+tests/test_conformance.py, which runs them over the whole registry, and by a test that registers a
+broken toy algorithm and expects them to fail).
+
+Every check runs the real runner (config validation, `farsync.wrap`, the training loop,
+checkpoints) on a tiny heterogeneous quadratic, so a check costs about 0.1 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+
+import farsync
+from farsync.algorithms import ALGORITHMS
+
+
+def tiny_config(name: str, steps: int = 12, checkpoint_every: int = 0, log_every: int = 2) -> dict:
+    """A valid config for algorithm `name` on a 3-worker quadratic (dim 4, noise, heterogeneity)."""
+    cls = ALGORITHMS[name]
+    algo = {"name": name, "inner": {"name": "sgd", "lr": 0.1}}
+    if cls.uses_sync_every:
+        algo["sync_every"] = 3
+    cluster = {"workers": 3, "bandwidth": "100Mbps", "latency": "1ms", "step_time": "10ms"}
+    if cls.uses_topology:
+        cluster["topology"] = "ring"
+    return {"name": f"conformance-{name}", "seed": 0, "task": {"name": "quadratic", "dim": 4, "sigma": 0.1, "zeta": 1.0},
+            "cluster": cluster, "algorithm": algo,
+            "train": {"steps": steps, "batch_size": 2, "eval_every": log_every, "log_every": log_every,
+                      "checkpoint_every": checkpoint_every}}
+
+
+def without_wall(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "wall_time_s"} for m in metrics]
+
+
+def model_digest(run_dir) -> str:
+    state = torch.load(os.path.join(run_dir, "model.pt"), weights_only=True)
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_resume(name: str, tmp_path, monkeypatch) -> None:
+    """k steps + crash + resume + k steps == 2k steps: metrics (losses, bytes, simulated time),
+    the final model and the summary's counters, bit for bit."""
+    cfg = tiny_config(name, steps=12, checkpoint_every=6)
+    whole = farsync.run(cfg, out=tmp_path / "whole", progress=False)
+    assert whole.status == "completed", whole.status
+    monkeypatch.setenv("FARSYNC_FAULT", "1:8")
+    crashed = farsync.run(cfg, out=tmp_path / "crashed", progress=False)
+    monkeypatch.delenv("FARSYNC_FAULT")
+    assert crashed.status.startswith("failed: InjectedFault"), crashed.status  # the fault really fired
+    resumed = farsync.run(resume=tmp_path / "crashed", progress=False)
+    assert without_wall(resumed.metrics) == without_wall(whole.metrics), f"{name}: resumed metrics differ"
+    assert model_digest(resumed.run_dir) == model_digest(whole.run_dir), f"{name}: resumed final model differs"
+    for key in ("bytes_sent_per_worker", "bytes_received_per_worker", "sim_time_s", "compute_time_s_per_worker"):
+        assert resumed.summary[key] == whole.summary[key], f"{name}: {key} differs after resume"
+
+
+def check_determinism(name: str, tmp_path) -> None:
+    """The same config and seed give the same run, bit for bit (a run is a pure function of them)."""
+    a = farsync.run(tiny_config(name), out=tmp_path / "a", progress=False)
+    b = farsync.run(tiny_config(name), out=tmp_path / "b", progress=False)
+    assert a.status == b.status == "completed", (a.status, b.status)
+    assert without_wall(a.metrics) == without_wall(b.metrics)
+    assert model_digest(a.run_dir) == model_digest(b.run_dir)
+    assert (a.run_dir / "transfers.csv").read_text() == (b.run_dir / "transfers.csv").read_text()
+
+
+def trajectory(name: str, tmp_path) -> dict:
+    """What the golden fixture stores: every step's losses, bytes and simulated time (floats as
+    their shortest exact repr), and the final model's SHA-256."""
+    run = farsync.run(tiny_config(name, steps=12, log_every=1), out=tmp_path / "golden", progress=False)
+    keys = ("step", "train_loss", "eval_loss", "bytes_sent", "bytes_received", "sim_time_s")
+    return {"status": run.status, "steps": [[m.get(k) for k in keys] for m in run.metrics],
+            "model_sha256": model_digest(run.run_dir)}
+
+
+def dumps_golden(table: dict) -> str:
+    return json.dumps(table, indent=1, sort_keys=True) + "\n"

@@ -1,0 +1,119 @@
+"""The conformance suite, generated from the algorithm registry: a newly registered algorithm is
+checked without writing a test. Golden trajectories (tests/golden/trajectories.json) pin every
+algorithm's run bit for bit; regenerate them only on purpose, with
+
+    FARSYNC_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_conformance.py -k golden
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import farsync
+from farsync.algorithms import ALGORITHMS, Algorithm
+
+from conformance import check_determinism, check_resume, dumps_golden, tiny_config, trajectory
+
+GOLDEN = Path(__file__).parent / "golden" / "trajectories.json"
+REGENERATE = os.environ.get("FARSYNC_REGENERATE_GOLDEN") == "1"
+CHECKPOINTABLE = sorted(n for n, c in ALGORITHMS.items() if not c.server_based)
+
+
+@pytest.mark.parametrize("name", CHECKPOINTABLE)
+def test_crash_and_resume_reproduce_the_run(name, tmp_path, monkeypatch):
+    check_resume(name, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_a_run_is_a_pure_function_of_config_and_seed(name, tmp_path):
+    check_determinism(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_an_unknown_option_is_refused_naming_it(name):
+    cfg = tiny_config(name)
+    cfg["algorithm"]["no_such_option"] = 1
+    with pytest.raises(farsync.ConfigError, match=f"unknown key 'no_such_option' for algorithm '{name}'"):
+        farsync.load_config(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in ALGORITHMS.items() if c.server_based))
+def test_parameter_server_algorithms_refuse_checkpoints(name):
+    with pytest.raises(farsync.ConfigError, match="cannot be checkpointed"):
+        farsync.load_config(tiny_config(name, checkpoint_every=6))
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_golden_trajectory(name, tmp_path):
+    got = trajectory(name, tmp_path)
+    table = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    if REGENERATE:
+        table[name] = got
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(dumps_golden(table))
+        return
+    assert name in table, f"no golden trajectory for {name!r}: record one with FARSYNC_REGENERATE_GOLDEN=1 (see this module)"
+    want = table[name]
+    assert got["status"] == want["status"] == "completed"
+    for g, w in zip(got["steps"], want["steps"]):
+        assert g == w, f"{name}: step {w[0]} is [step, train_loss, eval_loss, bytes_sent, bytes_received, sim_time_s] = {g}, golden {w}"
+    assert len(got["steps"]) == len(want["steps"])
+    assert got["model_sha256"] == want["model_sha256"], f"{name}: final model differs from the golden one"
+
+
+def test_every_registered_algorithm_has_a_golden_trajectory():
+    if REGENERATE:
+        pytest.skip("regenerating")
+    assert sorted(json.loads(GOLDEN.read_text())) == sorted(ALGORITHMS)
+
+
+# ---------------------------------------------------------------- the suite catches a broken algorithm
+class LeakyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    beta: float = Field(0.9, ge=0.0, lt=1.0, description="heavy-ball momentum")
+
+
+class LeakyHeavyBall(Algorithm):
+    """A toy: DDP with heavy-ball momentum v = beta v + g applied through the inner optimizer, whose
+    momentum buffer v is deliberately left out of `state_dict` (the bug the suite must catch)."""
+
+    name = "leaky-heavy-ball"
+    summary = "test only: a momentum buffer missing from state_dict"
+    Options = LeakyOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.velocity = [torch.zeros_like(p) for p in self.params]
+
+    def _step(self) -> None:
+        self._average_gradients()
+        with torch.no_grad():
+            for p, v in zip(self.params, self.velocity):
+                v.mul_(self.options.beta).add_(p.grad)
+                p.grad.copy_(v)
+        self._optimizer_step()
+
+
+def test_the_suite_fails_for_an_algorithm_that_drops_a_buffer_from_its_state(tmp_path, monkeypatch):
+    monkeypatch.setitem(ALGORITHMS, LeakyHeavyBall.name, LeakyHeavyBall)
+    check_determinism(LeakyHeavyBall.name, tmp_path / "det")  # deterministic: only resume exposes it
+    with pytest.raises(AssertionError, match="leaky-heavy-ball: resumed metrics differ"):
+        check_resume(LeakyHeavyBall.name, tmp_path / "resume", monkeypatch)
+
+    class Fixed(LeakyHeavyBall):  # the same algorithm with its buffer in the state passes
+        def state_dict(self):
+            return {**super().state_dict(), "velocity": [v.clone() for v in self.velocity]}
+
+        def load_state_dict(self, state):
+            super().load_state_dict(state)
+            for v, s in zip(self.velocity, state["velocity"]):
+                v.copy_(s)
+
+    monkeypatch.setitem(ALGORITHMS, LeakyHeavyBall.name, Fixed)
+    check_resume(LeakyHeavyBall.name, tmp_path / "fixed", monkeypatch)
