@@ -69,6 +69,9 @@ def test_wrap_validates_its_arguments():
         ({"algorithm": "ddp", "sync_every": 5}, "synchronizes every step"),
         ({"algorithm": "diloco", "outer": {"lr": -1}}, "outer.lr must be a finite number > 0"),
         ({"algorithm": "local-sgd", "reset_inner_sate": True}, "reset_inner_sate"),
+        # the same checks as a YAML config (they had drifted: SPS was accepted here, then failed at the first sync)
+        ({"algorithm": "diloco", "outer": {"name": "sps"}}, "outer: 'sps' needs the mini-batch loss"),
+        ({"algorithm": "streaming-diloco", "sync_every": 6, "fragments": 4}, r"sync_every \(6\) must be a multiple of fragments \(4\)"),
     ]
     for kwargs, msg in cases:
         with pytest.raises(Exception, match=msg):

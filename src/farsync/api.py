@@ -24,6 +24,8 @@ import torch
 
 from .algorithms import Algorithm, get_algorithm
 from .algorithms.replicas import INIT_MODES, replicate_initial_state
+from .algorithms.sync_schedule import parse_sync_every
+from .optim import DEFAULT_OUTER, check_outer_config
 from .comm import CommStats, Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .comm.sim import current_sim_communicator
 from .units import parse_bandwidth, parse_duration
@@ -54,7 +56,6 @@ def wrap(
     algorithm: str | dict[str, Any] = "diloco",
     comm: Communicator | None = None,
     init: str = "broadcast",
-    _server_ok: bool = False,
     **options: Any,
 ) -> Algorithm:
     """Wrap `model` and its (inner) `optimizer` in a distributed algorithm.
@@ -75,15 +76,25 @@ def wrap(
     """
     spec = dict(algorithm) if isinstance(algorithm, dict) else {"name": algorithm}
     spec.update(options)
+    cls = get_algorithm(spec.get("name")) if spec.get("name") is not None else None
+    if cls is not None and cls.server_based:
+        raise ValueError(f"{spec['name']!r} runs a parameter server and its own loop (farsync.async_loop.train_async); "
+                         "use farsync run / farsync launch")
+    return build_algorithm(model, optimizer, spec, comm, init)
+
+
+def build_algorithm(model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any],
+                    comm: Communicator | None = None, init: str = "broadcast") -> Algorithm:
+    """The one construction path of `wrap` and the training loops: validate `spec` (the config's
+    ``algorithm`` form without ``inner``) with the same checks as a YAML config, make the
+    replicas identical, build the algorithm."""
+    spec = dict(spec)
     if "inner" in spec:
         raise ValueError("wrap() takes your optimizer as the inner optimizer; remove 'inner'")
     name = spec.pop("name", None)
     if name is None:
         raise ValueError("algorithm needs a 'name'")
     cls = get_algorithm(name)
-    if cls.server_based and not _server_ok:
-        raise ValueError(f"{name!r} runs a parameter server and its own loop (farsync.async_loop.train_async); "
-                         "use farsync run / farsync launch")
     kwargs: dict[str, Any] = {
         "sync_every": spec.pop("sync_every", 1),
         "grad_clip": spec.pop("grad_clip", None),
@@ -94,11 +105,8 @@ def wrap(
             raise ValueError(f"algorithm {name!r} has no outer optimizer; remove 'outer'")
         outer = spec.pop("outer")
         if isinstance(outer, dict):
-            from .config import DEFAULT_OUTER
-            from .optim import check_optimizer_config
-
             outer = {**DEFAULT_OUTER, **outer} if "name" not in outer else outer
-            check_optimizer_config(outer, "outer")
+            check_outer_config(outer, "outer")  # as the config path: e.g. SPS cannot be an outer optimizer
         kwargs["outer"] = outer
     if "topology" in spec:
         topology = spec.pop("topology")
@@ -109,6 +117,7 @@ def wrap(
     if kwargs["sync_every"] != 1 and not cls.uses_sync_every:
         raise ValueError(f"algorithm {name!r} synchronizes every step; remove 'sync_every'")
     kwargs["options"] = cls.Options(**spec)  # unknown keys -> pydantic error naming them
+    cls.check_options(parse_sync_every(kwargs["sync_every"]), kwargs["options"])
     if init not in INIT_MODES:
         raise ValueError(f"init must be one of {', '.join(INIT_MODES)}, got {init!r}")
     device = next(model.parameters()).device

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .algorithms.sync_schedule import QSR, parse_sync_every
-from .optim import SCHEDULES, check_optimizer_config, check_outer_config, lr_lambda
+from .optim import DEFAULT_OUTER, SCHEDULES, check_optimizer_config, check_outer_config, lr_lambda
 from .units import parse_bandwidth, parse_duration, parse_flops
 from .yamlio import YAMLSyntaxError, load_yaml, load_yaml_file
 
@@ -153,7 +153,6 @@ class ClusterConfig(_Strict):
 
 
 DEFAULT_INNER = {"name": "adamw", "lr": 1e-3}
-DEFAULT_OUTER = {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
 
 
 class AlgorithmConfig(BaseModel):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .algorithms import get_algorithm
-from .api import wrap
+from .api import build_algorithm as api_build_algorithm
 from .checkpoint import RunWriteError, save_checkpoint
 from .comm import Communicator
 from .config import Config
@@ -60,7 +60,8 @@ class RunContext:
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
-    """The config's algorithm around a fresh inner optimizer - through the public `wrap`."""
+    """The config's algorithm around a fresh inner optimizer - by the one construction path that
+    `farsync.wrap` uses too (`api.build_algorithm`)."""
     a = cfg.algorithm
     cls = get_algorithm(a.name)
     spec = {k: v for k, v in a.model_dump().items() if k != "inner"}
@@ -70,8 +71,8 @@ def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
         spec.pop("sync_every")
     if cls.uses_topology:
         spec["topology"] = cfg.cluster.topology
-    return wrap(model, build_optimizer(model.named_parameters(), a.inner), spec, comm=comm, grad_clip=cfg.train.grad_clip,
-                _server_ok=cls.server_based)  # async_loop drives server-based algorithms
+    spec["grad_clip"] = cfg.train.grad_clip
+    return api_build_algorithm(model, build_optimizer(model.named_parameters(), a.inner), spec, comm)
 
 
 def parse_fault(value: str | None) -> tuple[int, int] | None:

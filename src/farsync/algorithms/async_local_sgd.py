@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..optim import default_outer
 from .base import Algorithm, flatten, outer_step, pseudo_gradient, unflatten_into
 from .delayed_nesterov import DelayedNesterov
 
@@ -88,7 +89,7 @@ class AsyncLocalSGD(Algorithm):
             self._compute0 = 0.0
 
     def _build_server_optimizer(self, outer: Any) -> torch.optim.Optimizer:
-        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+        outer = outer if outer is not None else default_outer()
         period = self.options.period
         if isinstance(outer, dict) and outer.get("name") == "sgd" and outer.get("nesterov"):
             return DelayedNesterov(self.params, lr=outer["lr"], momentum=outer.get("momentum", 0.0), period=period or self.n_workers)

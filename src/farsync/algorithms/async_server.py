@@ -65,6 +65,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..optim import default_outer
 from .async_local_sgd import SERVER, UP, AsyncLocalSGD
 from .base import NoOptions, flatten, outer_step
 
@@ -216,7 +217,7 @@ class FedBuff(AsyncLocalSGD):
             self.arrivals = {w: 0 for w in range(1, self.n_workers + 1)}
 
     def _build_server_optimizer(self, outer: Any) -> torch.optim.Optimizer:
-        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}  # the config's default
+        outer = outer if outer is not None else default_outer()
         return self.build_outer(self.params, outer)
 
     def round_length(self, worker: int) -> int:

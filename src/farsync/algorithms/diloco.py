@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..optim import default_outer
 from .base import Algorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
 
 
@@ -35,7 +36,7 @@ class DiLoCo(Algorithm):
 
     def __init__(self, *args, outer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+        outer = outer if outer is not None else default_outer()
         self.global_params = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params]
         self.outer_optimizer = self.build_outer(self.global_params, outer)
 

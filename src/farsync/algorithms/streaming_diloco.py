@@ -36,6 +36,7 @@ from torch import nn
 
 from ..compress import PowerSGD
 from ..compress.collective import Pending
+from ..optim import default_outer
 from .base import Algorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
 from .fragments import split_into_fragments
 
@@ -81,7 +82,7 @@ class StreamingDiLoCo(Algorithm):
         self.period = self.sync_every // o.fragments  # S
         if isinstance(self.reducer, PowerSGD):
             raise ValueError("streaming-diloco does not support compress: powersgd (its plan is per model, not per fragment)")
-        outer = outer if outer is not None else {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}
+        outer = outer if outer is not None else default_outer()
         self.fragments = split_into_fragments(self.model, self.params, o.fragments, o.fragment_rule)
         self.global_params = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params]
         self.outer_optimizers = [self.build_outer([self.global_params[i] for i in frag], outer) for frag in self.fragments]

@@ -85,6 +85,14 @@ def _wrapper_kwargs(name: str) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "optimizer", *fixed)]
 
 
+DEFAULT_OUTER: dict[str, Any] = {"name": "sgd", "lr": 0.7, "momentum": 0.9, "nesterov": True}  # DiLoCo's outer step
+
+
+def default_outer() -> dict[str, Any]:
+    """A fresh copy of the default outer optimizer config (SGD lr 0.7, Nesterov momentum 0.9)."""
+    return dict(DEFAULT_OUTER)
+
+
 def check_optimizer_config(cfg: dict[str, Any], where: str) -> None:
     """Raise ValueError if `cfg` names an unknown optimizer, unknown keyword or lr <= 0; a wrapper
     ({name: gpa, base: {...}, mu_x: ...}) has its base checked the same way and its own
