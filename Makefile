@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/farsync demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet src tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

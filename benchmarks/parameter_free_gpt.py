@@ -13,7 +13,6 @@ table (target: final eval loss within 3% of tuned AdamW).
 """
 
 import argparse
-import json
 import shutil
 from importlib import resources
 from pathlib import Path

@@ -117,3 +117,9 @@ def test_the_suite_fails_for_an_algorithm_that_drops_a_buffer_from_its_state(tmp
 
     monkeypatch.setitem(ALGORITHMS, LeakyHeavyBall.name, Fixed)
     check_resume(LeakyHeavyBall.name, tmp_path / "fixed", monkeypatch)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_help_shows_the_update_rule(name):
+    doc = ALGORITHMS[name].__doc__ or ""
+    assert f"`{name}`" in doc and "::" in doc  # the module docstring: its name and a rule block

@@ -226,7 +226,7 @@ def test_transfers_after_a_hard_kill_and_resume_equal_the_uninterrupted_run(tmp_
 def test_transfers_of_dsgd_on_a_ring_after_a_clean_failure_and_resume(tmp_path, monkeypatch):
     cfg = dict(CFG, cluster={"workers": 4, "topology": "ring"}, algorithm={"name": "dsgd", "inner": {"name": "sgd", "lr": 0.1}},
                train=dict(CFG["train"], steps=60, checkpoint_every=20))
-    whole = farsync.run(cfg, out=tmp_path / "w", progress=False)
+    farsync.run(cfg, out=tmp_path / "w", progress=False)
     monkeypatch.setenv("FARSYNC_FAULT", "2:47")
     assert farsync.run(cfg, out=tmp_path / "r", progress=False).status.startswith("failed: InjectedFault")
     monkeypatch.delenv("FARSYNC_FAULT")

@@ -132,7 +132,7 @@ def adgd_reference(model, steps, lam0, rule):
 def test_adgd_matches_its_update_rule_and_never_oversteps_the_local_curvature(rule):
     a, b = net(), net()
     opt = AdGD(a.parameters(), lr=1e-4, rule=rule)
-    lams, bounds = [], []
+    lams, bounds, prev_lam = [], [], None
     for t in range(60):
         train(a, opt, 1, fixed_batch=True)
         g = opt.param_groups[0]

@@ -89,7 +89,6 @@ class DuDeOptions(BaseModel):
 
 
 class ASGD(AsyncLocalSGD):
-    """Vanilla asynchronous SGD on a parameter server (see the module docstring)."""
 
     name = "asgd"
     summary = "parameter server (rank 0); each worker pushes one gradient, the server steps x -= lr g and sends x back"
@@ -164,7 +163,6 @@ class ASGD(AsyncLocalSGD):
 
 
 class DuDeASGD(ASGD):
-    """DuDe-ASGD: the server steps along the mean of every worker's latest gradient (module docstring)."""
 
     name = "dude-asgd"
     summary = "parameter server keeps every worker's latest gradient; on each arrival x -= lr mean_i G_i (Wang et al. 2024)"
@@ -202,7 +200,6 @@ class FedBuffOptions(BaseModel):
 
 
 class FedBuff(AsyncLocalSGD):
-    """FedBuff: buffered asynchronous aggregation of local-update deltas (module docstring)."""
 
     name = "fedbuff"
     summary = "parameter server buffers K staleness-weighted pseudo-gradients of Q local steps, then one outer step (Nguyen et al. 2022)"

@@ -13,6 +13,7 @@ and knows nothing about the backend. ``eval_params()`` temporarily puts the eval
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
@@ -44,6 +45,13 @@ class Algorithm:
     server_based: ClassVar[bool] = False  # rank 0 is a parameter server, ranks 1..n train (async_loop.py)
     uses_topology: ClassVar[bool] = False  # decentralized: talks to graph neighbours (cluster.topology)
     Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init_subclass__(cls, **kwargs):
+        """An algorithm without a class docstring shows its module's (the update rule, the paper,
+        the deviations), so ``help(farsync.DiLoCo)`` gives the rule: one text, in one place."""
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("__doc__"):
+            cls.__doc__ = sys.modules[cls.__module__].__doc__
 
     def __init__(
         self,

@@ -123,7 +123,6 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """The first `n` codes of `pack_bits` output, as uint8."""
-    per = 8 // bits
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
     c = (packed[:, None] >> shifts) & ((1 << bits) - 1)
     return c.reshape(-1)[:n]
