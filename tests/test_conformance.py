@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import farsync
 from farsync.algorithms import ALGORITHMS, Algorithm
 
-from conformance import check_determinism, check_resume, dumps_golden, tiny_config, trajectory
+from conformance import check_determinism, check_gloo_matches_simulator, check_resume, dumps_golden, tiny_config, trajectory
 
 GOLDEN = Path(__file__).parent / "golden" / "trajectories.json"
 REGENERATE = os.environ.get("FARSYNC_REGENERATE_GOLDEN") == "1"
@@ -123,3 +123,23 @@ def test_the_suite_fails_for_an_algorithm_that_drops_a_buffer_from_its_state(tmp
 def test_help_shows_the_update_rule(name):
     doc = ALGORITHMS[name].__doc__ or ""
     assert f"`{name}`" in doc and "::" in doc  # the module docstring: its name and a rule block
+
+
+def _gloo_checked_elsewhere() -> set[str]:
+    from test_distributed import ALGOS  # test_torch_backend_matches_simulator_bitwise_with_two_workers
+
+    return {spec["name"] for spec in ALGOS.values()}
+
+
+# Parameter-server algorithms are left out: on gloo their workers' messages arrive in real time order,
+# not the simulator's virtual-time order (docs/architecture.md), so only their byte counts agree.
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(CHECKPOINTABLE) - _gloo_checked_elsewhere()))
+def test_gloo_matches_the_simulator_bitwise(name, tmp_path):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun workers (one thread each): the same float sums
+    try:
+        check_gloo_matches_simulator(name, tmp_path)
+    finally:
+        torch.set_num_threads(n)
