@@ -69,10 +69,7 @@ def launch(
         raise ValueError(f"--max-restarts must be >= 0, got {max_restarts}")
     run_dir = Path(resume) if resume is not None else Path(out) if out is not None else default_run_dir(cfg)
     if resume is None:
-        try:
-            check_new_run_dir(run_dir)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        check_new_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     elif not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory")

@@ -63,20 +63,19 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     ``algorithm.name`` differs, an ``algorithm.*`` key counts only if it differs between runs of
     the same algorithm (otherwise it is just that algorithm's default or an ignored option)."""
     flats = [flatten_config(c) for c in configs]
-    keys = sorted({k for f in flats for k in f})
-    diff = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1 and k != "name"]
+
+    def differs(key: str, group: list[dict[str, Any]]) -> bool:
+        return len({json.dumps(f.get(key), sort_keys=True, default=str) for f in group}) > 1
+
+    diff = [k for k in sorted({k for f in flats for k in f}) if k != "name" and differs(k, flats)]
     if "algorithm.name" not in diff:
         return diff
     groups: dict[str, list[dict]] = {}
     for f in flats:
         groups.setdefault(f.get("algorithm.name"), []).append(f)
-    keep = ["algorithm.name"]
-    for k in diff:
-        if k == "algorithm.name":
-            continue
-        if not k.startswith("algorithm.") or any(len({json.dumps(f.get(k), sort_keys=True, default=str) for f in g}) > 1 for g in groups.values()):
-            keep.append(k)
-    return keep
+    rest = [k for k in diff if k != "algorithm.name"
+            and (not k.startswith("algorithm.") or any(differs(k, g) for g in groups.values()))]
+    return ["algorithm.name", *rest]
 
 
 def short_key(key: str) -> str:

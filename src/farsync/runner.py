@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,7 +27,7 @@ import torch
 import yaml
 
 from .api import sim_cluster
-from .checkpoint import CheckpointError, RunWriteError, config_diff, latest_checkpoint, load_latest
+from .checkpoint import CheckpointError, RunWriteError, config_diff, latest_checkpoint, load_latest, write_error
 from .comm import SimCluster, Straggler
 from .config import Config, ConfigError, load_config
 from .algorithms import get_algorithm
@@ -32,7 +35,7 @@ from .async_loop import train_async
 from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
 from .report import bytes_in_flight, load_transfers
-from .rundir import (LOCK_ENV, MetricsLog, RunDirLock, check_new_run_dir, lock_run_dir, write_json_atomic,  # noqa: F401
+from .rundir import (LOCK_ENV, LOCK_NAME, MetricsLog, RunDirLock, check_new_run_dir, lock_run_dir, write_json_atomic,
                      write_text_atomic)
 from .stopping import Terminated, stop_on_signals, stop_status
 from .tasks import Task, get_task
@@ -169,10 +172,7 @@ def prepare_run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[
                 raise CheckpointError(f"{err}; {run_dir} is unchanged ({_summary_status(run_dir)})") from None
             raise
         return run_dir, ckpt, lock
-    try:
-        check_new_run_dir(run_dir)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    check_new_run_dir(run_dir)
     made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     lock = None
     try:
@@ -184,7 +184,7 @@ def prepare_run_dir(cfg: Config, out: str | Path | None, resume: bool) -> tuple[
             lock.release()
         for p in made:  # leave no half-made run directory behind
             if p.is_dir():
-                for f in ("config.yaml", ".farsync-lock"):
+                for f in ("config.yaml", LOCK_NAME):
                     (p / f).unlink(missing_ok=True)
                 try:
                     p.rmdir()
@@ -263,7 +263,7 @@ def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, tran
                 os.replace(tmp, ctx.run_dir / "model.pt")
             except OSError as err:
                 tmp.unlink(missing_ok=True)
-                raise RunWriteError(f"{(err.strerror or str(err)).lower()} while writing {ctx.run_dir / 'model.pt'}") from None
+                raise write_error(err, ctx.run_dir / "model.pt") from None
     except RunWriteError as err:
         status = f"failed: {err}" if status == "completed" else status
         print(f"farsync: error: {err}", file=sys.stderr)
@@ -305,8 +305,6 @@ def write_processes(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def this_process(role: str, rank: int | str) -> dict[str, Any]:
-    import socket
-
     return {"role": role, "rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
 
 
@@ -380,9 +378,6 @@ def run(
 def watch_parent(grace_s: float = 20.0) -> None:
     """Stop this worker when its parent (torchrun's agent) is gone: SIGTERM to itself (a graceful
     stop at the next logging step), then exit after `grace_s` if it is still running."""
-    import signal
-    import threading
-
     parent = os.getppid()
 
     def watch():
