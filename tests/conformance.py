@@ -15,17 +15,18 @@ import os
 import torch
 
 import farsync
-from farsync.algorithms import ALGORITHMS
+from farsync.algorithms import ALGORITHMS, Decentralized
+from farsync.algorithms.options import takes
 
 
 def tiny_config(name: str, steps: int = 12, checkpoint_every: int = 0, log_every: int = 2) -> dict:
     """A valid config for algorithm `name` on a 3-worker quadratic (dim 4, noise, heterogeneity)."""
     cls = ALGORITHMS[name]
     algo = {"name": name, "inner": {"name": "sgd", "lr": 0.1}}
-    if cls.uses_sync_every:
+    if takes(cls, "sync_every"):
         algo["sync_every"] = 3
     cluster = {"workers": 3, "bandwidth": "100Mbps", "latency": "1ms", "step_time": "10ms"}
-    if cls.uses_topology:
+    if issubclass(cls, Decentralized):
         cluster["topology"] = "ring"
     return {"name": f"conformance-{name}", "seed": 0, "task": {"name": "quadratic", "dim": 4, "sigma": 0.1, "zeta": 1.0},
             "cluster": cluster, "algorithm": algo,
@@ -105,3 +106,58 @@ def check_gloo_matches_simulator(name: str, tmp_path) -> None:
     got = json.loads((tmp_path / "torch" / "summary.json").read_text())
     assert got["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
     assert model_digest(tmp_path / "torch") == model_digest(sim.run_dir), f"{name}: gloo final model differs"
+
+
+def declared_bytes(name: str) -> list[int] | None:
+    """Each rank's bytes sent in `tiny_config(name)` as the algorithm declares its calls
+    (`Algorithm.declared_calls`) and the cost model (`comm.base.wire_bytes`) prices them."""
+    from farsync.comm import wire_bytes
+    from farsync.runner import build_task
+
+    cfg = farsync.load_config(tiny_config(name))
+    cls = ALGORITHMS[name]
+    torch.manual_seed(cfg.seed)
+    model = build_task(cfg).build_model()
+    n = cfg.cluster.workers
+    graph = cfg.cluster.build_topology() if issubclass(cls, Decentralized) else None
+    out = []
+    for rank in range(n):
+        degree = len(graph.neighbors(rank)) if graph is not None else 0
+        calls = cls.declared_calls(model, cfg.train.steps, degree, cfg.algorithm.options(cfg.cluster.topology))
+        if calls is None:
+            return None
+        out.append(sum(wire_bytes(kind, b, n, rank)[0] for kind, b in calls))
+    return out
+
+
+def check_declared_bytes(name: str, tmp_path) -> None:
+    """The bytes each worker really sent == what the algorithm declares, priced by the cost model."""
+    run = farsync.run(tiny_config(name), out=tmp_path / "bytes", progress=False)
+    assert run.status == "completed", run.status
+    assert run.summary["bytes_sent_per_worker"] == declared_bytes(name), f"{name}: bytes differ from its declaration"
+
+
+def check_one_worker_is_inner(name: str, tmp_path) -> None:
+    """With one worker the algorithm is its inner optimizer (SGD) bit for bit: a plain torch loop
+    on the same model, shard and batches ends at the same parameters and evaluation loss."""
+    from farsync.runner import build_task
+
+    raw = tiny_config(name)
+    raw["cluster"]["workers"] = 1
+    raw["cluster"].pop("topology", None)  # one node: the complete graph
+    run = farsync.run(raw, out=tmp_path / "one", progress=False)
+    assert run.status == "completed", run.status
+    cfg = farsync.load_config(raw)
+    task = build_task(cfg)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.algorithm.inner["lr"])
+    sampler = task.sampler(0, cfg.train.batch_size)
+    for _ in range(cfg.train.steps):
+        task.loss(model, sampler.next_batch()).backward()
+        opt.step()
+        opt.zero_grad()
+    got = torch.load(os.path.join(run.run_dir, "model.pt"), weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(got[k], v), f"{name}: one worker differs from plain SGD in {k}"
+    assert run.metrics[-1]["eval_loss"] == task.evaluate(model)

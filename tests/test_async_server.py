@@ -7,7 +7,8 @@ import torch
 
 import farsync
 from conftest import without_wall_time
-from farsync.algorithms import get_algorithm
+from farsync.algorithms import ParameterServerAlgorithm, get_algorithm
+from farsync.algorithms.options import takes
 from farsync.algorithms.async_server import DuDeASGD, FedBuff
 from farsync.comm import SimCluster
 from farsync.config import ConfigError
@@ -244,7 +245,7 @@ def test_wrap_refuses_the_server_algorithms():
     for name in ("asgd", "dude-asgd", "fedbuff"):
         with pytest.raises(ValueError, match="runs a parameter server and its own loop"):
             farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), name, comm=object())
-    assert get_algorithm("dude-asgd").server_based and get_algorithm("fedbuff").uses_outer
+    assert issubclass(get_algorithm("dude-asgd"), ParameterServerAlgorithm) and takes(get_algorithm("fedbuff"), "outer")
 
 
 def test_fedbuff_staleness_weighting_changes_a_multi_worker_run(tmp_path):

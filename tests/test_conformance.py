@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import farsync
-from farsync.algorithms import ALGORITHMS, Algorithm
+from farsync.algorithms import ALGORITHMS, CollectiveAlgorithm
+from farsync.algorithms.base import DDPOptions
 
-from conformance import check_determinism, check_gloo_matches_simulator, check_resume, dumps_golden, tiny_config, trajectory
+from conformance import (check_declared_bytes, check_determinism, check_gloo_matches_simulator, check_one_worker_is_inner,
+                         check_resume, declared_bytes, dumps_golden, tiny_config, trajectory)
 
 GOLDEN = Path(__file__).parent / "golden" / "trajectories.json"
 REGENERATE = os.environ.get("FARSYNC_REGENERATE_GOLDEN") == "1"
-CHECKPOINTABLE = sorted(n for n, c in ALGORITHMS.items() if not c.server_based)
+CHECKPOINTABLE = sorted(n for n, c in ALGORITHMS.items() if c.checkpointable)
 
 
 @pytest.mark.parametrize("name", CHECKPOINTABLE)
@@ -43,10 +45,33 @@ def test_an_unknown_option_is_refused_naming_it(name):
         farsync.load_config(cfg)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in ALGORITHMS.items() if c.server_based))
+@pytest.mark.parametrize("name", sorted(n for n, c in ALGORITHMS.items() if not c.checkpointable))
 def test_parameter_server_algorithms_refuse_checkpoints(name):
     with pytest.raises(farsync.ConfigError, match="cannot be checkpointed"):
         farsync.load_config(tiny_config(name, checkpoint_every=6))
+
+
+DECLARED = sorted(n for n in ALGORITHMS if declared_bytes(n) is not None)
+
+
+def test_the_algorithms_that_declare_their_calls():
+    assert DECLARED == ["choco-sgd", "ddp", "delayed-diloco", "diloco", "docom-sgt", "dsgd", "eager-diloco",
+                        "gradient-tracking", "local-sgd", "streaming-diloco", "ticopd"]
+
+
+@pytest.mark.parametrize("name", DECLARED)
+def test_bytes_sent_match_the_declared_calls_under_the_cost_model(name, tmp_path):
+    check_declared_bytes(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in ALGORITHMS.items() if c.one_worker_is_inner))
+def test_one_worker_reduces_to_its_inner_optimizer(name, tmp_path):
+    check_one_worker_is_inner(name, tmp_path)
+
+
+def test_the_one_worker_reductions_declared():
+    assert sorted(n for n, c in ALGORITHMS.items() if c.one_worker_is_inner) == [
+        "asgd", "choco-sgd", "ddp", "dsgd", "dude-asgd", "fspda", "local-sgd", "ticopd"]
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -67,6 +92,19 @@ def test_golden_trajectory(name, tmp_path):
     assert got["model_sha256"] == want["model_sha256"], f"{name}: final model differs from the golden one"
 
 
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_the_docstring_follows_the_template(name):
+    """docs/architecture.md, "The docstring template": the first paragraph names the algorithm
+    and the update rule is a literal block; help() on the class shows it."""
+    import sys
+
+    cls = ALGORITHMS[name]
+    doc = sys.modules[cls.__module__].__doc__ or ""
+    assert f"`{name}`" in doc.strip().split("\n\n")[0], f"{name}: the first paragraph does not name it"
+    assert "::\n" in doc, f"{name}: no literal block with the update rule"
+    assert cls.__doc__, f"{name}: no class docstring for help()"
+
+
 def test_every_registered_algorithm_has_a_golden_trajectory():
     if REGENERATE:
         pytest.skip("regenerating")
@@ -74,12 +112,11 @@ def test_every_registered_algorithm_has_a_golden_trajectory():
 
 
 # ---------------------------------------------------------------- the suite catches a broken algorithm
-class LeakyOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LeakyOptions(DDPOptions):
     beta: float = Field(0.9, ge=0.0, lt=1.0, description="heavy-ball momentum")
 
 
-class LeakyHeavyBall(Algorithm):
+class LeakyHeavyBall(CollectiveAlgorithm):
     """A toy: DDP with heavy-ball momentum v = beta v + g applied through the inner optimizer, whose
     momentum buffer v is deliberately left out of `state_dict` (the bug the suite must catch)."""
 

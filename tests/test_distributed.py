@@ -15,7 +15,7 @@ import yaml
 
 import farsync
 from farsync.cli import main
-from farsync.loop import FAULT_ENV
+from farsync.comm.faults import FAULT_ENV
 
 pytestmark = pytest.mark.distributed
 

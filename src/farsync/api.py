@@ -24,8 +24,8 @@ import torch
 
 from .algorithms import Algorithm, get_algorithm
 from .algorithms.replicas import INIT_MODES, replicate_initial_state
-from .algorithms.sync_schedule import parse_sync_every
-from .optim import DEFAULT_OUTER, check_outer_config
+from .algorithms.options import validate_options
+from .algorithms.server import ParameterServerAlgorithm
 from .comm import CommStats, Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .comm.sim import current_sim_communicator
 from .units import parse_bandwidth, parse_duration
@@ -77,7 +77,7 @@ def wrap(
     spec = dict(algorithm) if isinstance(algorithm, dict) else {"name": algorithm}
     spec.update(options)
     cls = get_algorithm(spec.get("name")) if spec.get("name") is not None else None
-    if cls is not None and cls.server_based:
+    if cls is not None and issubclass(cls, ParameterServerAlgorithm):
         raise ValueError(f"{spec['name']!r} runs a parameter server and its own loop (farsync.async_loop.train_async); "
                          "use farsync run / farsync launch")
     return build_algorithm(model, optimizer, spec, comm, init)
@@ -86,8 +86,9 @@ def wrap(
 def build_algorithm(model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: dict[str, Any],
                     comm: Communicator | None = None, init: str = "broadcast") -> Algorithm:
     """The one construction path of `wrap` and the training loops: validate `spec` (the config's
-    ``algorithm`` form without ``inner``) with the same checks as a YAML config, make the
-    replicas identical, build the algorithm."""
+    ``algorithm`` form without ``inner``, plus ``grad_clip`` and a decentralized algorithm's
+    ``topology``) with the algorithm's Options, as a YAML config is; make the replicas identical;
+    build the algorithm."""
     spec = dict(spec)
     if "inner" in spec:
         raise ValueError("wrap() takes your optimizer as the inner optimizer; remove 'inner'")
@@ -95,35 +96,14 @@ def build_algorithm(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sp
     if name is None:
         raise ValueError("algorithm needs a 'name'")
     cls = get_algorithm(name)
-    kwargs: dict[str, Any] = {
-        "sync_every": spec.pop("sync_every", 1),
-        "grad_clip": spec.pop("grad_clip", None),
-        "compress": spec.pop("compress", None),
-    }
-    if "outer" in spec:
-        if not cls.uses_outer:
-            raise ValueError(f"algorithm {name!r} has no outer optimizer; remove 'outer'")
-        outer = spec.pop("outer")
-        if isinstance(outer, dict):
-            outer = {**DEFAULT_OUTER, **outer} if "name" not in outer else outer
-            check_outer_config(outer, "outer")  # as the config path: e.g. SPS cannot be an outer optimizer
-        kwargs["outer"] = outer
-    if "topology" in spec:
-        topology = spec.pop("topology")
-        if cls.uses_topology:
-            kwargs["topology"] = topology
-        elif topology is not None:
-            raise ValueError(f"algorithm {name!r} does not use a topology (decentralized algorithms do); remove 'topology'")
-    if kwargs["sync_every"] != 1 and not cls.uses_sync_every:
-        raise ValueError(f"algorithm {name!r} synchronizes every step; remove 'sync_every'")
-    kwargs["options"] = cls.Options(**spec)  # unknown keys -> pydantic error naming them
-    cls.check_options(parse_sync_every(kwargs["sync_every"]), kwargs["options"])
+    grad_clip = spec.pop("grad_clip", None)
+    options = validate_options(cls, spec)  # unknown keys, another algorithm's keys, bad values: errors naming them
     if init not in INIT_MODES:
         raise ValueError(f"init must be one of {', '.join(INIT_MODES)}, got {init!r}")
     device = next(model.parameters()).device
     comm = comm if comm is not None else default_communicator(device)
     replicate_initial_state(model, comm, init)  # before the algorithm copies the model (DiLoCo's phi, ...)
-    return cls(model, optimizer, comm, **kwargs)
+    return cls(model, optimizer, comm, options, grad_clip=grad_clip)
 
 
 @dataclass

@@ -79,9 +79,26 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from .algorithms import ALGORITHMS
+    from .algorithms import ALGORITHMS, get_algorithm
     from .optim import OPTIMIZERS, SCHEDULES, WRAPPERS
     from .tasks import TASKS
+
+    if args.algorithm:  # one algorithm's config section: its Options, defaults and descriptions
+        try:
+            cls = get_algorithm(args.algorithm)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{cls.name}: {cls.summary}")
+        print(f"algorithm.* keys (the update rule: python -c 'import farsync; help(farsync.algorithms.{cls.__name__})'):")
+        print(f"  {'inner':18s} the inner (local) optimizer (default {{name: adamw, lr: 0.001}})")
+        for key, field in cls.Options.model_fields.items():
+            if key == "topology":
+                print(f"  {'(cluster.topology)':18s} {field.description}")
+                continue
+            default = field.get_default(call_default_factory=True)
+            print(f"  {key:18s} {field.description or ''} (default {default!r})")
+        return 0
 
     print("tasks:")
     for name, cls in sorted(TASKS.items()):
@@ -175,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)
 
-    ls = sub.add_parser("list", help="available tasks, algorithms and optimizers")
+    ls = sub.add_parser("list", help="available tasks, algorithms and optimizers; with ALGORITHM: its config keys")
+    ls.add_argument("algorithm", nargs="?", help="show this algorithm's keys, defaults and descriptions")
     ls.set_defaults(func=_cmd_list)
 
     d = sub.add_parser("demo", help="DDP vs DiLoCo on the Shakespeare GPT, 4 simulated workers")

@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .algorithms.sync_schedule import QSR, parse_sync_every
-from .optim import DEFAULT_OUTER, SCHEDULES, check_optimizer_config, check_outer_config, lr_lambda
+from .optim import SCHEDULES, check_optimizer_config, lr_lambda
 from .units import parse_bandwidth, parse_duration, parse_flops
 from .yamlio import YAMLSyntaxError, load_yaml, load_yaml_file
 
@@ -156,44 +155,22 @@ DEFAULT_INNER = {"name": "adamw", "lr": 1e-3}
 
 
 class AlgorithmConfig(BaseModel):
-    """``name`` picks the algorithm; other keys beyond the common ones are its own options.
+    """``name`` picks the algorithm and ``inner`` is the inner (local) optimizer; every other key
+    belongs to the algorithm's own Options model (algorithms/options.py: ``sync_every``,
+    ``outer``, ``compress`` where it takes them, and its options, with their defaults).
 
     An optimizer section without ``name`` (e.g. only ``outer.lr``) updates the default optimizer.
     """
 
     model_config = ConfigDict(extra="allow")
     name: str = "ddp"
-    sync_every: int | QSR = Field(
-        1, description="H: inner steps between synchronizations, or {rule: qsr, base, alpha} (algorithms/sync_schedule.py)"
-    )
     inner: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_INNER), description="inner (local) optimizer")
-    outer: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OUTER), description="outer optimizer")
-    compress: dict[str, Any] | None = Field(
-        None, description="compressor of what is averaged, e.g. {name: int8, block: 64, error_feedback: ef}"
-    )
 
-    @field_validator("sync_every", mode="before")
+    @field_validator("inner", mode="before")
     @classmethod
-    def _sync_every(cls, v):
-        try:
-            return parse_sync_every(v)
-        except ValidationError as err:  # a bad {rule: qsr, ...}: name its field
-            e = err.errors()[0]
-            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})") from None
-
-    @field_validator("compress")
-    @classmethod
-    def _compress(cls, v):
-        from .compress import build_reducer
-
-        build_reducer(v, [])  # raises ValueError naming the bad name or option
-        return v
-
-    @field_validator("inner", "outer", mode="before")
-    @classmethod
-    def _fill_defaults(cls, v, info):
+    def _fill_defaults(cls, v):
         if isinstance(v, dict) and "name" not in v:
-            return {**(DEFAULT_INNER if info.field_name == "inner" else DEFAULT_OUTER), **v}
+            return {**DEFAULT_INNER, **v}
         return v
 
     _ignored: list[str] = PrivateAttr(default_factory=list)
@@ -201,36 +178,34 @@ class AlgorithmConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self):
         from .algorithms import get_algorithm
+        from .algorithms.options import validate_options
 
         cls = get_algorithm(self.name)
-        self._drop_foreign_keys(cls)
+        values = dict(self.model_extra or {})
+        if "topology" in values:
+            raise ValueError("the graph of a decentralized algorithm is cluster.topology; move algorithm.topology there")
+        self._drop_foreign_keys(cls, values)
         check_optimizer_config(self.inner, "algorithm.inner")
-        cls.check_config(self.inner, self.compress)
-        if cls.uses_outer:
-            check_outer_config(self.outer, "algorithm.outer")
-        opts = _validate_params(cls.Options, self.model_extra, f"algorithm {self.name!r}")
-        cls.check_options(self.sync_every, opts)
-        for k, v in opts.model_dump().items():
-            setattr(self, k, v)
+        cls.check_inner(self.inner)
+        opts = validate_options(cls, values, where="algorithm.")
+        self.model_extra.clear()
+        for k, v in opts.model_dump().items():  # store the resolved options (the graph is cluster.topology)
+            if k != "topology":
+                setattr(self, k, v)
         return self
 
-    def _drop_foreign_keys(self, cls) -> None:
-        """Keys that another registered algorithm uses and this one does not (``outer``,
-        ``sync_every``, another's options) are dropped and listed in `ignored`, so one config can
-        be run with any ``algorithm.name``; keys no algorithm knows stay errors."""
+    def _drop_foreign_keys(self, cls, values: dict[str, Any]) -> None:
+        """Keys that another registered algorithm takes and this one does not (``outer``,
+        ``sync_every``, another's options) are dropped from `values` and, unless they hold that
+        key's default, listed in `ignored`: one config runs with any ``algorithm.name``; keys no
+        algorithm knows stay errors, and so does ``compress`` (see `options.foreign_keys`)."""
         from .algorithms import ALGORITHMS
+        from .algorithms.options import default_of, foreign_keys
 
-        if not cls.uses_outer and "outer" in self.model_fields_set and self.outer != DEFAULT_OUTER:
-            self._ignored.append("outer")
-        if not cls.uses_outer:
-            self.outer = dict(DEFAULT_OUTER)
-        if not cls.uses_sync_every and "sync_every" in self.model_fields_set and self.sync_every != 1:
-            self._ignored.append("sync_every")
-            self.sync_every = 1
-        known = {k for other in ALGORITHMS.values() for k in other.Options.model_fields}
-        for key in list(self.model_extra or {}):
-            if key not in cls.Options.model_fields and key in known:
-                del self.model_extra[key]
+        shape_first = {"outer": 0, "sync_every": 1}  # the note names the shape keys first
+        for key in sorted(foreign_keys(cls, values, ALGORITHMS), key=lambda k: shape_first.get(k, 2)):
+            value = values.pop(key)
+            if value is not None and value not in default_of(ALGORITHMS, key) and not (key == "sync_every" and value == 1):
                 self._ignored.append(key)
 
     @property
@@ -238,10 +213,18 @@ class AlgorithmConfig(BaseModel):
         """The keys of other algorithms that were dropped for this one (see `_drop_foreign_keys`)."""
         return list(self._ignored)
 
-    def options(self):
+    def options(self, topology: Any = None):
+        """The algorithm's Options (with `topology`, a decentralized algorithm's graph)."""
         from .algorithms import get_algorithm
+        from .algorithms.options import takes
 
-        return get_algorithm(self.name).Options(**(self.model_extra or {}))
+        cls = get_algorithm(self.name)
+        extra = {"topology": topology} if takes(cls, "topology") else {}
+        return cls.Options(**(self.model_extra or {}), **extra)
+
+    def spec(self) -> dict[str, Any]:
+        """The section as `farsync.wrap` takes it: name and the options, without ``inner``."""
+        return {"name": self.name, **(self.model_extra or {})}
 
 
 class ScheduleConfig(_Strict):
@@ -305,19 +288,21 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
-    def _server_based(self):
+    def _fits(self):
         from .algorithms import get_algorithm
+        from .algorithms.gossip import Decentralized
+        from .algorithms.options import takes
 
         cls = get_algorithm(self.algorithm.name)
-        every = self.algorithm.sync_every
-        if cls.uses_sync_every and isinstance(every, int) and every > self.train.steps:
+        every = getattr(self.algorithm, "sync_every", 1)
+        if takes(cls, "sync_every") and isinstance(every, int) and every > self.train.steps:
             raise ValueError(f"algorithm.sync_every ({every}) is larger than train.steps ({self.train.steps}): the workers "
                              "would never synchronize; lower algorithm.sync_every or raise train.steps")
-        if cls.server_based and self.train.checkpoint_every:
+        if not cls.checkpointable and self.train.checkpoint_every:
             raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed: its server and workers run at "
                              "their own pace, so no step has one consistent state of all of them to save (not "
                              "implemented); set train.checkpoint_every: 0")
-        if cls.uses_topology:
+        if issubclass(cls, Decentralized):
             try:
                 cls.check_topology(self.cluster.build_topology(), self.algorithm.options())
             except ValueError as err:
@@ -325,7 +310,7 @@ class Config(_Strict):
         elif self.cluster.topology is not None:
             from .algorithms import ALGORITHMS
 
-            gossip = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.uses_topology))
+            gossip = ", ".join(sorted(n for n, c in ALGORITHMS.items() if issubclass(c, Decentralized)))
             raise ValueError(f"algorithm {self.algorithm.name!r} does not use cluster.topology "
                              f"(decentralized algorithms do: {gossip}); remove cluster.topology")
         return self

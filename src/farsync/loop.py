@@ -13,7 +13,6 @@ Rank 0 holds the run's bookkeeping in a `RunContext`; other ranks pass a context
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from .algorithms import get_algorithm
+from .algorithms.options import takes
 from .api import build_algorithm as api_build_algorithm
 from .checkpoint import RunWriteError, save_checkpoint
 from .comm import Communicator
@@ -31,15 +31,8 @@ from .optim import build_optimizer
 from .stopping import STOP, Terminated
 from .tasks import Task
 
-FAULT_ENV = "FARSYNC_FAULT"  # "RANK:STEP": that worker dies at the start of that step (testing)
-
-
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the simulated backend where FARSYNC_FAULT kills a worker."""
 
 
 @dataclass
@@ -51,7 +44,7 @@ class RunContext:
     log: Any = None  # rank 0: MetricsLog
     bar: Any = None  # rank 0: ProgressBar
     resume: dict[str, Any] | None = None  # rank 0: the loaded checkpoint
-    hard_kill: bool = False  # torch backend: an injected fault exits the process
+    hard_kill: bool = False  # torch backend: an injected fault (comm/faults.py) exits the process
     last_rows: list[dict[str, Any]] = field(default_factory=list)  # rank 0: last gathered counters
     final_model: dict[str, Any] | None = None  # rank 0: state_dict at the evaluation point, at the end
     step: int = 0  # rank 0: the last inner step this worker completed (a run's summary names it when interrupted)
@@ -62,27 +55,11 @@ class RunContext:
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
     """The config's algorithm around a fresh inner optimizer - by the one construction path that
     `farsync.wrap` uses too (`api.build_algorithm`)."""
-    a = cfg.algorithm
-    cls = get_algorithm(a.name)
-    spec = {k: v for k, v in a.model_dump().items() if k != "inner"}
-    if not cls.uses_outer:
-        spec.pop("outer")
-    if not cls.uses_sync_every:
-        spec.pop("sync_every")
-    if cls.uses_topology:
+    spec = cfg.algorithm.spec()
+    if takes(get_algorithm(cfg.algorithm.name), "topology"):
         spec["topology"] = cfg.cluster.topology
     spec["grad_clip"] = cfg.train.grad_clip
-    return api_build_algorithm(model, build_optimizer(model.named_parameters(), a.inner), spec, comm)
-
-
-def parse_fault(value: str | None) -> tuple[int, int] | None:
-    if not value:
-        return None
-    try:
-        rank, step = (int(x) for x in value.split(":"))
-    except ValueError:
-        raise ValueError(f"{FAULT_ENV} must look like RANK:STEP (e.g. 1:5), got {value!r}") from None
-    return rank, step
+    return api_build_algorithm(model, build_optimizer(model.named_parameters(), cfg.algorithm.inner), spec, comm)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -143,18 +120,13 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         start = mine["step"]
     if rank0:
         ctx.step = start
-    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-    fault = None if (start or restarted) else parse_fault(os.environ.get(FAULT_ENV))
 
     tokens_per_step = task.tokens_per_batch(t.batch_size) * comm.world_size
     loss_sum, loss_n, first_bad = 0.0, 0, math.inf
     prior_wall = ctx.log.records[-1]["wall_time_s"] if (rank0 and ctx.log and ctx.log.records) else 0.0
     wall0 = time.perf_counter() - prior_wall
     for step in range(start + 1, t.steps + 1):
-        if fault == (comm.rank, step):
-            if ctx.hard_kill:
-                os._exit(17)  # a worker process dies without cleanup
-            raise InjectedFault(f"{FAULT_ENV}: rank {comm.rank} killed at step {step}")
+        comm.begin_step(step)
         lr = sched.get_last_lr()[0]
         batch = to_device(sampler.next_batch(), ctx.device)
         loss = task.loss(model, batch)
@@ -180,6 +152,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         loss_sum, loss_n = 0.0, 0
         bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
         failed = math.isfinite(bad)
+        rec = None
         if rank0:
             ctx.last_rows = rows
             rec = {
@@ -192,13 +165,9 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "lr": lr,
                 **extra,
             }
-            if do_eval and not failed:
-                with algo.eval_params() as m:
-                    rec["eval_loss"] = task.evaluate(m)
+        evaluate(algo, task, ctx, rank0, rec, do_eval and not failed, step == t.steps)
+        if rank0:
             rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
-            if step == t.steps:
-                with algo.eval_params() as m:
-                    ctx.final_model = _to_cpu(m.state_dict())
             if ctx.log is not None:
                 ctx.log.write(rec)
             if ctx.bar is not None:
@@ -232,6 +201,19 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 raise RunWriteError(errors[0])
         if stop:
             raise Terminated(stop)
+
+
+def evaluate(algo, task: Task, ctx: RunContext, rank0: bool, rec: dict | None, eval_loss: bool, final: bool) -> None:
+    """The evaluation step, on every rank: all enter ``algo.eval_params()`` (it may communicate,
+    e.g. a decentralized run's average model) and rank 0 evaluates in it: ``eval_loss`` into
+    `rec`, and at the last step the model to save."""
+    if not (eval_loss or final):
+        return
+    with algo.eval_params() as m:
+        if rank0 and eval_loss:
+            rec["eval_loss"] = task.evaluate(m)
+        if rank0 and final:
+            ctx.final_model = _to_cpu(m.state_dict())
 
 
 def follow_schedule(sched: torch.optim.lr_scheduler.LambdaLR) -> None:

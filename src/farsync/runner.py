@@ -28,9 +28,10 @@ import yaml
 
 from .api import sim_cluster
 from .checkpoint import CheckpointError, RunWriteError, config_diff, latest_checkpoint, load_latest, write_error
-from .comm import SimCluster, Straggler
+from .comm import SimCluster, Straggler, faults
 from .config import Config, ConfigError, load_config
 from .algorithms import get_algorithm
+from .algorithms.server import ParameterServerAlgorithm
 from .async_loop import train_async
 from .loop import NonFiniteLoss, RunContext, train_worker
 from .progress import ProgressBar
@@ -64,7 +65,7 @@ def build_task(cfg: Config) -> Task:
 
 def server_based(cfg: Config) -> bool:
     """True if the algorithm runs a parameter server on rank 0 besides the workers (async_loop.py)."""
-    return get_algorithm(cfg.algorithm.name).server_based
+    return issubclass(get_algorithm(cfg.algorithm.name), ParameterServerAlgorithm)
 
 
 def world_size(cfg: Config) -> int:
@@ -89,7 +90,9 @@ def build_cluster(cfg: Config, task: Task) -> SimCluster:
 
 
 def train(comm, cfg: Config, task: Task, ctx: RunContext) -> None:
-    """Run this rank's part of the training: the SPMD loop, or the server/worker loop."""
+    """Run this rank's part of the training: the SPMD loop, or the server/worker loop. With
+    ``FARSYNC_FAULT`` set (tests), the communicator kills a worker (`comm.faults`)."""
+    comm = faults.from_env(comm, hard_kill=ctx.hard_kill)
     (train_async if server_based(cfg) else train_worker)(comm, cfg, task, ctx)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .async_local_sgd import AsyncLocalSGD
 from .async_server import ASGD, DuDeASGD, FedBuff
-from .base import Algorithm
+from .base import Algorithm, CollectiveAlgorithm
 from .choco import ChocoSGD
 from .ddp import DDP
 from .demo import DecoupledMomentum
@@ -14,6 +14,8 @@ from .dsgd import DSGD
 from .eager_diloco import DelayedDiLoCo, EagerDiLoCo
 from .fspda import FSPDA
 from .gossip import Decentralized
+from .options import AlgorithmOptions
+from .server import ParameterServerAlgorithm
 from .gradient_tracking import GradientTracking
 from .local_sgd import LocalSGD
 from .streaming_diloco import StreamingDiLoCo
@@ -29,4 +31,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "StreamingDiLoCo", "TiCoPD", "get_algorithm"]
+__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AlgorithmOptions", "CollectiveAlgorithm", "ParameterServerAlgorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "StreamingDiLoCo", "TiCoPD", "get_algorithm"]

@@ -63,11 +63,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..optim import default_outer
-from .async_local_sgd import SERVER, UP, AsyncLocalSGD
-from .base import NoOptions, flatten, outer_step
+from .async_local_sgd import AsyncLocalSGD, ServerRoundsOptions
+from .base import flatten, outer_step
+from .options import EveryStep
+from .server import SERVER, ParameterServerAlgorithm, Report
 
 
 def _refuse_loss_closure_optimizers(name: str, inner: dict[str, Any]) -> None:
@@ -82,54 +83,32 @@ def _refuse_loss_closure_optimizers(name: str, inner: dict[str, Any]) -> None:
                          f"{inner.get('name')!r} needs {', '.join(needs)}")
 
 
-class DuDeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DuDeOptions(EveryStep):
     average_over: Literal["all", "reported"] = Field(
         "all", description="G_bar = sum_i G_i / n (G_i = 0 before worker i reports), or / the number of workers that have reported")
 
 
-class ASGD(AsyncLocalSGD):
+class ASGD(ParameterServerAlgorithm):
+    one_worker_is_inner = True
 
     name = "asgd"
     summary = "parameter server (rank 0); each worker pushes one gradient, the server steps x -= lr g and sends x back"
-    uses_outer = False
-    uses_sync_every = False
-    server_based = True
-    Options = NoOptions
+    Options = EveryStep
+    no_compress = "sends gradients uncompressed"
+    sends_lrs = True
 
     @classmethod
-    def check_config(cls, inner, compress):
-        if compress is not None:
-            raise ValueError(f"{cls.name} sends gradients uncompressed; remove algorithm.compress")
+    def check_inner(cls, inner):
         _refuse_loss_closure_optimizers(cls.name, inner)
-
-    @classmethod
-    def check_options(cls, sync_every, options):
-        if sync_every != 1:
-            raise ValueError(f"{cls.name} sends a gradient after every inner step; remove sync_every")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.n_groups = len(self.optimizer.param_groups)
-        if self.comm.rank == SERVER:
-            self.arrivals = {w: 0 for w in range(1, self.n_workers + 1)}  # per worker: gradients applied
-
-    def _build_server_optimizer(self, outer: Any) -> torch.optim.Optimizer:
-        return self.optimizer  # the inner optimizer, stepped on the server with the aggregated gradient
 
     # ------------------------------------------------------------------ worker
     def _step(self) -> None:
         """Keep this step's gradient (clipped if configured); the worker's parameters do not move."""
         self._grad = flatten([g.detach() for g in self._local_grads()])
 
-    def push(self, steps: int, loss_sum: float, finite: bool) -> None:
-        """Worker: send the gradient at the pulled x, its loss, and the learning rates set for this round."""
-        st = self.comm.stats
-        head = torch.tensor([steps, loss_sum, st.compute_time_s - self._compute0, 0.0 if finite else 1.0,
-                             st.bytes_sent, st.bytes_received] + [g["lr"] for g in self.optimizer.param_groups],
-                            dtype=torch.float64)
-        self.comm.send(head, SERVER)
-        self.comm.send(self._grad, SERVER)
+    def payload(self) -> torch.Tensor:
+        """The gradient at the pulled x (the Report carries the learning rates set for this round)."""
+        return self._grad
 
     # ------------------------------------------------------------------ server
     def round_length(self, worker: int) -> int:
@@ -139,27 +118,19 @@ class ASGD(AsyncLocalSGD):
         """The direction the server steps along on the arrival of `g` from `worker`."""
         return g
 
-    def receive(self) -> dict[str, Any]:
-        head = torch.zeros(UP + self.n_groups, dtype=torch.float64)
-        worker = self.comm.recv_any(head)
-        self.comm.recv(self._flat, worker)
-        direction = self._aggregate(worker, self._flat)
+    def apply(self, worker: int, report: Report, payload: torch.Tensor, staleness: int) -> None:
+        """The inner optimizer steps on the server along `_aggregate`'s direction, at the worker's lrs."""
+        direction = self._aggregate(worker, payload)
         groups = self.optimizer.param_groups
         base_lrs = [g["lr"] for g in groups]
-        for g, lr in zip(groups, head[UP:].tolist()):
+        for g, lr in zip(groups, report.lrs):
             g["lr"] = lr
         try:
             outer_step(self.optimizer, self.params, direction)
         finally:
             for g, lr in zip(groups, base_lrs):
                 g["lr"] = lr
-        self.arrivals[worker] += 1
-        staleness = self.version - self.pulled_at.get(worker, 0)
         self.version += 1
-        return self.report(worker, head, staleness)
-
-    def state_dict(self):
-        raise NotImplementedError(f"{self.name} runs cannot be checkpointed")
 
 
 class DuDeASGD(ASGD):
@@ -193,29 +164,28 @@ class DuDeASGD(ASGD):
         return self.G_sum / m
 
 
-class FedBuffOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FedBuffOptions(ServerRoundsOptions):
     buffer_size: int | None = Field(None, ge=1, description="K: deltas buffered per server step (default: the number of workers)")
     staleness_power: float = Field(0.5, ge=0.0, description="p in the staleness weight (1 + tau)^-p (0: no weighting)")
 
 
-class FedBuff(AsyncLocalSGD):
+class FedBuff(ParameterServerAlgorithm):
 
     name = "fedbuff"
     summary = "parameter server buffers K staleness-weighted pseudo-gradients of Q local steps, then one outer step (Nguyen et al. 2022)"
     Options = FedBuffOptions
+    no_compress = "sends pseudo-gradients uncompressed"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.comm.rank == SERVER:
+            self.outer_optimizer = self.build_outer(self.params, self.options.outer)
             self.buffer_size = self.options.buffer_size or self.n_workers  # K
             self.buffer = torch.zeros_like(self._flat)
             self.buffered = 0
-            self.arrivals = {w: 0 for w in range(1, self.n_workers + 1)}
 
-    def _build_server_optimizer(self, outer: Any) -> torch.optim.Optimizer:
-        outer = outer if outer is not None else default_outer()
-        return self.build_outer(self.params, outer)
+    _step = AsyncLocalSGD._step
+    payload = AsyncLocalSGD.payload
 
     def round_length(self, worker: int) -> int:
         return self.sync_every
@@ -224,25 +194,17 @@ class FedBuff(AsyncLocalSGD):
         """s(tau) = (1 + tau)^-p (p = 1/2: FedBuff's 1/sqrt(1 + tau))."""
         return (1.0 + tau) ** -self.options.staleness_power
 
-    def receive(self) -> dict[str, Any]:
-        head = torch.zeros(UP, dtype=torch.float64)
-        worker = self.comm.recv_any(head)
-        self.comm.recv(self._flat, worker)
-        tau = self.version - self.pulled_at.get(worker, 0)
-        s = self.staleness_weight(tau)
-        self.buffer.add_(self._flat if s == 1.0 else self._flat * s)
+    def apply(self, worker: int, report: Report, payload: torch.Tensor, staleness: int) -> None:
+        """B += s(tau) Delta; every K arrivals one outer step with B / K."""
+        s = self.staleness_weight(staleness)
+        self.buffer.add_(payload if s == 1.0 else payload * s)
         self.buffered += 1
-        self.arrivals[worker] += 1
         K = self.buffer_size
         if self.buffered == K:
             outer_step(self.outer_optimizer, self.params, self.buffer if K == 1 else self.buffer / K)
             self.buffer.zero_()
             self.buffered = 0
             self.version += 1
-        return self.report(worker, head, tau)
-
-    def state_dict(self):
-        raise NotImplementedError("fedbuff runs cannot be checkpointed")
 
 
 __all__ = ["ASGD", "DuDeASGD", "FedBuff"]

@@ -1,4 +1,4 @@
-"""The interface every distributed training algorithm implements.
+"""The interface every distributed training algorithm implements, and its collective base.
 
 An `Algorithm` wraps one worker's model and inner optimizer and a `Communicator`. It is used in an
 ordinary training loop::
@@ -8,7 +8,18 @@ ordinary training loop::
     algo.zero_grad()
 
 and knows nothing about the backend. ``eval_params()`` temporarily puts the evaluation point
-(e.g. DiLoCo's global parameters) into the model.
+(e.g. DiLoCo's global parameters) into the model; every rank enters it at an evaluation step.
+
+Three shapes, three base classes, each with what it needs and nothing else:
+
+- `CollectiveAlgorithm` (here): SPMD; every worker takes part in each all-reduce. Rounds of
+  ``sync_every`` steps, the reducer of ``compress`` (`farsync.compress`). DDP, Local SGD, DiLoCo,
+  Streaming / eager / delayed DiLoCo, DeMo.
+- `Decentralized` (gossip.py): messages to graph neighbours only.
+- `ParameterServerAlgorithm` (server.py): rank 0 a server, ranks 1..n workers, each at its own pace.
+
+What an algorithm accepts is its ``Options`` model (options.py); its buffers are in
+``state_dict`` (the conformance suite checks both for every registered algorithm).
 """
 
 from __future__ import annotations
@@ -19,32 +30,34 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
 
 from ..comm import Communicator
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import OptimizerWrapper, build_optimizer, set_stats_reducer, step_kwargs
+from .flat import flatten, unflatten_into
+from .options import AlgorithmOptions, Compressible, EveryStep, validate_options
 from .replicas import Buffers
-from .sync_schedule import QSR, RoundClock, parse_sync_every
+from .sync_schedule import RoundClock
 
 OuterSpec = dict[str, Any] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
 
-class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DDPOptions(EveryStep, Compressible):
+    """sync_every is 1; ``compress`` compresses the averaged gradients."""
 
 
 class Algorithm:
-    """Base class. Subclasses implement `_step` and may override `eval_params` and state."""
+    """Root of every algorithm: the loop API (`step`, `zero_grad`, `eval_params`, `log_metrics`),
+    options, state. Subclasses implement `_step` and may override evaluation and state."""
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
-    uses_outer: ClassVar[bool] = False
-    uses_sync_every: ClassVar[bool] = False
-    server_based: ClassVar[bool] = False  # rank 0 is a parameter server, ranks 1..n train (async_loop.py)
-    uses_topology: ClassVar[bool] = False  # decentralized: talks to graph neighbours (cluster.topology)
-    Options: ClassVar[type[BaseModel]] = NoOptions
+    Options: ClassVar[type[AlgorithmOptions]] = EveryStep
+    no_compress: ClassVar[str | None] = None  # why ``compress`` is refused, in the algorithm's words
+    checkpointable: ClassVar[bool] = True  # False: refused by declaration (train.checkpoint_every)
+    one_worker_is_inner: ClassVar[bool] = False  # with one worker it is its inner optimizer, bit for bit (tested)
 
     def __init_subclass__(cls, **kwargs):
         """An algorithm without a class docstring shows its module's (the update rule, the paper,
@@ -52,57 +65,67 @@ class Algorithm:
         super().__init_subclass__(**kwargs)
         if not cls.__dict__.get("__doc__"):
             cls.__doc__ = sys.modules[cls.__module__].__doc__
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, AlgorithmOptions)):
+            raise TypeError(f"{cls.__name__}.Options must subclass farsync.algorithms.options.AlgorithmOptions "
+                            f"(built from its parts: EveryStep or Periodic, OuterOptimized, Compressible, OnGraph)")
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         comm: Communicator,
-        *,
-        sync_every: int | QSR | dict = 1,
-        outer: OuterSpec | None = None,
-        grad_clip: float | None = None,
         options: BaseModel | dict | None = None,
-        compress: dict[str, Any] | Compressor | Reducer | None = None,
+        *,
+        grad_clip: float | None = None,
+        **fields: Any,
     ):
-        sync_every = parse_sync_every(sync_every)
+        """`options`: the algorithm's Options (or a dict of them); keyword `fields` (sync_every=...,
+        outer=..., compress=..., topology=..., own options) are merged into it."""
+        if isinstance(options, self.Options) and not fields:
+            self.options = options
+        else:
+            given = options.model_dump() if isinstance(options, BaseModel) else dict(options or {})
+            self.options = validate_options(type(self), {**given, **fields})
         self.model = model
         self.optimizer = optimizer
         self.comm = comm
-        self.sync_every = sync_every
-        self.rounds = RoundClock(sync_every)
+        self.sync_every = self.options.sync_every
         self.grad_clip = grad_clip
-        self.options = options if isinstance(options, BaseModel) else self.Options(**(options or {}))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.buffers = Buffers(model, comm)  # BatchNorm statistics etc.: the policy in replicas.py
         self.local_step = 0  # inner steps taken by this worker
-        self.reducer = self._build_reducer(compress)
-        if comm.world_size > 1 and not self.server_based:  # parameter-free step sizes agree across workers
-            set_stats_reducer(optimizer, self._mean_stats)
         self._loss: torch.Tensor | None = None
         self._closure: Callable[[], torch.Tensor] | None = None
 
-    def _build_reducer(self, compress: dict[str, Any] | Compressor | Reducer | None) -> Reducer:
-        if isinstance(compress, Reducer):
-            return compress
-        if isinstance(compress, Compressor):
-            return GatherReducer(compress, self.comm.rank)
-        if compress is None:
-            return MeanReducer()
-        return build_reducer(compress, [tuple(p.shape) for p in self.params], self.comm.rank)
+    # ------------------------------------------------------------------ checks (before training)
+    @classmethod
+    def check_inner(cls, inner: dict[str, Any]) -> None:
+        """Raise ValueError if the inner optimizer config cannot work with this algorithm (the YAML
+        path; `wrap` checks the built optimizer in ``__init__``)."""
 
     @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        """Raise ValueError if the inner optimizer / compressor config cannot work with this algorithm."""
-
-    @classmethod
-    def check_options(cls, sync_every: int, options: BaseModel) -> None:
-        """Raise ValueError if the algorithm's options do not fit `sync_every` (checked before training)."""
+    def check_compress(cls, compress: Any) -> None:
+        """Raise ValueError if this (given, non-None) ``compress`` cannot work with this algorithm."""
 
     @classmethod
     def check_model(cls, model: nn.Module, options: BaseModel) -> None:
         """Raise ValueError if the options cannot work on `model` (e.g. more fragments than
         blocks); the runner calls it on a freshly built model before it writes anything."""
+
+    @classmethod
+    def declared_calls(cls, model: nn.Module, steps: int, degree: int, options: BaseModel) -> list[tuple[str, int]] | None:
+        """The data-plane calls one worker makes in `steps` inner steps, as (kind, payload bytes)
+        for `comm.base.wire_bytes` (``degree``: its neighbours, decentralized algorithms), so
+        that the cost model prices them; the conformance suite checks the measured bytes against
+        it. None where it is not declared (compressed, buffers, timing-dependent rounds)."""
+        return None
+
+    @staticmethod
+    def _plain_payload(model: nn.Module, options: BaseModel) -> int | None:
+        """Bytes of the flat parameters when nothing else travels (no compression, no buffers)."""
+        if getattr(options, "compress", None) is not None or any(b.is_floating_point() for b in model.buffers()):
+            return None
+        return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ loop API
     def step(self, loss: torch.Tensor | None = None, closure: Callable[[], torch.Tensor] | None = None) -> None:
@@ -141,11 +164,70 @@ class Algorithm:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step(**step_kwargs(self.optimizer, self._loss, self._closure))
 
+    def _agree_on_optimizer_stats(self) -> None:
+        """Parameter-free step sizes (`farsync.optim.stats`) average their scalar statistics over
+        the workers, so every worker takes the same step size."""
+        if self.comm.world_size > 1:
+            set_stats_reducer(self.optimizer, self._mean_stats)
+
     def _mean_stats(self, stats: torch.Tensor) -> torch.Tensor:
         """Average an optimizer's scalar statistics over workers (`farsync.optim.stats`)."""
         buf = stats.to(self.params[0].device)
         self.comm.all_reduce(buf, op="sum")
         return buf.cpu() / self.comm.world_size
+
+    def log_metrics(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        """Extra numbers for the metrics row, given every worker's logged counters (`rows`, one
+        dict per rank: loss, bytes_sent, clock_s, ...). Called on every rank at each logging step."""
+        return {}
+
+    @contextmanager
+    def eval_params(self) -> Iterator[nn.Module]:
+        """The model holding the parameters to evaluate (default: the local parameters, at the
+        inner optimizer's evaluation point when it is an averaging wrapper such as GPA). Every rank
+        enters it at an evaluation step (it may communicate); rank 0 evaluates."""
+        with evaluation_point([self.optimizer]):
+            yield self.model
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "local_step": self.local_step,
+            "optimizer": self.optimizer.state_dict(),
+            "buffers": self.buffers.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.local_step = state["local_step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffers.load_state_dict(state.get("buffers"))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def build_outer(params: list[torch.Tensor], outer: OuterSpec) -> torch.optim.Optimizer:
+        return outer(params) if callable(outer) else build_optimizer(params, outer)
+
+
+class CollectiveAlgorithm(Algorithm):
+    """SPMD algorithms that average over all workers: rounds of ``sync_every`` inner steps
+    (`RoundClock`) and the reducer of ``compress`` (exact mean when none)."""
+
+    Options: ClassVar[type[AlgorithmOptions]] = DDPOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rounds = RoundClock(self.sync_every)
+        self.reducer = self._build_reducer(getattr(self.options, "compress", None))
+        self._agree_on_optimizer_stats()
+
+    def _build_reducer(self, compress: dict[str, Any] | Compressor | Reducer | None) -> Reducer:
+        if isinstance(compress, Reducer):
+            return compress
+        if isinstance(compress, Compressor):
+            return GatherReducer(compress, self.comm.rank)
+        if compress is None:
+            return MeanReducer()
+        return build_reducer(compress, [tuple(p.shape) for p in self.params], self.comm.rank)
 
     def _mean(self, flat: torch.Tensor) -> torch.Tensor:
         """Average `flat` over workers through the reducer (compressed if configured); may overwrite `flat`."""
@@ -163,40 +245,13 @@ class Algorithm:
         """True on the step that completes a round (`sync_every` inner steps, or QSR's H)."""
         return self.rounds.ends_after(self.local_step + 1, self.optimizer.param_groups[0]["lr"])
 
-    def log_metrics(self, rows: list[dict[str, float]]) -> dict[str, float]:
-        """Extra numbers for the metrics row, given every worker's logged counters (`rows`, one
-        dict per rank: loss, bytes_sent, clock_s, ...). Called on every rank at each logging step,
-        before rank 0 evaluates (decentralized algorithms gather their average model here)."""
-        return {}
-
-    @contextmanager
-    def eval_params(self) -> Iterator[nn.Module]:
-        """The model holding the parameters to evaluate (default: the local parameters, at the
-        inner optimizer's evaluation point when it is an averaging wrapper such as GPA)."""
-        with evaluation_point([self.optimizer]):
-            yield self.model
-
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "local_step": self.local_step,
-            "optimizer": self.optimizer.state_dict(),
-            "reducer": self.reducer.state_dict(),
-            "rounds": self.rounds.state_dict(),
-            "buffers": self.buffers.state_dict(),
-        }
+        return {**super().state_dict(), "reducer": self.reducer.state_dict(), "rounds": self.rounds.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.local_step = state["local_step"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        super().load_state_dict(state)
         self.reducer.load_state_dict(state["reducer"])
         self.rounds.load_state_dict(state["rounds"])
-        self.buffers.load_state_dict(state.get("buffers"))
-
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def build_outer(params: list[torch.Tensor], outer: OuterSpec) -> torch.optim.Optimizer:
-        return outer(params) if callable(outer) else build_optimizer(params, outer)
 
 
 @contextmanager
@@ -237,19 +292,5 @@ def outer_step(optimizer: torch.optim.Optimizer, global_params: list[torch.Tenso
     optimizer.step()
 
 
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate tensors (all of one dtype) into one flat buffer - one message on the wire."""
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) > 1:
-        raise TypeError(f"parameters of several dtypes ({sorted(map(str, dtypes))}) are not supported")
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    """Copy consecutive slices of `flat` into `tensors` (inverse of `flatten`)."""
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+__all__ = ["Algorithm", "CollectiveAlgorithm", "DDPOptions", "evaluation_point", "flatten", "outer_step",
+           "pseudo_gradient", "swapped_params", "unflatten_into"]

@@ -45,11 +45,11 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field, field_validator
 
-from ..compress import Compressor, GatherReducer, MeanReducer
-from ..compress.transforms import EF21, EControl, ErrorFeedback
+from ..compress import Channel, Compressor, Reducer, build_compressor
 from ..topology import TimeVarying, Topology
 from .base import flatten, unflatten_into
 from .gossip import Decentralized, GossipOptions, exchange, mix
+from .options import Compressible
 
 
 def check_unit_interval(name: str, v: float) -> float:
@@ -58,7 +58,7 @@ def check_unit_interval(name: str, v: float) -> float:
     return v
 
 
-class ChocoOptions(GossipOptions):
+class ChocoOptions(GossipOptions, Compressible):
     gamma: float = Field(0.5, description="consensus step size gamma in (0, 1] (paper: 0.2-0.5 with compression)")
 
     @field_validator("gamma")
@@ -69,10 +69,8 @@ class ChocoOptions(GossipOptions):
 
 class CompressedGossip(Decentralized):
     """Base of CHOCO-style algorithms: compressed messages to graph neighbours through the
-    compressor of ``algorithm.compress`` (kept in ``self.reducer``: compressor, per-message
-    state and generator, all in checkpoints)."""
-
-    compresses = True
+    compressor of ``algorithm.compress`` (one `Channel`: compressor, per-message state and
+    generator, all in checkpoints)."""
 
     @classmethod
     def check_topology(cls, topology: Topology | TimeVarying, options: BaseModel) -> None:
@@ -82,33 +80,39 @@ class CompressedGossip(Decentralized):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if isinstance(self.reducer, MeanReducer):
-            self.comp: Compressor | None = None
-        elif type(self.reducer) is GatherReducer:
-            self.comp = self.reducer.comp
-            if isinstance(self.comp, (ErrorFeedback, EF21, EControl)):
-                raise ValueError(f"{self.name} does not take an error-feedback compressor (got {self.comp!r})")
-        else:
-            raise ValueError(f"{self.name} gossips through a tensor compressor; got the reducer {self.reducer!r}")
+        compress = self.options.compress
+        if isinstance(compress, Reducer):
+            raise ValueError(f"{self.name} gossips through a tensor compressor; got the reducer {compress!r}")
+        comp = compress if isinstance(compress, Compressor) else build_compressor(compress)
+        if comp is not None and comp.stateful:
+            raise ValueError(f"{self.name} does not take an error-feedback compressor (got {comp!r})")
+        self.channel = None if comp is None else Channel(comp, self.comm.rank)
+
+    @property
+    def comp(self) -> Compressor | None:
+        """The compressor of the messages (None: exact)."""
+        return None if self.channel is None else self.channel.comp
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "channel": None if self.channel is None else self.channel.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.channel is not None:
+            self.channel.load_state_dict(state["channel"])
 
     def send_compressed(self, diff: torch.Tensor, key: str, peers: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """(q_i, {j: q_j}): q_i = decode(C(diff)) in diff's dtype, sent to `peers` as one packed
         payload per edge, and the neighbours' decoded q_j. `key` names the compressor state (one
         per message stream). Uncompressed: q_i = diff, sent as it is."""
-        if self.comp is None:
+        ch = self.channel
+        if ch is None:
             return diff, exchange(self.comm, diff, peers)
-        if self.reducer.state is None:
-            self.reducer.state = {}
-        states = self.reducer.state
-        if key not in states:
-            states[key] = self.comp.init(diff)
-        payload, states[key] = self.comp.encode(diff, states[key], self.reducer.gen)
+        if ch.state is None:
+            ch.state = {}
+        payload, ch.state[key] = ch.encode(diff, ch.state.get(key))
         got = exchange(self.comm, payload.pack(), peers)
-
-        def decode(p):
-            return self.comp.decode(p).reshape(diff.shape).to(diff.dtype)
-
-        return decode(payload), {j: decode(payload.unpack(b)) for j, b in got.items()}
+        return ch.decode(payload, diff), {j: ch.decode(payload.unpack(b), diff) for j, b in got.items()}
 
     def choco_gossip(self, half: torch.Tensor, hat: torch.Tensor, s: torch.Tensor, key: str) -> torch.Tensor:
         """One compressed gossip step on (half, public copy `hat`, s = W hat), updating `hat` and `s`
@@ -121,6 +125,7 @@ class CompressedGossip(Decentralized):
 
 
 class ChocoSGD(CompressedGossip):
+    one_worker_is_inner = True
     name = "choco-sgd"
     summary = "CHOCO-SGD: decentralized SGD with compressed gossip (algorithm.compress) and public model copies"
     Options = ChocoOptions
@@ -129,6 +134,12 @@ class ChocoSGD(CompressedGossip):
         super().__init__(*args, **kwargs)
         self.x_hat: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """Uncompressed: one message x_half - x_hat to each neighbour per step."""
+        b = cls._plain_payload(model, options)
+        return None if b is None else [("send", b)] * (degree * steps)
 
     def _step(self) -> None:
         self._optimizer_step()  # x_half: the inner optimizer's local step

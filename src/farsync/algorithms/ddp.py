@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from .base import Algorithm
+from .base import CollectiveAlgorithm
 
 
-class DDP(Algorithm):
+class DDP(CollectiveAlgorithm):
+    one_worker_is_inner = True
     name = "ddp"
     summary = "all-reduce of gradients every step (baseline)"
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """One all-reduce of the gradients per step."""
+        b = cls._plain_payload(model, options)
+        return None if b is None or any(True for _ in model.buffers()) else [("all_reduce", b)] * steps
 
     def _step(self) -> None:
         self._average_gradients()

@@ -19,14 +19,14 @@ step, so the update is theta -= lr * (lr * mean_i g_i): SGD with step lr^2 (no m
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..compress.dct import ChunkedDCT, scatter_mean, topk_per_chunk
-from .base import Algorithm
+from .base import CollectiveAlgorithm
+from .options import EveryStep
 
 
-class DeMoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DeMoOptions(EveryStep):
     decay: float = Field(0.999, ge=0.0, lt=1.0, description="momentum decay")
     topk: int = Field(32, ge=1, description="coefficients kept per DCT chunk")
     chunk: int = Field(64, ge=1, description="target DCT chunk size per dimension")
@@ -34,27 +34,24 @@ class DeMoOptions(BaseModel):
     sign: bool = Field(True, description="apply sign() to the aggregated update")
 
 
-class DecoupledMomentum(Algorithm):
+class DecoupledMomentum(CollectiveAlgorithm):
     name = "decoupled-momentum"
     summary = "DeMo: local momentum, DCT top-k all-gather, sign update"
     Options = DeMoOptions
+    no_compress = "compresses by itself (DCT top-k)"
 
     NEEDS = "decoupled-momentum needs inner: {name: sgd} without momentum or weight_decay (DeMo keeps its own momentum)"
 
     @classmethod
-    def check_config(cls, inner, compress):
+    def check_inner(cls, inner):
         if inner.get("name") != "sgd" or inner.get("momentum") or inner.get("weight_decay"):
             raise ValueError(cls.NEEDS)
-        if compress is not None:
-            raise ValueError("decoupled-momentum compresses by itself (DCT top-k); remove algorithm.compress")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         opt = self.optimizer
         if not isinstance(opt, torch.optim.SGD) or any(g["momentum"] or g["weight_decay"] for g in opt.param_groups):
             raise ValueError(self.NEEDS)
-        if self.reducer.compressed:
-            raise ValueError("decoupled-momentum compresses by itself (DCT top-k); remove algorithm.compress")
         self.momentum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.transforms = [ChunkedDCT(tuple(p.shape), self.options.chunk) for p in self.params]
 

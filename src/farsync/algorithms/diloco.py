@@ -24,21 +24,32 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..optim import default_outer
-from .base import Algorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
+from .base import CollectiveAlgorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
+from .options import Compressible, OuterOptimized, Periodic
 
 
-class DiLoCo(Algorithm):
+class DiLoCoOptions(Periodic, OuterOptimized, Compressible):
+    """sync_every (H), outer, compress (of the pseudo-gradient)."""
+
+
+class DiLoCo(CollectiveAlgorithm):
     name = "diloco"
     summary = "inner optimizer for H steps, outer optimizer on the averaged pseudo-gradient"
-    uses_outer = True
-    uses_sync_every = True
+    Options = DiLoCoOptions
 
-    def __init__(self, *args, outer=None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        outer = outer if outer is not None else default_outer()
+        outer = self.options.outer
         self.global_params = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params]
         self.outer_optimizer = self.build_outer(self.global_params, outer)
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """One all-reduce of the pseudo-gradient per round of H steps (a fixed H)."""
+        b = cls._plain_payload(model, options)
+        if b is None or not isinstance(options.sync_every, int):
+            return None
+        return [("all_reduce", b)] * (steps // options.sync_every)
 
     def _step(self) -> None:
         self._optimizer_step()

@@ -59,12 +59,13 @@ from pydantic import Field, field_validator
 
 from .base import flatten, unflatten_into
 from .choco import CompressedGossip, check_unit_interval
-from .gossip import GossipOptions
+from .gossip import GossipOptions, PlainSGDInner
+from .options import Compressible
 
 BUFFERS = ("x_hat", "s_x", "g_hat", "s_g", "v", "tracker", "x_prev")
 
 
-class DoCoMOptions(GossipOptions):
+class DoCoMOptions(GossipOptions, Compressible):
     gamma: float = Field(0.2, description="consensus step size gamma in (0, 1] (paper: 0.2)")
     beta: float = Field(0.1, description="momentum weight beta in (0, 1] (paper: 0.01-0.3; 1: no momentum)")
     b0: int = Field(1, ge=1, description="mini-batches averaged for the initial v = g (the paper's large first batch)")
@@ -75,9 +76,8 @@ class DoCoMOptions(GossipOptions):
         return check_unit_interval(info.field_name, v)
 
 
-class DoCoMSGT(CompressedGossip):
+class DoCoMSGT(PlainSGDInner, CompressedGossip):
     name = "docom-sgt"
-    plain_sgd_inner = True
     summary = "DoCoM-SGT: compressed gossip of models and gradient trackers with STORM momentum (algorithm.compress)"
     Options = DoCoMOptions
 
@@ -112,6 +112,13 @@ class DoCoMSGT(CompressedGossip):
         for p, g in zip(self.params, saved_g):
             p.grad = g
         return g_old
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """Uncompressed: to each neighbour, the model difference every step and the tracker's
+        from the second step on."""
+        b = cls._plain_payload(model, options)
+        return None if b is None else [("send", b)] * (degree * (2 * steps - 1))
 
     def _step(self) -> None:
         grad = self._grad()

@@ -35,9 +35,16 @@ class DSGDOptions(GossipOptions):
 
 
 class DSGD(Decentralized):
+    one_worker_is_inner = True
     name = "dsgd"
     summary = "decentralized SGD: gossip with graph neighbours (cluster.topology), no all-reduce"
     Options = DSGDOptions
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """One message of the parameters to each neighbour per step."""
+        b = cls._plain_payload(model, options)
+        return None if b is None else [("send", b)] * (degree * steps)
 
     def _step(self) -> None:
         t = self.local_step

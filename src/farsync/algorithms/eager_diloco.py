@@ -63,16 +63,15 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from ..compress.collective import Pending
 from .base import outer_step, pseudo_gradient, swapped_params
-from .diloco import DiLoCo
+from .diloco import DiLoCo, DiLoCoOptions
 
 
-class EagerOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EagerOptions(DiLoCoOptions):
     proxy_step: Literal["tentative", "committed"] = Field(
         "tentative", description="tentative: the proxy only sets the next start point; committed: the outer optimizer steps with it")
 

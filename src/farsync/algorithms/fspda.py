@@ -43,11 +43,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..topology import _splitmix64, step_generator
 from .base import flatten, unflatten_into
-from .gossip import Decentralized, exchange_each
+from .gossip import Decentralized, GraphOptions, PlainSGDInner, exchange_each
 
 def edge_mask(seed: int, t: int, i: int, j: int, d: int, k: int) -> torch.Tensor:
     """S_ij(t): k sorted coordinates of 0..d-1, a pure function of (seed, t, {i, j})."""
@@ -58,8 +58,7 @@ def edge_mask(seed: int, t: int, i: int, j: int, d: int, k: int) -> torch.Tensor
     return torch.randperm(d, generator=step_generator(key, t))[:k].sort().values
 
 
-class FSPDAOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FSPDAOptions(GraphOptions):
     eta: float = Field(0.01, ge=0, description="weight of the dual variable in the primal step: x -= eta lam")
     gamma: float = Field(0.5, gt=0, le=1, description="consensus step: x -= gamma sum_j S_ij (x_i - x_j)")
     beta: float = Field(1.0, ge=0, description="dual ascent step: lam += beta sum_j S_ij (x_i - x_j)")
@@ -67,10 +66,9 @@ class FSPDAOptions(BaseModel):
     mask_seed: int = Field(0, ge=0, description="seed of the shared per-edge coordinate masks")
 
 
-class FSPDA(Decentralized):
+class FSPDA(PlainSGDInner, Decentralized):
+    one_worker_is_inner = True
     name = "fspda"
-    plain_sgd_inner = True
-    mixes = False
     summary = "FSPDA: primal-dual on random edges with shared random coordinate masks (sparse, async)"
     Options = FSPDAOptions
 

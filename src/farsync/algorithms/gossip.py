@@ -17,22 +17,24 @@ Evaluation: the models differ across workers, so `Decentralized` evaluates their
 xbar = (1/n) sum_i x_i and reports the consensus error (1/n) sum_i ||x_i - xbar||^2. Both come
 from an all-gather of the flat parameters over the control plane (like logging: not counted in
 bytes or time, identical on both backends), done on every rank in `log_metrics(rows)`, which the
-training loop calls at each logging step before rank 0 evaluates. `eval_params()` is collective
-(every rank must call it) unless `log_metrics` / `consensus_error()` already ran at this step.
+training loop calls at each logging step. `eval_params()` is collective: the loop's evaluation
+step enters it on every rank (it reuses the average when `log_metrics` / `consensus_error()`
+already gathered it at this step).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..comm import Communicator
 from ..topology import TimeVarying, Topology, build_topology
 from .base import Algorithm, flatten, swapped_params, unflatten_into
+from .options import EveryStep, OnGraph, takes
 
 TopologySpec = Topology | TimeVarying | dict[str, Any] | str | None
 
@@ -74,6 +76,20 @@ def check_gossip_compressor(name: str, compress: dict[str, Any] | None) -> None:
                          f"error_feedback must be none; remove algorithm.compress.error_feedback (got {compress['error_feedback']!r})")
 
 
+class PlainSGDInner:
+    """Mixin of an algorithm that steps along its own direction (a gradient tracker, a primal-dual
+    direction) with plain SGD's lr: the inner optimizer must be plain SGD (checked on the config
+    and on the built optimizer)."""
+
+    @classmethod
+    def check_inner(cls, inner: dict[str, Any]) -> None:
+        check_plain_sgd_config(cls.name, inner)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        require_plain_sgd(self.name, self.optimizer)
+
+
 def exchange(comm: Communicator, x: torch.Tensor, peers: list[int]) -> dict[int, torch.Tensor]:
     """Send `x` to every rank in `peers` and receive each peer's tensor (same shape and dtype).
 
@@ -108,8 +124,13 @@ def mix(x: torch.Tensor, received: dict[int, torch.Tensor], w_row: torch.Tensor,
     return out
 
 
-class GossipOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GraphOptions(EveryStep, OnGraph):
+    """Options of every decentralized algorithm: one exchange per step on ``topology``."""
+
+
+class GossipOptions(GraphOptions):
+    """Options of an algorithm that mixes with W: the graph and its weights."""
+
     weights: Literal["metropolis-hastings", "uniform"] = Field(
         "metropolis-hastings", description="mixing matrix W (uniform: regular static graphs only)"
     )
@@ -117,18 +138,15 @@ class GossipOptions(BaseModel):
 
 class Decentralized(Algorithm):
     """Base of gossip algorithms: topology (`cluster.topology`, default complete), the mixing row
-    of step t, neighbour exchange, and evaluation of the average model."""
+    of step t, neighbour exchange, and evaluation of the average model. An algorithm that mixes
+    with W has ``weights`` in its Options (`GossipOptions`); primal-dual ones use only the edges."""
 
-    uses_topology: ClassVar[bool] = True
-    compresses: ClassVar[bool] = False  # sends algorithm.compress-compressed messages (checked by check_gossip_compressor)
-    plain_sgd_inner: ClassVar[bool] = False  # steps along its own direction with plain SGD's lr (inner must be plain SGD)
-    mixes: ClassVar[bool] = True  # mixes with W (options.weights); False: uses only the graph's edges (primal-dual)
-    Options: ClassVar[type[BaseModel]] = GossipOptions
+    Options = GossipOptions
 
-    def __init__(self, *args, topology: TopologySpec = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.plain_sgd_inner:
-            require_plain_sgd(self.name, self.optimizer)
+        self._agree_on_optimizer_stats()
+        topology: TopologySpec = self.options.topology
         n = self.comm.world_size
         if not isinstance(topology, (Topology, TimeVarying)):
             topology = build_topology(topology if topology is not None else "complete", n)
@@ -137,24 +155,26 @@ class Decentralized(Algorithm):
         self.check_topology(topology, self.options)
         self.topology = topology
         if isinstance(topology, Topology):  # static: the neighbours (and mixing row) for the whole run
-            w_row = topology.mixing_matrix(self.options.weights)[self.comm.rank] if self.mixes else None
+            w_row = topology.mixing_matrix(self.options.weights)[self.comm.rank] if self.mixes() else None
             self._static = (topology.neighbors(self.comm.rank), w_row)
         self._average: list[torch.Tensor] | None = None
         self._average_step = -1
         self._consensus_error = float("nan")
 
     @classmethod
-    def check_config(cls, inner: dict[str, Any], compress: dict[str, Any] | None) -> None:
-        if compress is not None and not cls.compresses:
-            raise ValueError(f"algorithm {cls.name!r} does not compress what it sends; remove algorithm.compress")
-        check_gossip_compressor(cls.name, compress)
-        if cls.plain_sgd_inner:
-            check_plain_sgd_config(cls.name, inner)
+    def mixes(cls) -> bool:
+        """True if it mixes with a matrix W (its Options have ``weights``)."""
+        return takes(cls, "weights")
+
+    @classmethod
+    def check_compress(cls, compress: Any) -> None:
+        if isinstance(compress, dict):
+            check_gossip_compressor(cls.name, compress)
 
     @classmethod
     def check_topology(cls, topology: Topology | TimeVarying, options: BaseModel) -> None:
         """Raise ValueError if `options` cannot work on `topology` (checked before training)."""
-        if not cls.mixes:
+        if not cls.mixes():
             return
         if isinstance(topology, TimeVarying):
             if options.weights != "metropolis-hastings":

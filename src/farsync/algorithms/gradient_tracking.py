@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from .base import flatten, unflatten_into
-from .gossip import Decentralized
+from .gossip import Decentralized, PlainSGDInner
 
 
-class GradientTracking(Decentralized):
+class GradientTracking(PlainSGDInner, Decentralized):
+    # one worker: y_t = y_(t-1) + g_t - g_(t-1), which is g_t only up to rounding (not declared)
     name = "gradient-tracking"
-    plain_sgd_inner = True
     summary = "gradient tracking (DIGing/DSGT): gossip models and a tracker of the mean gradient"
 
     def __init__(self, *args, **kwargs):
@@ -41,6 +41,12 @@ class GradientTracking(Decentralized):
         self.tracker: torch.Tensor | None = None  # y_i^t
         self.prev_grad: torch.Tensor | None = None  # g_i^t
         self.mixed_tracker: torch.Tensor | None = None  # sum_j W(t)_ij y_j^t, used at step t+1
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """One message of (parameters, tracker) to each neighbour per step."""
+        b = cls._plain_payload(model, options)
+        return None if b is None else [("send", 2 * b)] * (degree * steps)
 
     def _step(self) -> None:
         g = flatten([g.detach() for g in self._local_grads()])

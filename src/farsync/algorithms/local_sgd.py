@@ -18,22 +18,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .base import Algorithm, flatten, swapped_params, unflatten_into
+from .base import CollectiveAlgorithm, flatten, swapped_params, unflatten_into
+from .options import Compressible, Periodic
 
 
-class LocalSGDOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LocalSGDOptions(Periodic, Compressible):
     reset_inner_state: bool = Field(False, description="clear inner optimizer state after each averaging")
     ddp_steps: int = Field(0, ge=0, description="post-local SGD: synchronous DDP for the first S steps")
 
 
-class LocalSGD(Algorithm):
+class LocalSGD(CollectiveAlgorithm):
+    one_worker_is_inner = True
     name = "local-sgd"
     summary = "average parameters every H local steps (FedAvg / post-local SGD)"
-    uses_sync_every = True
     Options = LocalSGDOptions
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """One all-reduce of the parameters per round of H steps (no DDP phase, a fixed H)."""
+        b = cls._plain_payload(model, options)
+        if b is None or options.ddp_steps or not isinstance(options.sync_every, int):
+            return None
+        return [("all_reduce", b)] * (steps // options.sync_every)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..comm import Communicator
+from .flat import copy_into, unflatten_into
 
 InitMode = Literal["broadcast", "check"]
 INIT_MODES = ("broadcast", "check")
@@ -82,7 +83,7 @@ class Buffers:
         for group in _by_dtype(self.all):
             flat = torch.cat([b.reshape(-1) for b in group])
             self.comm.broadcast(flat, src=0)
-            _unflatten(flat, group)
+            unflatten_into(flat, group)
 
     def average(self) -> None:
         """Average the floating-point buffers over workers (counted: one mean all-reduce per
@@ -93,7 +94,7 @@ class Buffers:
             for group in _by_dtype(self.floating):
                 flat = torch.cat([b.reshape(-1) for b in group])
                 self.comm.all_reduce(flat, op="mean")
-                _unflatten(flat, group)
+                unflatten_into(flat, group)
         self.synced = [b.detach().clone() for b in self.floating]
 
     @contextmanager
@@ -103,11 +104,11 @@ class Buffers:
             yield
             return
         saved = [b.detach().clone() for b in self.floating]
-        _copy(self.floating, self.synced)
+        copy_into(self.floating, self.synced)
         try:
             yield
         finally:
-            _copy(self.floating, saved)
+            copy_into(self.floating, saved)
 
     def state_dict(self) -> dict:
         return {"synced": None if self.synced is None else [b.clone() for b in self.synced]}
@@ -122,17 +123,3 @@ def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     for t in tensors:
         groups.setdefault(t.dtype, []).append(t)
     return list(groups.values())
-
-
-def _unflatten(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            t.copy_(flat[offset: offset + t.numel()].view_as(t))
-            offset += t.numel()
-
-
-def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for d, s in zip(dst, src):
-            d.copy_(s)

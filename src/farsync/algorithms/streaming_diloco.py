@@ -31,58 +31,67 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..compress import PowerSGD
 from ..compress.collective import Pending
-from ..optim import default_outer
-from .base import Algorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
+from .base import CollectiveAlgorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
+from .options import Compressible, OuterOptimized, Periodic
 from .fragments import split_into_fragments
 
 
-class StreamingOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamingOptions(Periodic, OuterOptimized, Compressible):
     fragments: int = Field(1, ge=1, description="F: fragments, synced in turn (sync_every must be a multiple of F)")
     delay: int = Field(0, ge=0, description="tau: inner steps between starting a fragment's all-reduce and applying it (< sync_every/F)")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="on arrival theta = alpha * theta_local + (1 - alpha) * phi")
     fragment_rule: Literal["strided", "contiguous"] = Field("strided", description="how parameters are split (fragments.py)")
 
+    @model_validator(mode="after")
+    def _rounds(self):
+        every = self.sync_every
+        if not isinstance(every, int):
+            raise ValueError("streaming-diloco needs an integer sync_every (QSR is for local-sgd and diloco)")
+        if every % self.fragments:
+            raise ValueError(f"sync_every ({every}) must be a multiple of fragments ({self.fragments})")
+        if self.delay >= every // self.fragments:
+            raise ValueError(f"delay must be < sync_every / fragments = {every // self.fragments}, got {self.delay}")
+        return self
 
-class StreamingDiLoCo(Algorithm):
+
+class StreamingDiLoCo(CollectiveAlgorithm):
     name = "streaming-diloco"
     summary = "DiLoCo with fragments synced in turn, overlapped all-reduce (tau), mixing alpha"
-    uses_outer = True
-    uses_sync_every = True
     Options = StreamingOptions
 
     @classmethod
-    def check_config(cls, inner, compress):
-        if compress is not None and compress.get("name") == "powersgd":
+    def check_compress(cls, compress):
+        if isinstance(compress, PowerSGD) or (isinstance(compress, dict) and compress.get("name") == "powersgd"):
             raise ValueError("streaming-diloco does not support compress: powersgd (its plan is per model, not per fragment)")
-
-    @classmethod
-    def check_options(cls, sync_every, options):
-        if not isinstance(sync_every, int):
-            raise ValueError("streaming-diloco needs an integer sync_every (QSR is for local-sgd and diloco)")
-        if sync_every % options.fragments:
-            raise ValueError(f"sync_every ({sync_every}) must be a multiple of fragments ({options.fragments})")
-        if options.delay >= sync_every // options.fragments:
-            raise ValueError(f"delay must be < sync_every / fragments = {sync_every // options.fragments}, got {options.delay}")
 
     @classmethod
     def check_model(cls, model, options):
         params = [p for p in model.parameters() if p.requires_grad]
         split_into_fragments(model, params, options.fragments, options.fragment_rule)
 
-    def __init__(self, *args, outer=None, **kwargs):
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """Fragment (k - 1) mod F's all-reduce starts after step k S - tau (S = H / F)."""
+        if cls._plain_payload(model, options) is None:
+            return None
+        params = [p for p in model.parameters() if p.requires_grad]
+        frags = split_into_fragments(model, params, options.fragments, options.fragment_rule)
+        size = [sum(params[i].numel() * params[i].element_size() for i in f) for f in frags]
+        period = options.sync_every // options.fragments
+        return [("all_reduce", size[(k - 1) % len(frags)]) for k in range(1, (steps + options.delay) // period + 1)]
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.options
-        self.check_options(self.sync_every, o)
         self.period = self.sync_every // o.fragments  # S
         if isinstance(self.reducer, PowerSGD):
             raise ValueError("streaming-diloco does not support compress: powersgd (its plan is per model, not per fragment)")
-        outer = outer if outer is not None else default_outer()
+        outer = o.outer
         self.fragments = split_into_fragments(self.model, self.params, o.fragments, o.fragment_rule)
         self.global_params = [nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params]
         self.outer_optimizers = [self.build_outer([self.global_params[i] for i in frag], outer) for frag in self.fragments]

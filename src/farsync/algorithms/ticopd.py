@@ -50,40 +50,37 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..compress import EF21, Compressor, EControl, ErrorFeedback, Identity, build_compressor
+from ..compress import Channel, Compressor, build_compressor
 from ..topology import TimeVarying
 from .base import flatten, unflatten_into
-from .gossip import Decentralized, check_gossip_compressor, exchange_each
+from .gossip import Decentralized, GraphOptions, PlainSGDInner, exchange_each
+from .options import Compressible
 
 
-class TiCoPDOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TiCoPDOptions(GraphOptions, Compressible):
     eta: float = Field(0.1, ge=0, description="dual step: lam += eta L x_hat")
     theta: float = Field(0.5, ge=0, description="weight of the Laplacian term: x -= alpha theta L x_hat")
     gamma: float = Field(0.5, gt=0, le=1, description="mirror step: x_hat += gamma C(x - x_hat)")
 
 
-class TiCoPD(Decentralized):
+class TiCoPD(PlainSGDInner, Decentralized):
+    one_worker_is_inner = True
     name = "ticopd"
-    plain_sgd_inner = True
-    mixes = False
-    compresses = True  # per-edge messages C(x - x_hat), compressed here (no reducer)
     summary = "TiCoPD: two-timescale compressed primal-dual, Laplacian on compressed mirrors"
     Options = TiCoPDOptions
 
-    def __init__(self, *args, compress: dict[str, Any] | Compressor | None = None, **kwargs):
-        super().__init__(*args, **kwargs)  # no reducer: compression happens here, per edge
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # compression happens here, per edge, through one channel
+        compress = self.options.compress
         if isinstance(compress, Compressor):
-            comp = None if type(compress) is Identity else compress
+            comp = None if compress.lossless else compress
         else:
-            check_gossip_compressor(self.name, compress)
             comp = build_compressor(compress)
-        if isinstance(comp, (ErrorFeedback, EF21, EControl)):
+        if comp is not None and comp.stateful:
             raise ValueError("ticopd: error feedback is not supported (the mirror x_hat is the memory)")
-        self.comp = comp
-        self.gen = torch.Generator().manual_seed(1_000_003 + self.comm.rank)  # stochastic rounding
+        self.channel = None if comp is None else Channel(comp, self.comm.rank)
         x = flatten([p.detach() for p in self.params])
         zeros = torch.zeros_like(x)
         self.dual = zeros.clone()  # lam_i
@@ -93,24 +90,28 @@ class TiCoPD(Decentralized):
         self.mirrors = {j: zeros.clone() for j in nbrs}  # x_hat_j (per edge: h_ji)
         # own mirror: one tensor (static graph) or h_ij per base neighbour (time-varying graph)
         self.own: torch.Tensor | dict[int, torch.Tensor] = {j: zeros.clone() for j in nbrs} if self.per_edge else zeros.clone()
-        self.comp_state: Any = None  # compressor state: one, or per edge
+        self.comp_state: Any = None  # compressor state: one, or per edge (in the channel's checkpoint)
 
     def _own(self, j: int) -> torch.Tensor:
         return self.own[j] if self.per_edge else self.own
 
     def _encode(self, diff: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any, Any]:
         """(message to send, decoded message in diff's dtype, template to read replies, new state)."""
-        if self.comp is None:
+        if self.channel is None:
             return diff, diff, None, state
-        if state is None:
-            state = self.comp.init(diff)
-        payload, state = self.comp.encode(diff, state, self.gen)
-        return payload.pack(), self.comp.decode(payload).to(diff.dtype), payload, state
+        payload, state = self.channel.encode(diff, state)
+        return payload.pack(), self.channel.decode(payload, diff), payload, state
 
     def _decode(self, template: Any, buf: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if self.comp is None:
+        if self.channel is None:
             return buf
-        return self.comp.decode(template.unpack(buf)).to(like.dtype)
+        return self.channel.decode(template.unpack(buf), like)
+
+    @classmethod
+    def declared_calls(cls, model, steps, degree, options):
+        """Uncompressed, static graph: one message x - x_hat to each neighbour per step."""
+        b = cls._plain_payload(model, options)
+        return None if b is None else [("send", b)] * (degree * steps)
 
     def _step(self) -> None:
         o = self.options
@@ -149,7 +150,8 @@ class TiCoPD(Decentralized):
     def state_dict(self) -> dict[str, Any]:
         clone = lambda v: {j: t.clone() for j, t in v.items()} if isinstance(v, dict) else v.clone()  # noqa: E731
         return {**super().state_dict(), "dual": self.dual.clone(), "own": clone(self.own),
-                "mirrors": clone(self.mirrors), "comp_state": self.comp_state, "comp_gen": self.gen.get_state()}
+                "mirrors": clone(self.mirrors), "comp_state": self.comp_state,
+                "channel": None if self.channel is None else self.channel.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -157,4 +159,5 @@ class TiCoPD(Decentralized):
         move = lambda v: {int(j): t.to(dev) for j, t in v.items()} if isinstance(v, dict) else v.to(dev)  # noqa: E731
         self.dual, self.own, self.mirrors = state["dual"].to(dev), move(state["own"]), move(state["mirrors"])
         self.comp_state = state["comp_state"]
-        self.gen.set_state(state["comp_gen"])
+        if self.channel is not None:
+            self.channel.load_state_dict(state["channel"])

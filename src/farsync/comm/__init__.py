@@ -1,12 +1,13 @@
 """Communication layer: the `Communicator` interface and its backends."""
 
-from .base import CommStats, Communicator, Work, wire_bytes
+from .base import CommStats, Communicator, CommunicatorWrapper, Work, wire_bytes
 from .cost import NetworkModel, Straggler, TimeModel
 from .sim import SimCluster, SimCommunicator, SimDeadlock
 
 __all__ = [
     "CommStats",
     "Communicator",
+    "CommunicatorWrapper",
     "NetworkModel",
     "SimCluster",
     "SimCommunicator",

@@ -157,6 +157,10 @@ class Communicator(abc.ABC):
         real backend it records the elapsed wall time as compute.
         """
 
+    def begin_step(self, step: int) -> None:
+        """The training loop starts inner step `step` (1-based). Nothing by default; a wrapper
+        may act on it (`faults.FaultInjector`)."""
+
     # --- control plane: logging and checkpoints; never counted in bytes or time ---
     @abc.abstractmethod
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -195,3 +199,70 @@ class Communicator(abc.ABC):
     def _check_op(self, op: str) -> None:
         if op not in REDUCE_OPS:
             raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(REDUCE_OPS)}")
+
+
+class CommunicatorWrapper(Communicator):
+    """A communicator that forwards every call to `inner`; subclasses override what they change
+    (fault injection, tracing) and algorithms cannot tell the difference."""
+
+    def __init__(self, inner: Communicator):
+        self.inner = inner
+        self.rank, self.world_size = inner.rank, inner.world_size
+
+    def all_reduce(self, tensor, op="sum", async_op=False):
+        return self.inner.all_reduce(tensor, op, async_op)
+
+    def all_gather(self, tensor_list, tensor, async_op=False):
+        return self.inner.all_gather(tensor_list, tensor, async_op)
+
+    def all_to_all(self, output_list, input_list, async_op=False):
+        return self.inner.all_to_all(output_list, input_list, async_op)
+
+    def broadcast(self, tensor, src, async_op=False):
+        return self.inner.broadcast(tensor, src, async_op)
+
+    def send(self, tensor, dst):
+        return self.inner.send(tensor, dst)
+
+    def recv(self, tensor, src):
+        return self.inner.recv(tensor, src)
+
+    def recv_any(self, tensor):
+        return self.inner.recv_any(tensor)
+
+    def isend(self, tensor, dst):
+        return self.inner.isend(tensor, dst)
+
+    def irecv(self, tensor, src):
+        return self.inner.irecv(tensor, src)
+
+    def barrier(self):
+        return self.inner.barrier()
+
+    def compute(self, steps=1.0):
+        return self.inner.compute(steps)
+
+    def begin_step(self, step):
+        return self.inner.begin_step(step)
+
+    def all_gather_object(self, obj):
+        return self.inner.all_gather_object(obj)
+
+    def gather_object(self, obj, dst=0):
+        return self.inner.gather_object(obj, dst)
+
+    def scatter_object(self, objs, src=0):
+        return self.inner.scatter_object(objs, src)
+
+    def broadcast_state(self, tensors, src=0):
+        return self.inner.broadcast_state(tensors, src)
+
+    def gather_metrics(self, values):
+        return self.inner.gather_metrics(values)
+
+    def restore_stats(self, stats):
+        return self.inner.restore_stats(stats)
+
+    @property
+    def stats(self):
+        return self.inner.stats

@@ -14,6 +14,7 @@ import inspect
 from typing import Any
 
 from .base import Compressor, Identity, Payload
+from .channel import Channel
 from .collective import GatherReducer, MeanReducer, Reducer, ScatterReducer, gathered_mean
 from .powersgd import PowerSGD
 from .quantize import FP4, FP8, QSGD, Cast, IntQuant, ScaledSign, TernGrad
@@ -96,7 +97,7 @@ def build_compressor(spec: dict[str, Any] | None) -> Compressor | None:
 
 
 __all__ = [
-    "COMPRESSORS", "EF21", "EControl", "FP4", "FP8", "QSGD", "Cast", "Compressor", "ErrorFeedback", "GatherReducer", "Identity",
+    "COMPRESSORS", "EF21", "EControl", "FP4", "FP8", "QSGD", "Cast", "Channel", "Compressor", "ErrorFeedback", "GatherReducer", "Identity",
     "IntQuant", "MeanReducer", "Payload", "PowerSGD", "RandomK", "Reducer", "Rotate", "ScaledSign", "ScatterReducer", "TernGrad",
     "TopK", "build_compressor", "build_reducer", "gathered_mean",
 ]

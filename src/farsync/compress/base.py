@@ -48,6 +48,11 @@ class Compressor:
 
     name: ClassVar[str] = ""
     unbiased: ClassVar[bool] = False  # E[decode(encode(x))] == x
+    # Capabilities, read by every algorithm that compresses (one channel, `channel.py`):
+    lossless: ClassVar[bool] = False  # decode(encode(x)) == x: the exact mean needs no compressed path
+    summable: ClassVar[bool] = False  # payloads add up in their own dtype: all-reduce encode(x / n)
+    stateful: ClassVar[bool] = False  # keeps a memory of past errors in its state (error feedback)
+    global_copy: ClassVar[bool] = False  # its state holds a copy of the global mean (EF21, EControl)
 
     def init(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
@@ -77,6 +82,8 @@ class Identity(Compressor):
 
     name = "none"
     unbiased = True
+    lossless = True
+    summable = True
 
     def encode(self, x, state, gen=None):
         return Payload({"x": x.float()}, {"shape": tuple(x.shape)}), state

@@ -37,9 +37,8 @@ from collections.abc import Callable
 import torch
 
 from ..comm import Communicator
-from .base import Compressor, Identity, Payload
-from .quantize import Cast
-from .transforms import EF21, EControl
+from .base import Compressor, Payload
+from .channel import Channel
 
 
 class Pending:
@@ -104,11 +103,11 @@ def start_gathered_mean(
 ) -> Callable[[], tuple[torch.Tensor, dict]]:
     """Encode and issue the collective now (non-blocking); the returned function waits for it and
     returns (mean over workers of decode(encode(x_r)), new compressor state): the all-gather path."""
-    if comp is None or type(comp) is Identity:
+    if comp is None or comp.lossless:
         out = x.clone()
         work = comm.all_reduce(out, op="mean", async_op=True)
         return lambda: (work.wait(), (out, state))[1]
-    if type(comp) is Cast:  # summable as it is: all-reduce in bf16/fp16 (like torch's bf16_compress_hook)
+    if comp.summable:  # summable as it is: all-reduce in bf16/fp16 (like torch's bf16_compress_hook)
         low = (x / comm.world_size).to(getattr(torch, comp.dtype))
         work = comm.all_reduce(low, op="sum", async_op=True)
         return lambda: (work.wait(), (low.to(x.dtype), state))[1]
@@ -133,20 +132,20 @@ def gathered_mean(
 
 
 class _CompressorReducer(Reducer):
-    """Holds a compressor, its state (made on first use) and the generator of its random draws."""
+    """Averages through a `Channel` (compressor, its state made on first use, its generator)."""
 
     def __init__(self, comp: Compressor, rank: int = 0):
-        self.comp = comp
-        self.state: object = None
-        self.gen = torch.Generator().manual_seed(1_000_003 + rank)  # stochastic rounding
+        self.channel = Channel(comp, rank)
+
+    comp = property(lambda self: self.channel.comp)
+    gen = property(lambda self: self.channel.gen)
+    state = property(lambda self: self.channel.state, lambda self, v: setattr(self.channel, "state", v))
 
     def state_dict(self):
-        return {"compress_state": self.state, "compress_gen": self.gen.get_state()}
+        return self.channel.state_dict()
 
     def load_state_dict(self, state):
-        self.state = state.get("compress_state")
-        if "compress_gen" in state:
-            self.gen.set_state(state["compress_gen"])
+        self.channel.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.comp!r})"
@@ -172,7 +171,7 @@ class ScatterReducer(_CompressorReducer):
     the second phase needs the first's result)."""
 
     def __init__(self, comp: Compressor, rank: int = 0):
-        if isinstance(comp, (EF21, EControl)):
+        if comp.global_copy:
             raise ValueError("collective: reduce_scatter supports error_feedback none or ef (EF21/EControl keep a global copy)")
         super().__init__(comp, rank)
 

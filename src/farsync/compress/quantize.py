@@ -23,6 +23,7 @@ from .base import Compressor, Payload, blocks, pack_bits, scaled_slabs, slabs, s
 
 class Cast(Compressor):
     name = "cast"
+    summable = True  # bf16 / fp16 values sum as they are (like torch's bf16_compress_hook)
 
     def __init__(self, dtype: str = "bfloat16"):
         if dtype not in ("bfloat16", "float16"):

@@ -22,6 +22,7 @@ from .base import Compressor, Payload, blocks
 
 class ErrorFeedback(Compressor):
     name = "ef"
+    stateful = True
 
     def __init__(self, inner: Compressor):
         self.inner = inner
@@ -56,6 +57,8 @@ class EF21(Compressor):
     """
 
     name = "ef21"
+    stateful = True
+    global_copy = True
 
     def __init__(self, inner: Compressor):
         self.inner = inner
@@ -92,6 +95,8 @@ class EControl(Compressor):
     """
 
     name = "econtrol"
+    stateful = True
+    global_copy = True
 
     def __init__(self, inner: Compressor, eta: float = 0.01):
         if not 0 <= eta <= 1:
