@@ -56,7 +56,7 @@ DECLARED = sorted(n for n in ALGORITHMS if declared_bytes(n) is not None)
 
 def test_the_algorithms_that_declare_their_calls():
     assert DECLARED == ["choco-sgd", "ddp", "delayed-diloco", "diloco", "docom-sgt", "dsgd", "eager-diloco",
-                        "gradient-tracking", "local-sgd", "streaming-diloco", "ticopd"]
+                        "gradient-tracking", "local-sgd", "speculative-diloco", "streaming-diloco", "ticopd"]
 
 
 @pytest.mark.parametrize("name", DECLARED)

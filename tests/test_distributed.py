@@ -34,6 +34,11 @@ ALGOS = {
     "streaming-diloco": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "fragment_rule": "contiguous", "delay": 1, "alpha": 0.5,
                          "inner": {"name": "adamw", "lr": 0.003}, "compress": {"name": "int8", "error_feedback": "ef"}},
     "eager-diloco": {**CFG["algorithm"], "name": "eager-diloco", "compress": {"name": "int8"}},
+    # the paper's headline method: each fragment's fp4 all-reduce overlaps a whole round of that fragment
+    "streaming-diloco-eager-fp4": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "fragment_rule": "contiguous",
+                                   "overlap": "eager", "inner": {"name": "adamw", "lr": 0.003}, "compress": {"name": "fp4"}},
+    "streaming-diloco-eager-2": {"name": "streaming-diloco", "sync_every": 4, "fragments": 2, "fragment_rule": "contiguous", "overlap": "eager-2",
+                                 "inner": {"name": "adamw", "lr": 0.003}},
     # parameter-free inner optimizers: their scalar statistics (Prodigy: the d numerator and ||s||_1;
     # MoMo: the loss) are all-reduced every step on both backends
     "diloco-prodigy": {**CFG["algorithm"], "inner": {"name": "prodigy"}},

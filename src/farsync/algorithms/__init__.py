@@ -11,7 +11,7 @@ from .demo import DecoupledMomentum
 from .diloco import DiLoCo
 from .docom import DoCoMSGT
 from .dsgd import DSGD
-from .eager_diloco import DelayedDiLoCo, EagerDiLoCo
+from .eager_diloco import DelayedDiLoCo, EagerDiLoCo, SpeculativeDiLoCo
 from .fspda import FSPDA
 from .gossip import Decentralized
 from .options import AlgorithmOptions
@@ -21,7 +21,7 @@ from .local_sgd import LocalSGD
 from .streaming_diloco import StreamingDiLoCo
 from .ticopd import TiCoPD
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, AsyncLocalSGD, ASGD, DuDeASGD, FedBuff, DecoupledMomentum, DSGD, GradientTracking, FSPDA, TiCoPD, ChocoSGD, DoCoMSGT)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, SpeculativeDiLoCo, AsyncLocalSGD, ASGD, DuDeASGD, FedBuff, DecoupledMomentum, DSGD, GradientTracking, FSPDA, TiCoPD, ChocoSGD, DoCoMSGT)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -31,4 +31,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AlgorithmOptions", "CollectiveAlgorithm", "ParameterServerAlgorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "StreamingDiLoCo", "TiCoPD", "get_algorithm"]
+__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AlgorithmOptions", "CollectiveAlgorithm", "ParameterServerAlgorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "SpeculativeDiLoCo", "StreamingDiLoCo", "TiCoPD", "get_algorithm"]

@@ -1,4 +1,4 @@
-"""`eager-diloco` and `delayed-diloco`: DiLoCo whose outer all-reduce overlaps a whole inner phase.
+"""`eager-diloco`, `delayed-diloco` and `speculative-diloco`: DiLoCo whose outer all-reduce overlaps a whole inner phase.
 
 Kale, Douillard & Donchev, "Eager Updates for Overlapped Communication and Computation in DiLoCo"
 (arXiv 2502.12996). In DiLoCo every worker blocks at the end of a round until the average of the
@@ -20,39 +20,41 @@ outer optimizer's ("true") global model.
   round t, and round t's average, taken from a point one outer step older, is applied one round
   late. All workers hold the same phi.
 
-``eager-diloco``: each worker estimates the average it cannot see yet with its own fresh
-pseudo-gradient and the others' previous ones::
+``eager-diloco``: the paper's eager updates (its Algorithm 3, as reconstructed in our spec
+`outer-loop.md`, "Eager updates"; the paper's algorithm box could not be read with our tools).
+Worker m keeps its own outer parameters phi_m and its own outer-optimizer state; at the end of
+round t::
 
-    proxy_m(t) = (1/M) Delta_m(t) + (1/M) sum_{m' != m} Delta_m'(t-1)
-               = (Delta_m(t) + M mean(t-1) - Delta_m(t-1)) / M
+    Delta_m(t) = phi_m - theta_m(t)                      # from where this worker started the round
+    mean(t-1)  = wait()                                  # the all-reduce started a round ago
+    start all_reduce_mean(Delta_m(t))                    # waited for at the end of round t+1
+    proxy_m(t) = (Delta_m(t) + M mean(t-1) - own_m(t-1)) / M
+               = (1/M) [Delta_m(t) + sum_{m' != m} Delta_m'(t-1)]
+    phi_m      = OuterOpt_m.step(phi_m, grad=proxy_m(t));  theta_m = phi_m     # committed
 
-  and ``proxy_step`` says what the proxy is used for:
+Nothing is rolled back: every contribution enters each worker's outer gradients exactly once (its
+own at once, the others' one round late). With outer SGD without momentum (lr eta) that is
+phi_m(t) = phi(0) - eta [sum_{s<t} mean(s) + Delta_m(t) / M] (tested). First round: mean(0) =
+own(0) = 0, proxy = Delta_m(1) / M. own_m(t-1) is this worker's term as the others received it:
+Delta_m(t-1) itself without compression; with a compressor the decoded C(Delta_m(t-1)) (EF's
+residual included), so the proxy is built from exactly what was averaged and the own term enters
+once, uncompressed. PowerSGD and EF21 / EControl have no such per-worker term and are refused.
+Workers' phi_m differ slightly; the runner evaluates rank 0's.
 
-  - ``tentative`` (default): only to choose where the next round starts. At the end of round t::
+``speculative-diloco``: farsync's own design, not in the paper (it was this module's default
+``eager-diloco`` before, as ``proxy_step: tentative``). The same proxy only chooses where the next
+round starts; the outer optimizer only ever steps with true averages::
 
-        mean(t-1) = wait();  phi = OuterOpt.step(phi, grad=mean(t-1))      # the real step: phi(t-1)
-        Delta_m(t) = phi - theta_m(t)          # measured against the true phi(t-1), not s_m(t)
-        start all_reduce_mean(Delta_m(t))
-        s_m(t+1) = OuterOpt.step on a copy of (phi, outer state) with proxy_m(t)   # copy discarded
+    mean(t-1) = wait();  phi = OuterOpt.step(phi, grad=mean(t-1))      # the real step: phi(t-1)
+    Delta_m(t) = phi - theta_m(t)          # measured against the true phi(t-1), not s_m(t)
+    start all_reduce_mean(Delta_m(t))
+    s_m(t+1) = OuterOpt.step on a copy of (phi, outer state) with proxy_m(t)   # copy discarded
 
-    The outer optimizer only ever sees true averages, each taken against the phi it is applied
-    to, as in DiLoCo; the workers start each round from an estimate of DiLoCo's next phi instead
-    of waiting for it. When mean(t) arrives a round later it replaces the proxy - the correction.
-    If the estimate were exact (s_m(t+1) = phi(t)) this would be DiLoCo, step for step.
-  - ``committed``: the outer optimizer steps with the proxy itself, phi_m = OuterOpt.step(phi_m,
-    grad=proxy_m(t)), and s_m(t+1) = phi_m. Every Delta_m'(s) then enters each worker's outer
-    gradients exactly once - its own at round s, the others' at round s + 1 - and that late
-    arrival is the correction (with outer SGD without momentum:
-    phi_m(t) = phi(0) - lr [sum_{s<t} mean(s) + Delta_m(t) / M]). Each worker keeps its own phi_m.
-
-What was implemented, and what is ours: the proxy formula is the one in our spec
-(`outer-loop.md`); we could not read the paper's algorithm box with our tools, so both readings
-of "apply the proxy, correct when the true average arrives" are here and documented; the
-benchmark (docs/benchmarks.md) measures both. With one worker the proxy is Delta(t) itself
-(M mean(t-1) - Delta(t-1) is exactly 0), so ``eager-diloco`` is DiLoCo bit for bit (both
-variants), while ``delayed-diloco`` is DiLoCo with a one-round-delayed outer step for any M. With a compressor the all-reduce averages C(Delta_m'); the own-term
-correction subtracts the uncompressed Delta_m(t-1). Evaluation point: s_m, the point the worker
-trains from (rank 0's in the runner); it includes the latest estimate.
+Reductions (tested): with one worker the proxy is Delta(t) itself (M mean(t-1) - own(t-1) is
+exactly 0), so ``eager-diloco`` and ``speculative-diloco`` are DiLoCo bit for bit, while
+``delayed-diloco`` is DiLoCo with a one-round-delayed outer step for any M. Evaluation point:
+s_m, the point the worker trains from (rank 0's in the runner); it includes the latest estimate.
+Streaming DiLoCo runs the same eager rule per fragment (``overlap: eager``, streaming_diloco.py).
 """
 
 from __future__ import annotations
@@ -60,20 +62,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..compress.collective import Pending
 from .base import outer_step, pseudo_gradient, swapped_params
-from .diloco import DiLoCo, DiLoCoOptions
-
-
-class EagerOptions(DiLoCoOptions):
-    proxy_step: Literal["tentative", "committed"] = Field(
-        "tentative", description="tentative: the proxy only sets the next start point; committed: the outer optimizer steps with it")
+from .diloco import DiLoCo
+from .eager import check_own_term_compressor, eager_proxy, own_as_received
 
 
 class DelayedDiLoCo(DiLoCo):
@@ -88,9 +84,11 @@ class DelayedDiLoCo(DiLoCo):
 
     def sync(self) -> None:
         prev = self.pending.wait() if self.pending is not None else None  # mean(t-1)
+        own_prev = self.own_prev  # Delta_m(t-1) as the others received it (eager's correction)
         delta = self._pseudo_gradient(prev)  # Delta_m(t)
         self.pending = self.reducer.start(self.comm, delta.clone())  # the reducer may overwrite its input
-        self._outer(delta, prev)
+        self.own_prev = own_as_received(self.pending, delta)
+        self._outer(delta, prev, own_prev)
         with torch.no_grad():
             for p, s in zip(self.params, self.start_point):
                 p.copy_(s)
@@ -100,7 +98,7 @@ class DelayedDiLoCo(DiLoCo):
         """This round's pseudo-gradient: from the point the round started at."""
         return pseudo_gradient(self.start_point, self.params)
 
-    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None) -> None:
+    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None, own_prev: torch.Tensor | None) -> None:
         """Update phi (and the start point of the next round) at the end of a round."""
         if prev is not None:
             outer_step(self.outer_optimizer, self.global_params, prev)
@@ -133,31 +131,38 @@ class DelayedDiLoCo(DiLoCo):
 
 class EagerDiLoCo(DelayedDiLoCo):
     name = "eager-diloco"
-    summary = "DiLoCo with eager outer updates: own fresh pseudo-gradient + others' previous ones, overlapped"
-    Options = EagerOptions
+    summary = "DiLoCo with eager outer updates (Kale et al. 2025): own fresh pseudo-gradient + others' previous ones"
+
+    @classmethod
+    def check_compress(cls, compress):
+        check_own_term_compressor(cls.name, compress)
+
+    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None, own_prev: torch.Tensor | None) -> None:
+        """phi_m = OuterOpt_m(phi_m, proxy_m(t)); the next round starts from phi_m (committed)."""
+        outer_step(self.outer_optimizer, self.global_params, eager_proxy(delta, prev, own_prev, self.comm.world_size))
+        self._set_start(self.global_params)
+
+
+class SpeculativeDiLoCo(DelayedDiLoCo):
+    name = "speculative-diloco"
+    summary = "farsync's own design (not the eager paper's): the proxy only picks the next start point"
+
+    @classmethod
+    def check_compress(cls, compress):
+        check_own_term_compressor(cls.name, compress)
 
     def _pseudo_gradient(self, prev: torch.Tensor | None) -> torch.Tensor:
-        if self.options.proxy_step == "committed":
-            return super()._pseudo_gradient(prev)  # from s_m = phi_m
-        if prev is not None:  # tentative: first the real outer step with the average that just arrived
+        if prev is not None:  # first the real outer step with the average that just arrived
             outer_step(self.outer_optimizer, self.global_params, prev)
         return pseudo_gradient(self.global_params, self.params)  # then measured against the true phi
 
-    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None) -> None:
-        n = self.comm.world_size
-        others = n * prev - self.own_prev if prev is not None else torch.zeros_like(delta)
-        proxy = (delta + others) / n
-        self.own_prev = delta
-        if self.options.proxy_step == "committed":
-            outer_step(self.outer_optimizer, self.global_params, proxy)
-            self._set_start(self.global_params)
-            return
+    def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None, own_prev: torch.Tensor | None) -> None:
+        """s_m(t+1) = OuterOpt.step on a copy of (phi, outer state) with proxy_m(t); copy discarded."""
         saved_state = copy.deepcopy(self.outer_optimizer.state_dict())
         saved_phi = [g.detach().clone() for g in self.global_params]
-        outer_step(self.outer_optimizer, self.global_params, proxy)  # tentative: kept as the start point only
+        outer_step(self.outer_optimizer, self.global_params, eager_proxy(delta, prev, own_prev, self.comm.world_size))
         self._set_start(self.global_params)
         with torch.no_grad():
             for g, s in zip(self.global_params, saved_phi):
                 g.copy_(s)
         self.outer_optimizer.load_state_dict(saved_state)
-

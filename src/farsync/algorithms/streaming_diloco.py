@@ -18,6 +18,23 @@ optimizer's state is never reset. These are the semantics of torchft's ``DiLoCo`
 (``fragment_sync_delay`` = tau, ``fragment_update_alpha`` = alpha), which our spec confirmed by
 running it. Reduction: F = 1, tau = 0, alpha = 0 is ``diloco`` exactly. Evaluation point: phi.
 
+``overlap: eager`` - the eager-updates paper's "Streaming DiLoCo with 1-outer-step overlap"
+(Kale, Douillard, Donchev, arXiv 2502.12996; `eager.py`): fragment f's all-reduce overlaps a whole
+round of that fragment (H steps, beyond tau < S), and phi_f is stepped with the per-fragment eager
+proxy, each worker keeping its own phi_f and outer state. After inner step kS, f = (k - 1) mod F::
+
+    delta_f,m   = phi_f,m - theta_f                    # this worker's pseudo-gradient of round t
+    mean_f(t-1) = wait()                               # started H steps ago (nothing in round 1)
+    start reduce(delta_f,m)
+    phi_f,m     = OuterOpt_f.step(phi_f,m, grad=(delta_f,m + M mean_f(t-1) - own_f,m(t-1)) / M)
+    theta_f     = phi_f,m
+
+``overlap: eager-2`` ("2-outer-steps eager"; the paper's exact formula is not known to us, this is
+ours): the all-reduce overlaps two rounds and the others' terms are two rounds old, proxy =
+(delta_f,m(t) + M mean_f(t-2) - own_f,m(t-2)) / M, so each contribution still enters exactly once.
+Both need delay 0 and alpha 0. Reductions (tested): F = 1 with overlap eager is ``eager-diloco``
+bit for bit; one worker is DiLoCo.
+
 Low-precision exchange: ``compress: {name: int4, ...}`` etc., one reducer (and error-feedback
 state) per fragment; contributions are decoded and summed in fp32. A compressed
 ``collective: reduce_scatter`` or PowerSGD does not overlap (it completes when started).
@@ -38,6 +55,7 @@ from ..compress import PowerSGD
 from ..compress.collective import Pending
 from .base import CollectiveAlgorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
 from .options import Compressible, OuterOptimized, Periodic
+from .eager import check_own_term_compressor, eager_proxy, own_as_received
 from .fragments import split_into_fragments
 
 
@@ -46,6 +64,9 @@ class StreamingOptions(Periodic, OuterOptimized, Compressible):
     delay: int = Field(0, ge=0, description="tau: inner steps between starting a fragment's all-reduce and applying it (< sync_every/F)")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="on arrival theta = alpha * theta_local + (1 - alpha) * phi")
     fragment_rule: Literal["strided", "contiguous"] = Field("strided", description="how parameters are split (fragments.py)")
+    overlap: Literal["tau", "eager", "eager-2"] = Field(
+        "tau", description="tau: the all-reduce overlaps `delay` steps (torchft); eager: a whole round of the fragment, "
+        "with the eager proxy (Kale et al. 2025); eager-2: two rounds")
 
     @model_validator(mode="after")
     def _rounds(self):
@@ -54,8 +75,15 @@ class StreamingOptions(Periodic, OuterOptimized, Compressible):
             raise ValueError("streaming-diloco needs an integer sync_every (QSR is for local-sgd and diloco)")
         if every % self.fragments:
             raise ValueError(f"sync_every ({every}) must be a multiple of fragments ({self.fragments})")
-        if self.delay >= every // self.fragments:
-            raise ValueError(f"delay must be < sync_every / fragments = {every // self.fragments}, got {self.delay}")
+        if self.overlap != "tau":
+            if self.delay or self.alpha:
+                raise ValueError(f"overlap: {self.overlap} overlaps whole rounds of a fragment; delay and alpha apply to "
+                                 f"overlap: tau only (got delay={self.delay}, alpha={self.alpha})")
+            if self.compress is not None:
+                check_own_term_compressor(f"streaming-diloco with overlap: {self.overlap}", self.compress)
+        elif self.delay >= every // self.fragments:
+            raise ValueError(f"delay must be < sync_every / fragments = {every // self.fragments}, got {self.delay} "
+                             "(overlap: eager overlaps a whole round)")
         return self
 
 
@@ -97,10 +125,16 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         self.outer_optimizers = [self.build_outer([self.global_params[i] for i in frag], outer) for frag in self.fragments]
         self.reducers = [self.reducer] + [copy.deepcopy(self.reducer) for _ in self.fragments[1:]]
         self.pending: tuple[int, int, Pending] | None = None  # (fragment, step to apply at, reduction)
+        self.lag = {"tau": 0, "eager": 1, "eager-2": 2}[o.overlap]  # rounds an eager all-reduce overlaps
+        self.inflight: list[list[tuple[Pending, torch.Tensor]]] = [[] for _ in self.fragments]  # (reduction, own term)
 
     def _step(self) -> None:
         self._optimizer_step()
         t = self.local_step + 1  # inner steps done, this one included
+        if self.lag:
+            if t % self.period == 0:
+                self._eager_sync(fragment=(t // self.period - 1) % len(self.fragments))
+            return
         if (t + self.options.delay) % self.period == 0:
             k = (t + self.options.delay) // self.period
             self._start(fragment=(k - 1) % len(self.fragments), apply_at=k * self.period)
@@ -125,6 +159,25 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         if fragment == len(self.fragments) - 1:  # once per round: buffers are averaged whole (replicas.py)
             self.buffers.average()
 
+    def _eager_sync(self, fragment: int) -> None:
+        """Eager overlap of fragment f (module docstring): wait for the average started `lag`
+        rounds ago, start this round's, and step phi_f with the eager proxy (committed)."""
+        frag = self.fragments[fragment]
+        phi = [self.global_params[i] for i in frag]
+        queue = self.inflight[fragment]
+        old = queue.pop(0) if len(queue) == self.lag else None
+        mean_old = old[0].wait() if old is not None else None  # mean_f(t - lag)
+        delta = pseudo_gradient(phi, [self.params[i] for i in frag])  # Delta_f,m(t)
+        pending = self.reducers[fragment].start(self.comm, delta.clone())  # the reducer may overwrite its input
+        queue.append((pending, own_as_received(pending, delta)))
+        proxy = eager_proxy(delta, mean_old, old[1] if old is not None else None, self.comm.world_size)
+        outer_step(self.outer_optimizers[fragment], phi, proxy)
+        with torch.no_grad():
+            for i in frag:
+                self.params[i].copy_(self.global_params[i])
+        if fragment == len(self.fragments) - 1:  # once per round: buffers are averaged whole (replicas.py)
+            self.buffers.average()
+
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
         with evaluation_point(self.outer_optimizers):  # an averaging outer optimizer (e.g. GPA) is evaluated at its x
@@ -138,12 +191,15 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         if self.pending is not None:  # a reduction in flight is waited for; its result is saved
             fragment, apply_at, reduction = self.pending
             pending = {"fragment": fragment, "apply_at": apply_at, "mean": reduction.wait().clone()}
+        # eager: reductions in flight are waited for first (that also settles their compressor state)
+        inflight = [[{"mean": p.wait().clone(), "own": own.clone()} for p, own in queue] for queue in self.inflight]
         return {
             **super().state_dict(),
             "global_params": [g.detach().clone() for g in self.global_params],
             "outer_optimizers": [opt.state_dict() for opt in self.outer_optimizers],
             "fragment_reducers": [r.state_dict() for r in self.reducers[1:]],  # reducers[0] is saved as "reducer"
             "pending": pending,
+            "inflight": inflight,
         }
 
     def load_state_dict(self, state):
@@ -159,3 +215,5 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         if p is not None:
             mean = p["mean"].clone()
             self.pending = (p["fragment"], p["apply_at"], Pending(lambda: mean))
+        self.inflight = [[(Pending(lambda m=e["mean"].clone(): m), e["own"].clone()) for e in queue]
+                         for queue in state.get("inflight", [[] for _ in self.fragments])]

@@ -42,10 +42,19 @@ from .channel import Channel
 
 
 class Pending:
-    """A started reduction: ``wait()`` blocks until it has arrived and returns the mean (once)."""
+    """A started reduction: ``wait()`` blocks until it has arrived and returns the mean (once).
 
-    def __init__(self, finish: Callable[[], torch.Tensor]):
-        self._finish, self._result = finish, None
+    ``own``: this worker's contribution as the others receive it (its decoded payload), or None
+    when that is the input itself (no compression). Eager DiLoCo's own-term correction uses it."""
+
+    def __init__(self, finish: Callable[[], torch.Tensor], own: Callable[[], torch.Tensor] | None = None):
+        self._finish, self._result, self._own = finish, None, own
+
+    @property
+    def own(self) -> torch.Tensor | None:
+        if callable(self._own):
+            self._own = self._own()
+        return self._own
 
     def wait(self) -> torch.Tensor:
         if self._result is None:
@@ -100,17 +109,20 @@ def decoded_mean(comp: Compressor, template: Payload, bufs: list[torch.Tensor], 
 
 def start_gathered_mean(
     comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
-) -> Callable[[], tuple[torch.Tensor, dict]]:
-    """Encode and issue the collective now (non-blocking); the returned function waits for it and
-    returns (mean over workers of decode(encode(x_r)), new compressor state): the all-gather path."""
+) -> tuple[Callable[[], tuple[torch.Tensor, dict]], Callable[[], torch.Tensor] | None]:
+    """Encode and issue the collective now (non-blocking). Returns (finish, own): finish waits
+    for it and returns (mean over workers of decode(encode(x_r)), new compressor state) - the
+    all-gather path; own computes x as the others receive it (None: x itself, uncompressed)."""
     if comp is None or comp.lossless:
         out = x.clone()
         work = comm.all_reduce(out, op="mean", async_op=True)
-        return lambda: (work.wait(), (out, state))[1]
+        return (lambda: (work.wait(), (out, state))[1]), None
     if comp.summable:  # summable as it is: all-reduce in bf16/fp16 (like torch's bf16_compress_hook)
-        low = (x / comm.world_size).to(getattr(torch, comp.dtype))
+        n = comm.world_size
+        low = (x / n).to(getattr(torch, comp.dtype))
+        own = low.to(x.dtype) * n  # before the all-reduce overwrites `low`
         work = comm.all_reduce(low, op="sum", async_op=True)
-        return lambda: (work.wait(), (low.to(x.dtype), state))[1]
+        return (lambda: (work.wait(), (low.to(x.dtype), state))[1]), (lambda: own)
     payload, state = comp.encode(x, state, gen)
     buf = payload.pack()
     bufs = [torch.empty_like(buf) for _ in range(comm.world_size)]
@@ -121,14 +133,14 @@ def start_gathered_mean(
         mean, new_state = comp.finalize(decoded_mean(comp, payload, bufs, x), state)
         return mean.to(x.dtype), new_state
 
-    return finish
+    return finish, (lambda: comp.decode(payload).reshape(x.shape).to(x.dtype))
 
 
 def gathered_mean(
     comm: Communicator, x: torch.Tensor, comp: Compressor | None, state: dict, gen: torch.Generator | None
 ) -> tuple[torch.Tensor, dict]:
     """Blocking `start_gathered_mean`: (mean over workers of decode(encode(x_r)), new state)."""
-    return start_gathered_mean(comm, x, comp, state, gen)()
+    return start_gathered_mean(comm, x, comp, state, gen)[0]()
 
 
 class _CompressorReducer(Reducer):
@@ -157,13 +169,13 @@ class GatherReducer(_CompressorReducer):
     def start(self, comm, x):
         if self.state is None:
             self.state = self.comp.init(x)
-        finish = start_gathered_mean(comm, x, self.comp, self.state, self.gen)
+        finish, own = start_gathered_mean(comm, x, self.comp, self.state, self.gen)
 
         def done() -> torch.Tensor:
             out, self.state = finish()
             return out
 
-        return Pending(done)
+        return Pending(done, own)
 
 
 class ScatterReducer(_CompressorReducer):
@@ -175,7 +187,15 @@ class ScatterReducer(_CompressorReducer):
             raise ValueError("collective: reduce_scatter supports error_feedback none or ef (EF21/EControl keep a global copy)")
         super().__init__(comp, rank)
 
+    def start(self, comm, x):
+        out, own = self._reduce(comm, x)
+        return Pending(lambda: out, own)
+
     def reduce(self, comm, x):
+        return self._reduce(comm, x)[0]
+
+    def _reduce(self, comm, x):
+        """(the mean, a function giving x as the others received it: its decoded shards)."""
         n = comm.world_size
         d = x.numel()
         size = -(-d // n)  # shard length S
@@ -204,4 +224,8 @@ class ScatterReducer(_CompressorReducer):
             self.comp.decode_into(q.unpack(b), out[j])
         out = out.view(-1)[:d]
         self.state = {"shards": states, "mean": mean_state}
-        return out.to(x.dtype).reshape(x.shape)
+
+        def own() -> torch.Tensor:
+            return torch.cat([self.comp.decode(p).reshape(-1) for p in payloads])[:d].to(x.dtype).reshape(x.shape)
+
+        return out.to(x.dtype).reshape(x.shape), own
