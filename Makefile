@@ -1,11 +1,12 @@
 # make demo  -> set up .venv if needed, install, run the main job
 # make test  -> set up .venv if needed, run the whole test suite
+# make figures -> redraw the figures of docs/img from benchmarks/results (no training)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.farsync-installed
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench figures clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sim_overhead.py
+
+figures: $(STAMP)
+	$(PY) benchmarks/harness.py --figures
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,57 +1,69 @@
 """DuDe-ASGD vs vanilla async SGD vs FedBuff under worker-speed heterogeneity with label-skewed
-data (issue 8, benchmark 3).
+data, on convex logistic regression (issue 8, benchmark 3).
 
-    python benchmarks/async_heterogeneity.py [--out runs/async-heterogeneity] [--seeds 0 1 2]
-        [--steps 500] [--lr 0.2] [--fedbuff-q 4] [--fedbuff-k 2] [--fedbuff-outer-lr 2.0]
-        [--target-subopt 0.03] [--json benchmarks/results/async_heterogeneity.json]
-        [--png docs/img/async_heterogeneity.png]
+    python benchmarks/harness.py async_heterogeneity [--profile full|long|quick] [--out DIR] [--seeds 0 1 2]
+        [--only "asgd *" "dude-asgd *" ...] [--set steps=500] [--set lr=0.2] [--set fedbuff_q=4] [--set fedbuff_k=2]
+        [--set fedbuff_outer_lr=2.0] [--set target_subopt=0.03] [--set eval_every=5]
 
-Setup: `logreg` on digits (64 features, 10 classes, convex, l2 = 1e-3, float32), split
-``label-sorted`` over 4 workers (each worker holds 2-3 classes), batch 16 per gradient, a parameter
-server on rank 0 (simulated cluster, 1 s per inner step times the worker's speed factor).
-Speeds: ``equal`` [1, 1, 1, 1], ``1114`` [1, 1, 1, 4] (one worker 4x slower) and ``1124``
-[1, 1, 2, 4]. Every run has the same budget: ``--steps`` x 4 inner steps (gradients).
+Not to be confused with async_local_sgd_gpt.py (async Local-SGD vs synchronous DiLoCo on the
+Shakespeare GPT, issue 5). Setup: `logreg` on digits (64 features, 10 classes, convex, l2 = 1e-3,
+float32), split ``label-sorted`` over 4 workers (each worker holds 2-3 classes), batch 16 per
+gradient, a parameter server on rank 0 (simulated cluster, 1 s per inner step times the worker's
+speed factor). Speeds: ``equal`` [1, 1, 1, 1], ``1114`` [1, 1, 1, 4] (one worker 4x slower) and
+``1124`` [1, 1, 2, 4]. Every run (label ``"METHOD SPEED"``) has the same budget: ``steps`` x 4 inner
+steps (gradients). Profile ``long``: 2000 steps, evaluated every 20, asgd and dude-asgd only.
 
-- asgd: every arrival x <- x - lr g_i (inner SGD, lr ``--lr``)
+- asgd: every arrival x <- x - lr g_i (inner SGD, lr ``lr``)
 - dude-asgd: every arrival x <- x - lr G_bar, G_bar = mean of every worker's latest gradient
   (same inner SGD and lr; ``average_over: all``, the default)
-- fedbuff: Q = ``--fedbuff-q`` local SGD steps (same lr) per round, buffer K = ``--fedbuff-k``
-  deltas weighted 1/sqrt(1 + staleness), server SGD with lr ``--fedbuff-outer-lr`` (no momentum;
+- fedbuff: Q = ``fedbuff_q`` local SGD steps (same lr) per round, buffer K = ``fedbuff_k``
+  deltas weighted 1/sqrt(1 + staleness), server SGD with lr ``fedbuff_outer_lr`` (no momentum;
   default 2.0 = K, so a server step moves as far as the K deltas summed - with 1.0 FedBuff lagged ASGD
   already at equal speeds in a one-seed pilot: f - f* 0.025 vs 0.008; Q 2 / K 4 were worse)
 
 Besides the held-out eval loss (metrics.jsonl's eval_loss), every evaluation also records the
 train-objective suboptimality f(x) - f* (f* from `LogReg.optimum()`, L-BFGS): the run uses the
 task ``logreg-trace``, `logreg` with an evaluate that also logs `train_objective` (in-process
-simulator). Reported per method and speed setting (mean over seeds): final eval loss and
-suboptimality after the whole budget, suboptimality at the common simulated time T_eq at which the
-equal-speed runs end, simulated time until the suboptimality first reaches ``--target-subopt``,
-and the degradation heterogeneous / equal. The ideal time degradation is the throughput ratio
-4 / sum(1 / speed) (1.23x for 1114, 1.45x for 1124): that much is lost by any method, since the
-slow worker simply computes less. Also printed: the suboptimality of the minimizer of the
-arrival-rate-weighted objective sum_i (1/s_i) f_i / sum_i (1/s_i), the point that plain ASGD's
-iterates are pulled to (a fast worker's gradient arrives more often).
+simulator). Metrics per run: the curves (simulated time, step, eval loss, suboptimality), final
+staleness and server updates. The summary (after the runs, or --report) gives per method and speed
+setting (mean over seeds): final eval loss and suboptimality after the whole budget, suboptimality
+at the common simulated time T_eq at which the equal-speed runs end, simulated time until the
+suboptimality first reaches ``target_subopt``, and the degradation heterogeneous / equal. The
+ideal time degradation is the throughput ratio 4 / sum(1 / speed) (1.23x for 1114, 1.45x for
+1124): that much is lost by any method, since the slow worker simply computes less. Also printed:
+the suboptimality of the minimizer of the arrival-rate-weighted objective sum_i (1/s_i) f_i /
+sum_i (1/s_i), the point that plain ASGD's iterates are pulled to (a fast worker's gradient arrives
+more often). Each run uses one torch thread.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import shutil
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import farsync
+import harness
 from farsync.tasks import register_task
 from farsync.tasks.classification import LogReg, LogRegParams
 
 SPEEDS = {"equal": [1, 1, 1, 1], "1114": [1, 1, 1, 4], "1124": [1, 1, 2, 4]}
 METHODS = ("asgd", "dude-asgd", "fedbuff")
 TRACE: list[float] = []  # train objectives of the evaluations of the current run, in order
+SETTINGS = ("steps", "eval_every", "lr", "fedbuff_q", "fedbuff_k", "fedbuff_outer_lr")  # what a run's config records
+
+PROFILES = {"full": {}, "long": {"params": {"steps": 2000, "eval_every": 20}, "only": ["asgd *", "dude-asgd *"]},
+            "quick": {"params": {"steps": 20}, "seeds": [0]}}
+PARAMS = {"steps": 500, "eval_every": 5, "lr": 0.2, "fedbuff_q": 4, "fedbuff_k": 2, "fedbuff_outer_lr": 2.0, "target_subopt": 0.03}
+SEEDS = [0, 1, 2]
+CONFIG_OVERRIDES = True
+RESULTS = ("async_heterogeneity", "async_heterogeneity_long")
+FIGURES = {"async_heterogeneity.png": "async_heterogeneity"}
+_F_STAR: list[float] = []
 
 
 @register_task
@@ -65,35 +77,73 @@ class LogRegTrace(LogReg):
         return super().evaluate(model)
 
 
-def config(method: str, speeds: list[int], seed: int, args) -> dict:
-    inner = {"name": "sgd", "lr": args.lr}
+def task_and_f_star() -> tuple[LogReg, float]:
+    task = LogReg(LogRegParams(dataset="digits", split="label-sorted"), 4, seed=0)
+    if not _F_STAR:
+        _F_STAR.append(task.optimum())
+    return task, _F_STAR[0]
+
+
+def config(method: str, speeds: list[int], seed: int, p: dict) -> dict:
+    inner = {"name": "sgd", "lr": p["lr"]}
     alg = {"name": method, "inner": inner}
     if method == "fedbuff":
-        alg.update(sync_every=args.fedbuff_q, buffer_size=args.fedbuff_k, outer={"name": "sgd", "lr": args.fedbuff_outer_lr})
+        alg.update(sync_every=p["fedbuff_q"], buffer_size=p["fedbuff_k"], outer={"name": "sgd", "lr": p["fedbuff_outer_lr"]})
     return {
         "name": f"{method}-{''.join(map(str, speeds))}-s{seed}", "seed": seed,
         "task": {"name": "logreg-trace", "dataset": "digits", "split": "label-sorted"},
         "cluster": {"workers": 4, "step_time": "1s", "speeds": speeds},
         "algorithm": alg,
-        "train": {"steps": args.steps, "batch_size": 16, "eval_every": args.eval_every, "log_every": args.eval_every},
+        "train": {"steps": p["steps"], "batch_size": 16, "eval_every": p["eval_every"], "log_every": p["eval_every"]},
     }
 
 
-def run_one(method: str, speed: str, seed: int, args, f_star: float) -> dict:
-    cfg = config(method, SPEEDS[speed], seed, args)
-    run_dir = Path(args.out) / cfg["name"]
-    shutil.rmtree(run_dir, ignore_errors=True)
+def jobs(args) -> list[dict]:
+    out = []
+    for seed in args.seeds:
+        for method in METHODS:
+            for speed in SPEEDS:
+                run = f"{method} {speed}"
+                out.append({"run": run, "seed": seed, "dir": str(harness.run_dir(args.out, run, seed)),
+                            "config": {"method": method, "speed": speed, "speeds": SPEEDS[speed],
+                                       **{k: args.params[k] for k in SETTINGS},
+                                       "farsync": config(method, SPEEDS[speed], seed, args.params), "overrides": list(args.overrides)}})
+    return out
+
+
+def run_one(job: dict) -> dict:
+    torch.set_num_threads(1)
+    _, f_star = task_and_f_star()
     TRACE.clear()
     t0 = time.perf_counter()
-    r = farsync.run(cfg, out=run_dir, progress=False)
+    r = farsync.run(job["config"]["farsync"], overrides=job["config"]["overrides"], out=job["dir"], progress=False)
     evals = [m for m in r.metrics if "eval_loss" in m]
     assert len(evals) == len(TRACE), (len(evals), len(TRACE))
-    return {"method": method, "speed": speed, "seed": seed, "status": r.summary["status"],
-            "wall_s": round(time.perf_counter() - t0, 1),
+    print(f"{job['run']} s{job['seed']}: final eval {evals[-1]['eval_loss']:.4f} f-f* {TRACE[-1] - f_star:.4f} "
+          f"sim {evals[-1]['sim_time_s']:.0f}s wall {time.perf_counter() - t0:.1f}s", flush=True)
+    return {"status": r.summary["status"], "wall_s": round(time.perf_counter() - t0, 1),
             "t": [round(m["sim_time_s"], 2) for m in evals], "step": [m["step"] for m in evals],
             "eval_loss": [float(f"{m['eval_loss']:.5g}") for m in evals],
             "subopt": [float(f"{f - f_star:.5g}") for f in TRACE],
             "staleness": r.metrics[-1].get("staleness"), "updates": r.metrics[-1].get("updates")}
+
+
+def legacy_rows(data: dict) -> list[dict]:
+    """The JSON of the script before the harness: {"setup": flags, "f_star", "speeds", "summary", "runs": [...]}."""
+    setup = {k: data["setup"][k] for k in SETTINGS}
+    return [{"run": f"{r['method']} {r['speed']}", "seed": r["seed"],
+             "config": {"method": r["method"], "speed": r["speed"], "speeds": data["speeds"][r["speed"]], **setup},
+             "metrics": {k: v for k, v in r.items() if k not in ("method", "speed", "seed")}} for r in data["runs"]]
+
+
+def curves(rows: list[dict]) -> tuple[list[dict], SimpleNamespace]:
+    """The runs as the summary and the plot read them ({method, speed, seed, t, subopt, ...}) and their settings."""
+    runs = [{"method": r["config"]["method"], "speed": r["config"]["speed"], "seed": r["seed"], **r["metrics"]} for r in rows]
+    s = SimpleNamespace(**{k: rows[0]["config"][k] for k in SETTINGS}) if rows else None
+    if s is not None:
+        s.methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+        s.seeds = sorted({r["seed"] for r in runs})
+    return runs, s
 
 
 def at_time(run: dict, key: str, t: float) -> float:
@@ -140,6 +190,7 @@ def mean(xs):
 
 
 def summarize(runs: list[dict], args, f_star: float, task: LogReg) -> dict:
+    """`args`: the runs' settings (`curves`) with target_subopt."""
     t_eq = mean([r["t"][-1] for r in runs if r["speed"] == "equal"])
     rows = {}
     methods = [m for m in METHODS if m in args.methods]
@@ -200,10 +251,7 @@ def summarize(runs: list[dict], args, f_star: float, task: LogReg) -> dict:
 
 
 def plot(runs: list[dict], args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = harness.pyplot()
 
     colors = {"equal": "tab:green", "1114": "tab:orange", "1124": "tab:red"}
     mcolors = {"asgd": "tab:blue", "dude-asgd": "tab:red", "fedbuff": "tab:purple"}
@@ -232,45 +280,24 @@ def plot(runs: list[dict], args, path: Path) -> None:
     fig.suptitle(f"logreg digits, label-sorted, 4 workers, SGD lr {args.lr}, batch 16, {args.steps * 4} gradients per run; "
                  f"FedBuff Q={args.fedbuff_q}, K={args.fedbuff_k}, server lr {args.fedbuff_outer_lr}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    harness.save(fig, path, 100)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/async-heterogeneity")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=500, help="train.steps: the budget is steps x 4 gradients")
-    ap.add_argument("--eval-every", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=0.2, help="inner SGD lr of all three methods")
-    ap.add_argument("--fedbuff-q", type=int, default=4)
-    ap.add_argument("--fedbuff-k", type=int, default=2)
-    ap.add_argument("--fedbuff-outer-lr", type=float, default=2.0)
-    ap.add_argument("--target-subopt", type=float, default=0.03)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--json", default="benchmarks/results/async_heterogeneity.json")
-    ap.add_argument("--png", default="docs/img/async_heterogeneity.png")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    task = LogReg(LogRegParams(dataset="digits", split="label-sorted"), 4, seed=0)
-    f_star = task.optimum()
-    runs = []
-    for seed in args.seeds:
-        for method in args.methods:
-            for speed in SPEEDS:
-                r = run_one(method, speed, seed, args, f_star)
-                runs.append(r)
-                print(f"{method:10s} {speed:5s} s{seed}: final eval {r['eval_loss'][-1]:.4f} f-f* {r['subopt'][-1]:.4f} "
-                      f"sim {r['t'][-1]:.0f}s wall {r['wall_s']}s", flush=True)
-    summary = summarize(runs, args, f_star, task) if {"asgd", "dude-asgd"} <= set(args.methods) else None
-    out = {"setup": {k: v for k, v in vars(args).items()}, "f_star": f_star, "speeds": SPEEDS,
-           "summary": summary, "runs": runs}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, separators=(",", ":")))
-    if summary is not None and args.png:
-        plot(runs, args, Path(args.png))
+def finish(rows: list[dict], args) -> None:
+    runs, s = curves(rows)
+    if s is None or not {"asgd", "dude-asgd"} <= set(s.methods):
+        return  # the summary compares the two
+    s.target_subopt = args.params["target_subopt"]
+    task, f_star = task_and_f_star()
+    summarize(runs, s, f_star, task)
+    plot(runs, s, Path(args.out) / "async_heterogeneity.png")
+
+
+def figure(png: str, rows: list[dict], path: Path) -> None:
+    runs, s = curves(rows)
+    s.target_subopt = PARAMS["target_subopt"]
+    plot(runs, s, path)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

@@ -1,12 +1,13 @@
-"""Heterogeneous worker speeds: async Local-SGD (delayed Nesterov + DyLU) vs synchronous DiLoCo
-(issue 5, benchmark 3).
+"""Async Local-SGD (delayed Nesterov + DyLU) vs synchronous DiLoCo on the Shakespeare GPT with heterogeneous
+worker speeds, in simulated wall-clock time (issue 5, benchmark 3; formerly async_hetero.py).
 
-    python benchmarks/async_hetero.py [--out runs/async] [--only NAME ...] [--seeds 0 1 2] [--parallel N]
-                                      [--target-loss 2.2] [--set KEY=VALUE ...]
+    python benchmarks/harness.py async_local_sgd_gpt [--profile cpu|gpu|long|quick] [--out DIR] [--only RUN ...]
+                                                     [--seeds 0 1 2] [--parallel N] [--set target_loss=2.2] [--set KEY=VALUE ...]
 
-The 4-block demo GPT of benchmarks/streaming.py, 4 workers, 600 steps' worth of tokens
-(2,400 inner steps in all), the demo's AdamW, H = 24, outer SGD lr 0.7 / Nesterov 0.9 (run by the
-async server as delayed Nesterov with N = 4 unless stated). An inner step takes 0.5 s x the
+Not to be confused with async_heterogeneity.py (DuDe-ASGD / ASGD / FedBuff on convex logistic
+regression, issue 8). The 4-block demo GPT of benchmarks/streaming.py, 4 workers, 600 steps' worth
+of tokens (2,400 inner steps in all), the demo's AdamW, H = 24, outer SGD lr 0.7 / Nesterov 0.9 (run
+by the async server as delayed Nesterov with N = 4 unless stated). An inner step takes 0.5 s x the
 worker's speed factor: ``speeds [1, 1, 2, 4]`` (one worker 2x and one 4x slower) or all 1
 (homogeneous reference). 1 Gbps / 10 ms links. Runs:
 
@@ -17,17 +18,14 @@ worker's speed factor: ``speeds [1, 1, 2, 4]`` (one worker 2x and one 4x slower)
 - async-nesterov-dylu: Nesterov on every arrival (period 1) with DyLU
 - async-dn-dylu-homog: async Local-SGD with equal speeds
 
-Writes results.jsonl (final eval loss, simulated time, time to --target-loss, server updates,
-mean staleness; one row per run and seed) into --out.
+Profile ``long``: async-dn-dylu with twice the tokens (``train.steps=1200``). Metrics per run and
+seed: final eval loss, simulated time, time to the parameter ``target_loss``, server updates, mean
+staleness, tokens, compute utilization, bytes. Each run uses 2 intra-op threads.
 """
 
-import argparse
-import shutil
-from importlib import resources
-from pathlib import Path
-
 import torch
-from _pool import run_and_record
+
+import harness
 
 COMMON = ["task.n_layer=4", "algorithm.sync_every=24", "cluster.step_time=0.5s"]
 HETERO = ["cluster.speeds=[1, 1, 2, 4]"]
@@ -41,40 +39,42 @@ RUNS = [
     ("async-dn-dylu-homog", ASYNC),
 ]
 
+PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "long": {"set": ["train.steps=1200"], "only": ["async-dn-dylu"]},
+            "quick": {"set": harness.GPT_QUICK, "only": ["diloco", "async-dn-dylu", "async-nesterov-dylu"]}}
+PARAMS = {"target_loss": 2.2}
+SEEDS = [0]
+CONFIG_OVERRIDES = True
+RESULTS = ("async_local_sgd_gpt_cpu", "async_local_sgd_gpt_long_cpu")
 
-def run_one(args: tuple[str, list[str], int, str, float]) -> dict:
-    label, sets, seed, out, target = args
+
+def jobs(args) -> list[dict]:
+    return [harness.config_job(args, label, "demo_diloco.yaml", COMMON + sets, seed, target=args.params["target_loss"])
+            for seed in args.seeds for label, sets in RUNS]
+
+
+def run_one(job: dict) -> dict:
     torch.set_num_threads(2)
-    import farsync
     from farsync.sweep import time_to_target
 
-    cfg = str(resources.files("farsync") / "configs" / "demo_diloco.yaml")
-    run_dir = Path(out) / f"{label}-s{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    r = farsync.run(cfg, overrides=COMMON + sets + [f"name={label}", f"seed={seed}"], out=run_dir, progress=False)
+    r = harness.run_config(job)
     s, last = r.summary, r.metrics[-1]
-    return {"run": label, "seed": seed, "overrides": COMMON + sets, "final_eval_loss": s["final_eval_loss"],
-            "sim_time_s": s["sim_time_s"], "time_to_target_s": time_to_target(r.metrics, target), "target_loss": target,
+    return {"final_eval_loss": s["final_eval_loss"], "sim_time_s": s["sim_time_s"],
+            "time_to_target_s": time_to_target(r.metrics, job["target"]), "target_loss": job["target"],
             "updates": last.get("updates"), "staleness": last.get("staleness"), "tokens": s["tokens"],
             "compute_utilization": s["compute_utilization"], "bytes_sent_total": s["bytes_sent_total"], "status": s["status"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/async")
-    ap.add_argument("--only", nargs="*")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--parallel", type=int, default=1)
-    ap.add_argument("--target-loss", type=float, default=2.2)
-    ap.add_argument("--set", action="append", default=[], help="extra override for every run (e.g. cluster.device=cuda)")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [(label, sets + args.set, seed, str(out), args.target_loss) for seed in args.seeds for label, sets in RUNS
-            if not args.only or label in args.only]
-    run_and_record(run_one, todo, out / "results.jsonl", args.parallel)
+def finish(rows: list[dict], args) -> None:
+    """One line per run and seed: final loss, simulated time, time to the target, server updates, staleness, costs."""
+    f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+    print("\n| run | seed | final eval loss | sim time (s) | time to target (s) | updates | staleness | compute util. | bytes sent |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["metrics"]
+        print(f"| {r['run']} | {r['seed']} | {f(m['final_eval_loss'], '.4f')} | {f(m['sim_time_s'], ',.1f')} | "
+              f"{f(m['time_to_target_s'], ',.1f')} (<= {m['target_loss']}) | {f(m['updates'], 'd')} | {f(m['staleness'], '.1f')} | "
+              f"{f(m['compute_utilization'], '.3f')} | {m['bytes_sent_total'] / 1e6:,.1f} MB |")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

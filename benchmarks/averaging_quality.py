@@ -1,7 +1,7 @@
 """Averaging / lookahead optimizers on the Shakespeare GPT, one worker (issue 6, benchmark 1).
 
-    python benchmarks/averaging_quality.py [--out runs/averaging] [--only NAME ...] [--seeds 0] [--set KEY=VALUE ...]
-    python benchmarks/averaging_quality.py --out runs/averaging --plot docs/img/averaging_quality.png
+    python benchmarks/harness.py averaging_quality [--profile cpu|gpu|quick] [--out DIR] [--only RUN ...] [--seeds 0 1 2]
+                                                   [--set KEY=VALUE ...] [--report [FILE]]
 
 The 4-block demo GPT (461,664 parameters), one worker, 600 steps of batch 16, the demo's AdamW
 (betas 0.9/0.95, weight decay 0.1, grad clip 1) with cosine decay to 0.1 after 30 warm-up steps,
@@ -10,15 +10,13 @@ GPA (mu_x 0.9967, mu_y 0.7), EMA-Nesterov (beta 0.5, gamma 0.99, beta off for th
 steps) and its gamma = 0 one-step lookahead, Lookahead (k 5, alpha 0.5), single-worker DiLoCo
 (SNOO: H 24, outer SGD 0.7 Nesterov 0.9); Schedule-Free AdamW (GPA schedule-free mode, mu_y 0.9,
 base betas (0, 0.95), constant lr after warm-up); Muon (lr 0.02, momentum 0.95) for the hidden matrices with
-AdamW (lr 1.2e-2) for the rest, alone and under GPA. Writes results.jsonl (final eval loss, best eval
-loss, steps to reach the best AdamW run's final eval loss) into --out and prints a table.
+AdamW (lr 1.2e-2) for the rest, alone and under GPA. Metrics: final and best eval loss, every
+evaluation (step, eval loss); the table gives the steps to reach the best AdamW run's final eval loss.
 """
 
-import argparse
-import json
-import shutil
-from importlib import resources
 from pathlib import Path
+
+import harness
 
 COMMON = ["cluster.workers=1", "task.n_layer=4", "train.eval_every=30"]
 
@@ -47,66 +45,29 @@ RUNS = {
     "diloco-1worker": ["algorithm.name=diloco", "algorithm.sync_every=24", f"algorithm.inner={adamw(BEST)}"],
 }
 
-
-def plot(rows: list[dict], path: Path) -> None:
-    """Eval loss vs step, mean over the seeds each run has: AdamW-based rows and Muon-based rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = {"AdamW base (lr 1.2e-2)": [n for n in RUNS if "muon" not in n and not n.startswith("adamw-") or n == "adamw-1.2e-2"],
-              "Muon base": ["adamw-1.2e-2"] + [n for n in RUNS if "muon" in n]}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for ax, (title, names) in zip(axes, panels.items()):
-        for name in names:
-            runs = [r for r in rows if r["run"] == name]
-            if not runs:
-                continue
-            steps = [s for s, _ in runs[0]["evals"]]
-            mean = [sum(r["evals"][i][1] for r in runs) / len(runs) for i in range(len(steps))]
-            ax.plot(steps, mean, "k--" if name == "adamw-1.2e-2" else "-", label=f"{name} ({len(runs)} seeds)")
-        ax.set(title=title, xlabel="step", ylabel="eval loss", ylim=(1.8, 2.8))
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "quick": {"set": harness.GPT_QUICK, "only": ["adamw-1.2e-2", "gpa", "schedule-free", "muon", "diloco-1worker"]}}
+PARAMS: dict = {}
+SEEDS = [0]
+CONFIG_OVERRIDES = True
+RESULTS = ("averaging_quality_cpu",)
+FIGURES = {"averaging_quality.png": "averaging_quality_cpu"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/averaging")
-    ap.add_argument("--plot", help="only draw eval loss vs step from --out's results.jsonl into this PNG")
-    ap.add_argument("--only", nargs="*")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--set", action="append", default=[])
-    args = ap.parse_args()
-    import farsync
+def jobs(args) -> list[dict]:
+    return [harness.config_job(args, name, "demo_ddp.yaml", COMMON + sets, seed) for seed in args.seeds for name, sets in RUNS.items()]
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    if args.plot:
-        plot(rows, Path(args.plot))
-        return
-    cfg = str(resources.files("farsync") / "configs" / "demo_ddp.yaml")
-    for seed in args.seeds:
-        for name, sets in RUNS.items():
-            if args.only and name not in args.only:
-                continue
-            d = out / f"{name}-s{seed}"
-            if d.exists():
-                shutil.rmtree(d)
-            r = farsync.run(cfg, overrides=COMMON + sets + [f"name={name}", f"seed={seed}"] + args.set, out=d, progress=False)
-            evals = [(m["step"], m["eval_loss"]) for m in r.metrics if "eval_loss" in m]
-            row = {"run": name, "seed": seed, "overrides": COMMON + sets + args.set, "final_eval_loss": r.summary["final_eval_loss"],
-                   "best_eval_loss": r.summary["best_eval_loss"], "evals": evals, "status": r.summary["status"]}
-            rows = [x for x in rows if (x["run"], x["seed"]) != (name, seed)] + [row]
-            results.write_text("".join(json.dumps(x) + "\n" for x in rows))
-            print(json.dumps({k: v for k, v in row.items() if k != "evals"}), flush=True)
+
+def run_one(job: dict) -> dict:
+    r = harness.run_config(job)
+    return {"final_eval_loss": r.summary["final_eval_loss"], "best_eval_loss": r.summary["best_eval_loss"],
+            "evals": harness.evals(r.metrics), "status": r.summary["status"]}
+
+
+def finish(rows: list[dict], args) -> None:
+    rows = harness.metric_rows(rows)
     adam = [x for x in rows if x["run"].startswith("adamw")]
     if not adam:
-        return  # no AdamW reference in --out yet
+        return  # no AdamW reference yet
     target = min(adam, key=lambda x: x["final_eval_loss"])
     print(f"\nreference: {target['run']} final eval loss {target['final_eval_loss']:.4f}\n")
     print("| run | final eval loss | best eval loss | steps to the reference's final loss |")
@@ -116,5 +77,25 @@ def main() -> None:
         print(f"| {x['run']} (seed {x['seed']}) | {x['final_eval_loss']:.4f} | {x['best_eval_loss']:.4f} | {hit if hit else 'not reached'} |")
 
 
+def figure(png: str, rows: list[dict], path: Path) -> None:
+    """Eval loss vs step, mean over the seeds each run has: AdamW-based rows and Muon-based rows."""
+    plt = harness.pyplot()
+    panels = {"AdamW base (lr 1.2e-2)": [n for n in RUNS if "muon" not in n and not n.startswith("adamw-") or n == "adamw-1.2e-2"],
+              "Muon base": ["adamw-1.2e-2"] + [n for n in RUNS if "muon" in n]}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, (title, names) in zip(axes, panels.items()):
+        for name in names:
+            runs = [r["metrics"] for r in rows if r["run"] == name]
+            if not runs:
+                continue
+            steps = [s for s, _ in runs[0]["evals"]]
+            mean = [sum(r["evals"][i][1] for r in runs) / len(runs) for i in range(len(steps))]
+            ax.plot(steps, mean, "k--" if name == "adamw-1.2e-2" else "-", label=f"{name} ({len(runs)} seeds)")
+        ax.set(title=title, xlabel="step", ylabel="eval loss", ylim=(1.8, 2.8))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    harness.save(fig, path, 110)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

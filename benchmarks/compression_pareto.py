@@ -1,23 +1,16 @@
-"""Compression on the demo setting: final eval loss vs total bytes (a Pareto plot).
+"""Compression on the demo setting: final eval loss vs total bytes (a Pareto plot; issue 4).
 
-    python benchmarks/compression_pareto.py [--out runs/pareto] [--only NAME ...] [--skip NAME ...] [--table]
+    python benchmarks/harness.py compression_pareto [--profile cpu|gpu|quick] [--out DIR] [--only RUN ...] [--report [FILE]]
 
-Shakespeare GPT (the demo configs), 4 simulated workers, 600 steps, equal tokens. Writes
-`results.jsonl` and `pareto.png` into --out; `--table` prints the markdown table of
-docs/benchmarks.md from results.jsonl (no runs).
+Shakespeare GPT (the demo configs), 4 simulated workers, 600 steps, equal tokens, each run with
+`algorithm.compress` (or DeMo) as its label says. Metrics: final eval loss, bytes sent, peak bytes
+per sync. After the runs (and with --report): the markdown table of docs/benchmarks.md and
+OUT/pareto.png.
 """
 
-import argparse
-import json
-from importlib import resources
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import farsync  # noqa: E402
+import harness
 
 RUNS = [
     ("ddp", "ddp", []),
@@ -42,10 +35,27 @@ RUNS = [
     ("diloco-int4-rs", "diloco", ["algorithm.compress={name: int4, block: 64, collective: reduce_scatter}"]),
 ]
 
+PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "quick": {"set": harness.GPT_QUICK, "only": ["ddp", "ddp-int8", "demo", "diloco-int4-rs"]}}
+PARAMS: dict = {}
+SEEDS = None  # the demo configs' seed
+CONFIG_OVERRIDES = True
+RESULTS = ("compression_pareto_cpu",)
+FIGURES = {"compression_pareto.png": "compression_pareto_cpu"}
+
+
+def jobs(args) -> list[dict]:
+    return [harness.config_job(args, label, f"demo_{base}.yaml", sets, None) for label, base, sets in RUNS]
+
+
+def run_one(job: dict) -> dict:
+    s = harness.run_config(job).summary
+    return {"final_eval_loss": s["final_eval_loss"], "bytes_sent_total": s["bytes_sent_total"],
+            "peak_bytes_per_sync": s["peak_bytes_per_sync"], "status": s["status"]}
+
 
 def markdown(rows: list[dict]) -> str:
     """The results as a table, in RUNS order, relative to the `ddp` row."""
-    by = {r["run"]: r for r in rows}
+    by = {r["run"]: r["metrics"] for r in rows}
     ddp = by["ddp"]
     lines = ["| run | final eval loss | vs DDP | bytes sent (all workers) | bytes vs DDP | peak bytes/sync |", "|---|---|---|---|---|---|"]
     for label, _, _ in RUNS:
@@ -59,55 +69,30 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], out: Path) -> None:
+def figure(png: str, rows: list[dict], path: Path) -> None:
     """Final eval loss vs total bytes (log), DDP-family blue, DiLoCo-family orange, DeMo green."""
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
+    for row in rows:
+        r = row["metrics"]
         if r["final_eval_loss"] is None:
             continue
-        color = "C1" if r["run"].startswith("diloco") else "C2" if r["run"].startswith("demo") else "C0"
+        color = "C1" if row["run"].startswith("diloco") else "C2" if row["run"].startswith("demo") else "C0"
         ax.scatter(r["bytes_sent_total"], r["final_eval_loss"], color=color)
-        ax.annotate(r["run"], (r["bytes_sent_total"], r["final_eval_loss"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(row["run"], (r["bytes_sent_total"], r["final_eval_loss"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("bytes sent, all workers (log)")
     ax.set_ylabel("final eval loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=110)
-    plt.close(fig)
+    harness.save(fig, path, 110)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/pareto")
-    ap.add_argument("--only", nargs="*")
-    ap.add_argument("--skip", nargs="*", default=[])
-    ap.add_argument("--table", action="store_true", help="print the markdown table of results.jsonl and exit")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] if (out / "results.jsonl").exists() else []
-    if args.table:
-        plot(rows, out)
+def finish(rows: list[dict], args) -> None:
+    figure("compression_pareto.png", rows, Path(args.out) / "pareto.png")
+    if any(r["run"] == "ddp" for r in rows):
         print(markdown(rows))
-        return
-    for label, base, sets in RUNS:
-        if (args.only and label not in args.only) or label in args.skip:
-            continue
-        cfg = str(resources.files("farsync") / "configs" / f"demo_{base}.yaml")
-        if (out / label).exists():
-            import shutil
-
-            shutil.rmtree(out / label)
-        res = farsync.run(cfg, overrides=sets + [f"name={label}"], out=out / label, progress=False)
-        s = res.summary
-        row = {"run": label, "overrides": sets, "final_eval_loss": s["final_eval_loss"], "bytes_sent_total": s["bytes_sent_total"],
-               "peak_bytes_per_sync": s["peak_bytes_per_sync"], "status": s["status"]}
-        rows = [r for r in rows if r["run"] != label] + [row]
-        print(json.dumps(row), flush=True)
-        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plot(rows, out)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

@@ -1,8 +1,8 @@
 """Decentralized methods on the Shakespeare GPT split by play, 8 workers on a ring (issue 8, benchmark 2).
 
-    python benchmarks/decentralized_gpt.py [--out runs/dec-gpt] [--only NAME ...] [--sgd-lrs 0.3 1 3]
-                                           [--seeds 0] [--parallel 2] [--set KEY=VALUE ...]
-    python benchmarks/decentralized_gpt.py --out runs/dec-gpt --table [--plot docs/img/decentralized_gpt.png]
+    python benchmarks/harness.py decentralized_gpt [--profile cpu|gpu|quick] [--out DIR] [--only RUN ...] [--seeds 0]
+                                                   [--parallel N] [--set "sgd_lrs=[0.3, 1, 3]"] [--set KEY=VALUE ...]
+    python benchmarks/harness.py decentralized_gpt --report benchmarks/results/decentralized_gpt_h100.jsonl
 
 The 4-block demo GPT (461,664 parameters), ``task.split=by-play`` (the 34 training plays dealt
 whole to the workers: every worker reads different plays, a naturally non-iid split), 8 simulated
@@ -16,22 +16,20 @@ plain SGD (the methods as published), while DSGD and CHOCO mix whatever the inne
 
 - AdamW (lr 6e-3, betas 0.9/0.95, weight decay 0.1): ddp, diloco (H 24, outer SGD 0.7 Nesterov
   0.9), dsgd, choco-sgd with int8 (gamma 0.5) and top-k 10% (gamma 0.2) messages.
-- plain SGD at each lr of --sgd-lrs: ddp, dsgd, gradient-tracking, docom-sgt (top-k 10%, gamma 0.2,
-  beta 0.1 and int8, gamma 0.5, beta 0.1) and fspda (random-k 10% masks, eta 0.01, gamma 0.5, beta 1).
+- plain SGD at each lr of the parameter ``sgd_lrs``: ddp, dsgd, gradient-tracking, docom-sgt (top-k 10%,
+  gamma 0.2, beta 0.1 and int8, gamma 0.5, beta 0.1) and fspda (random-k 10% masks, eta 0.01, gamma 0.5, beta 1).
 
-Writes one row per run into --out/results.jsonl: final and best eval loss of the average model,
-the eval curve with bytes sent by all workers at each evaluation, final consensus error; --table
-prints a markdown table (the best lr per SGD method) and --plot draws eval loss vs bytes.
+Metrics per run and seed: final and best eval loss of the average model, the eval curve with bytes
+sent by all workers at each evaluation, final consensus error. The table (also --report) gives
+the best lr per SGD method; the figure, eval loss vs bytes.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import statistics
-from importlib import resources
 from pathlib import Path
+
+import harness
 
 COMMON = ["cluster.workers=8", "task.n_layer=4", "task.split=by-play", "train.eval_every=60"]
 RING = "cluster.topology=ring"
@@ -59,38 +57,43 @@ SGD_RUNS = {  # the inner optimizer {name: sgd, lr} is added per lr
                            "algorithm.gamma=0.5", "algorithm.beta=1.0"],
 }
 
+PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "quick": {"set": harness.GPT_QUICK + ["cluster.workers=4"], "params": {"sgd_lrs": [1.0]},
+            "only": ["ddp adamw", "choco-sgd adamw int8", "gradient-tracking sgd lr 1", "fspda*"]}}
+PARAMS = {"sgd_lrs": [0.3, 1.0, 3.0]}
+SEEDS = [0]
+CONFIG_OVERRIDES = True
+RESULTS = ("decentralized_gpt_h100", "decentralized_gpt_iid_h100")
+FIGURES = {"decentralized_gpt.png": "decentralized_gpt_h100"}
 
-def jobs(sgd_lrs: list[float], only: list[str] | None) -> dict[str, list[str]]:
+
+def runs(sgd_lrs: list[float]) -> dict[str, list[str]]:
     """run label -> overrides (SGD runs get one label per lr)."""
     out = dict(ADAMW_RUNS)
     for name, sets in SGD_RUNS.items():
         for lr in sgd_lrs:
             out[f"{name} lr {lr:g}"] = sets + [f"algorithm.inner={{name: sgd, lr: {lr}}}"]
-    return {k: v for k, v in out.items() if not only or any(k.startswith(o) for o in only)}
+    return out
 
 
-def run_one(job: tuple) -> dict:
-    name, sets, seed, out = job
-    import farsync
+def jobs(args) -> list[dict]:
+    return [harness.config_job(args, name, "demo_ddp.yaml", COMMON + sets, seed)
+            for seed in args.seeds for name, sets in runs(args.params["sgd_lrs"]).items()]
 
-    cfg = str(resources.files("farsync") / "configs" / "demo_ddp.yaml")
-    d = Path(out) / f"{name.replace(' ', '_').replace('%', 'pct')}-s{seed}"
-    if d.exists():
-        shutil.rmtree(d)
-    r = farsync.run(cfg, overrides=COMMON + sets + [f"name={name}", f"seed={seed}"], out=d, progress=False)
-    evals = [(m["step"], m["bytes_sent"], m["eval_loss"]) for m in r.metrics if "eval_loss" in m]
+
+def run_one(job: dict) -> dict:
+    r = harness.run_config(job)
     cons = [m["consensus_error"] for m in r.metrics if "consensus_error" in m]
-    return {"run": name, "seed": seed, "overrides": COMMON + sets, "status": r.summary["status"],
-            "final_eval_loss": r.summary["final_eval_loss"], "best_eval_loss": r.summary["best_eval_loss"],
-            "bytes_sent_total": r.summary["bytes_sent_total"], "final_consensus_error": cons[-1] if cons else None,
-            "wall_time_s": r.summary["wall_time_s"], "evals": evals}
+    return {"status": r.summary["status"], "final_eval_loss": r.summary["final_eval_loss"],
+            "best_eval_loss": r.summary["best_eval_loss"], "bytes_sent_total": r.summary["bytes_sent_total"],
+            "final_consensus_error": cons[-1] if cons else None, "wall_time_s": r.summary["wall_time_s"],
+            "evals": harness.evals(r.metrics, "bytes_sent")}
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
     """One row per method: AdamW runs as they are, SGD runs at the lr with the lowest final loss on the
     first seed (the grid is run on one seed; the chosen lr on more)."""
     by_method: dict[str, list[dict]] = {}
-    for r in rows:
+    for r in harness.metric_rows(rows):
         by_method.setdefault(r["run"].split(" lr ")[0], []).append(r)
     out = []
     for method, rs in by_method.items():
@@ -107,7 +110,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(rows: list[dict]) -> None:
+def finish(rows: list[dict], args) -> None:
     print("| method | run (best lr) | final eval loss (mean ± std over seeds) | bytes sent, all workers (MB) | "
           "final consensus error | final loss at the other lrs (first seed) |")
     print("|---|---|---|---|---|---|")
@@ -121,12 +124,8 @@ def table(rows: list[dict]) -> None:
               f"{rs[0]['bytes_sent_total'] / 1e6:,.0f} | {f'{statistics.mean(cons):.3g}' if cons else '-'} | {others or '-'} |")
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure(png: str, rows: list[dict], path: Path) -> None:
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for b in best_rows(rows):
         r = b["rows"][0]
@@ -136,35 +135,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set(xscale="log", xlabel="bytes sent by all workers (MB)", ylabel="eval loss of the average model", title=title)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="runs/dec-gpt")
-    ap.add_argument("--only", nargs="*", help="run labels starting with any of these")
-    ap.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.3, 1.0, 3.0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--parallel", type=int, default=1)
-    ap.add_argument("--set", action="append", default=[], help="extra override for every run (e.g. cluster.device=cuda)")
-    ap.add_argument("--table", action="store_true", help="only print the table of --out's results")
-    ap.add_argument("--plot", help="only draw eval loss vs bytes into this PNG")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    if args.table or args.plot:
-        rows = [json.loads(line) for line in results.read_text().splitlines()]
-        if args.plot:
-            plot(rows, Path(args.plot))
-        table(rows)
-        return
-    from _pool import run_and_record
-
-    todo = [(name, sets + args.set, seed, str(out)) for seed in args.seeds for name, sets in jobs(args.sgd_lrs, args.only).items()]
-    rows = run_and_record(run_one, todo, results, args.parallel)
-    table(rows)
+    harness.save(fig, path, 110)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

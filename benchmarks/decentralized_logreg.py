@@ -1,6 +1,7 @@
 """Decentralized methods on label-split logistic regression (issue 8, benchmark 1).
 
-    python benchmarks/decentralized_logreg.py [--steps 2000] [--workers 8] [--graphs ring er] [--jobs 2] [--out runs/dec-logreg]
+    python benchmarks/harness.py decentralized_logreg [--profile n8|ring16|er16|quick] [--out DIR] [--only RUN ...]
+                                                      [--parallel 2] [--set steps=2000] [--set KEY=VALUE ...]
 
 The `logreg` task on digits (1437 training rows, 64 features, 10 classes: d = 650 parameters),
 l2 = 1e-3, float32 models, ``split: label-sorted`` (each worker holds one or two digits: strongly
@@ -9,34 +10,33 @@ exactness guarantees can converge to the optimum). Every method uses plain SGD w
 lr = 2 (alpha for fspda / ticopd). Graphs (MH weights): a ring and an Erdos-Renyi graph
 G(n, 0.4, seed 0); fspda also on a Bernoulli(p = 0.5) subgraph of each, redrawn every step.
 Compressors: top-k 10% and int8 (per-block absmax) for choco-sgd, docom-sgt and ticopd; fspda
-exchanges a shared random-k 10% mask of coordinates per active edge.
+exchanges a shared random-k 10% mask of coordinates per active edge. Profiles: ``n8`` (8 workers,
+ring and ER: the default), ``ring16`` and ``er16`` (16 workers, one graph each).
 
-Each run logs, every `--log-every` steps, the suboptimality of the *average* model
-f(xbar) - f* (f: the whole training objective in float64, `LogReg.train_objective`; f*: its
-L-BFGS optimum `LogReg.optimum()`), through a Task subclass whose evaluate() returns it (the
-stock eval_loss is the held-out loss), with the consensus error (1/n) sum_i ||x_i - xbar||^2 and
-the bytes sent by all workers together. Note: the decentralized methods minimize
-(1/n) sum_i f_i, which weights the label-sorted shards (179 or 180 rows) very slightly differently
-from f; `f_star_mean_of_shards_gap` in the results is f(argmin (1/n) sum_i f_i) - f*, the floor
-this puts under the reported suboptimality (measured ~1e-7, far below the 1e-4 target).
-
-Writes results.json (every curve) and decentralized_logreg.png into --out and prints one
-markdown table per graph: final suboptimality, steps and bytes until <= 1e-4 for good (stays
-there), the plateau (median suboptimality over the last 20% of the steps) and final consensus error.
+Each run (label ``"n<workers> <graph> <method>"``) logs, every ``log_every`` steps, the
+suboptimality of the *average* model f(xbar) - f* (f: the whole training objective in float64,
+`LogReg.train_objective`; f*: its L-BFGS optimum `LogReg.optimum()`), through a Task subclass whose
+evaluate() returns it (the stock eval_loss is the held-out loss), with the consensus error
+(1/n) sum_i ||x_i - xbar||^2 and the bytes sent by all workers together. Metrics: those curves (4
+significant digits, null where not finite) and, from the unrounded curves, the final suboptimality,
+the steps and bytes until <= 1e-4 for good (stays there), the plateau (median suboptimality over the
+last 20% of the steps) and the final consensus error; a run that raised (a diverged run) has
+"error". The tables give them per graph. Note: the decentralized methods minimize (1/n) sum_i f_i,
+which weights the label-sorted shards (179 or 180 rows) very slightly differently from f; the tables
+are followed by f(argmin (1/n) sum_i f_i) - f*, the floor this puts under the reported
+suboptimality (measured ~1e-7, far below the 1e-4 target). Each run uses one torch thread.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import multiprocessing as mp
 import time
 from pathlib import Path
 
 import torch
 
 import farsync
+import harness
 from farsync.tasks import register_task
 from farsync.tasks.classification import LogReg
 
@@ -48,6 +48,14 @@ ER = {"name": "erdos-renyi", "p": 0.4, "seed": 0}
 GRAPHS = {"ring": "ring", "er": ER}
 FSPDA = {"mask_fraction": 0.1, "eta": 0.01, "gamma": 0.5, "beta": 1.0}
 TICOPD = {"theta": 0.05, "eta": 0.01, "gamma": 1.0}  # theta 0.1, eta 0.02 diverged on the ER graph and with top-k
+
+PROFILES = {"n8": {"parallel": 2}, "ring16": {"params": {"workers": [16], "graphs": ["ring"]}, "parallel": 2},
+            "er16": {"params": {"workers": [16], "graphs": ["er"]}, "parallel": 2},
+            "quick": {"params": {"steps": 40, "log_every": 10, "graphs": ["ring"]}}}
+PARAMS = {"steps": 2000, "workers": [8], "graphs": ["ring", "er"], "log_every": 20}
+SEEDS = None  # full-batch gradients: deterministic
+CONFIG_OVERRIDES = True
+RESULTS = ("decentralized_logreg", "decentralized_logreg_ring16", "decentralized_logreg_er16")  # the figure: harness.NOT_FROM_RESULTS
 
 
 def methods(graph: str) -> dict[str, tuple[str, dict, dict | str]]:
@@ -95,41 +103,74 @@ def config(algo: str, options: dict, topology, steps: int, workers: int, log_eve
     }
 
 
-def run_one(job: tuple) -> dict:
-    """job: (graph, label, workers, steps, log_every, out[, (algorithm, options, topology[, lr])]);
-    the method comes from `methods(graph)[label]` (at lr LR) unless given."""
-    graph, label, workers, steps, log_every, out = job[:6]
-    torch.set_num_threads(1)
-    algo, options, topology, *lr = job[6] if len(job) > 6 else methods(graph)[label]
-    t0 = time.perf_counter()
-    cfg = config(algo, options, topology, steps, workers, log_every, *lr)
-    try:
-        res = farsync.run(cfg, out=Path(out) / "runs" / f"n{workers}-{graph}-{label.replace(' ', '_').replace('%', '').replace(',', '').replace('(', '').replace(')', '')}",
-                          progress=False)
-        rows = res.metrics
-    except Exception as exc:  # a diverged run (non-finite loss) is a result too
-        return {"graph": graph, "method": label, "workers": workers, "error": repr(exc)[:300], "config": cfg}
-    clean = lambda v: v if math.isfinite(v) else math.inf  # noqa: E731
-    return {
-        "graph": graph, "method": label, "workers": workers, "config": cfg,
-        "step": [r["step"] for r in rows],
-        "subopt": [clean(r.get("eval_loss", math.nan)) for r in rows],
-        "consensus": [clean(r["consensus_error"]) for r in rows],
-        "bytes": [r["bytes_sent"] for r in rows],
-        "wall_s": round(time.perf_counter() - t0, 1),
-    }
+def make_job(args, graph: str, label: str, workers: int, spec: tuple) -> dict:
+    """A run of `spec` = (algorithm, options, topology[, lr]) on `graph` with `workers` workers."""
+    algo, options, topology, *lr = spec
+    run = f"n{workers} {graph} {label}"
+    cfg = config(algo, options, topology, args.params["steps"], workers, args.params["log_every"], *lr)
+    return {"run": run, "seed": None, "dir": str(harness.run_dir(args.out, run, None)),
+            "config": {"graph": graph, "method": label, "workers": workers, "farsync": cfg, "overrides": list(args.overrides)}}
 
 
-def reached(r: dict, target: float = TARGET) -> tuple[int | None, int | None]:
+def jobs(args) -> list[dict]:
+    return [make_job(args, g, m, n, spec) for n in args.params["workers"] for g in args.params["graphs"] for m, spec in methods(g).items()]
+
+
+def reached(subopt: list[float], step: list[int], nbytes: list[int], target: float = TARGET) -> tuple[int | None, int | None]:
     """(step, total bytes) from which the suboptimality stays <= target, or (None, None)."""
-    above = [k for k, v in enumerate(r["subopt"]) if not v <= target]
+    above = [k for k, v in enumerate(subopt) if not v <= target]
     k = 0 if not above else above[-1] + 1
-    return (r["step"][k], r["bytes"][k]) if k < len(r["subopt"]) else (None, None)
+    return (step[k], nbytes[k]) if k < len(subopt) else (None, None)
 
 
-def plateau(r: dict) -> float:
-    tail = sorted(r["subopt"][-max(1, len(r["subopt"]) // 5):])
+def plateau(subopt: list[float]) -> float:
+    tail = sorted(subopt[-max(1, len(subopt) // 5):])
     return tail[len(tail) // 2]
+
+
+def run_one(job: dict) -> dict:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        rows = farsync.run(job["config"]["farsync"], overrides=job["config"]["overrides"], out=job["dir"], progress=False).metrics
+    except Exception as exc:  # a diverged run (non-finite loss) is a result too
+        return {"error": repr(exc)[:300]}
+    clean = lambda v: v if math.isfinite(v) else math.inf  # noqa: E731
+    step, nbytes = [r["step"] for r in rows], [r["bytes_sent"] for r in rows]
+    subopt = [clean(r.get("eval_loss", math.nan)) for r in rows]
+    consensus = [clean(r["consensus_error"]) for r in rows]
+    hit_step, hit_bytes = reached(subopt, step, nbytes)
+    g4 = lambda v: float(f"{v:.4g}") if math.isfinite(v) else None  # noqa: E731
+    return {"final_subopt": subopt[-1], "plateau": plateau(subopt), "final_consensus": consensus[-1], "final_bytes": nbytes[-1],
+            "steps_to_1e-4": hit_step, "bytes_to_1e-4": hit_bytes, "wall_s": round(time.perf_counter() - t0, 1),
+            "step": step, "subopt": [g4(v) for v in subopt], "consensus": [g4(v) for v in consensus], "bytes": nbytes}
+
+
+def legacy_rows(data: dict) -> list[dict]:
+    """A --compact-json file of the script before the harness ({..., "runs": [{graph, method, workers, config, ...}]})."""
+    keys = ("graph", "method", "workers", "config")
+    return [{"run": f"n{r['workers']} {r['graph']} {r['method']}", "seed": None,
+             "config": {"graph": r["graph"], "method": r["method"], "workers": r["workers"], "farsync": r["config"]},
+             "metrics": {k: v for k, v in r.items() if k not in keys}} for r in data["runs"]]
+
+
+def report(rows: list[dict], title: str) -> None:
+    print(f"\n### {title} (lr {LR}, target f(xbar) - f* <= {TARGET:g})\n")
+    print("| method | final f(xbar) - f* | plateau (median, last 20%) | steps to 1e-4 | bytes to 1e-4 (all workers) "
+          "| total bytes | final consensus error |\n|---|---|---|---|---|---|---|")
+    for row in rows:
+        r, method = row["metrics"], row["config"]["method"]
+        if "error" in r:
+            print(f"| {method} | diverged | - | not reached | not reached | - | - |")
+            continue
+        step, nbytes = r["steps_to_1e-4"], r["bytes_to_1e-4"]
+        hit = (f"{step}", f"{nbytes / 1e6:.2f} MB") if step is not None else ("not reached", "not reached")
+        print(f"| {method} | {r['final_subopt']:.2e} | {r['plateau']:.2e} | {hit[0]} | {hit[1]} | "
+              f"{r['final_bytes'] / 1e6:.1f} MB | {r['final_consensus']:.1e} |")
+
+
+def panels(rows: list[dict]) -> list[tuple[int, str]]:
+    return list(dict.fromkeys((r["config"]["workers"], r["config"]["graph"]) for r in rows))
 
 
 def mean_of_shards_gap(workers: int) -> float:
@@ -152,108 +193,34 @@ def mean_of_shards_gap(workers: int) -> float:
     return task.train_objective(model) - task.optimum()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--workers", type=int, nargs="+", default=[8])
-    ap.add_argument("--graphs", nargs="+", default=["ring", "er"], choices=sorted(GRAPHS))
-    ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (spawned processes, one torch thread each)")
-    ap.add_argument("--out", default="runs/dec-logreg")
-    ap.add_argument("--compact-json", default=None, help="also write a thinned, rounded copy of the results here")
-    ap.add_argument("--reuse", default=None, help="a results.json whose runs with an identical config are kept, not rerun "
-                                                   "(the runs are deterministic)")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [(g, m, n, args.steps, args.log_every, str(out)) for n in args.workers for g in args.graphs for m in methods(g)]
-    t0 = time.perf_counter()
-    old = json.loads(Path(args.reuse).read_text())["runs"] if args.reuse else []
-    runs = []
-    for job in list(todo):
-        cfg = config(*methods(job[0])[job[1]], job[3], job[2], job[4])
-        hit = [r for r in old if r["config"] == cfg and "error" not in r]
-        if hit:
-            runs.append(hit[0])
-            todo.remove(job)
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for r in pool.imap(run_one, todo):
-            runs.append(r)
-            print(f"done {r['workers']} {r['graph']} {r['method']}: {r.get('wall_s', r.get('error'))}", flush=True)
-    order = {(n, g, m): i for i, (n, g, m) in enumerate((n, g, m) for n in args.workers for g in args.graphs for m in methods(g))}
-    runs.sort(key=lambda r: order[(r["workers"], r["graph"], r["method"])])
-    gaps = {n: mean_of_shards_gap(n) for n in args.workers}
-    summary = {"lr": LR, "steps": args.steps, "target": TARGET, "dataset": "digits", "split": "label-sorted",
-               "f_star_mean_of_shards_gap": gaps, "total_wall_s": round(time.perf_counter() - t0, 1), "runs": runs}
-    (out / "results.json").write_text(json.dumps(summary))
-    if args.compact_json:
-        Path(args.compact_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.compact_json).write_text(json.dumps(compact(summary), separators=(",", ":")))
-    for n in args.workers:
-        for g in args.graphs:
-            report([r for r in runs if r["workers"] == n and r["graph"] == g], f"{g}, n = {n}")
+def finish(rows: list[dict], args) -> None:
+    for n, g in panels(rows):
+        report([r for r in rows if (r["config"]["workers"], r["config"]["graph"]) == (n, g)], f"{g}, n = {n}")
+    gaps = {n: mean_of_shards_gap(n) for n in dict.fromkeys(n for n, _ in panels(rows))}
     print(f"\nf(argmin mean of shard objectives) - f*: {', '.join(f'n={n}: {v:.2e}' for n, v in gaps.items())}")
-    plot(runs, args.workers, args.graphs, out / "decentralized_logreg.png")
+    figure("decentralized_logreg.png", rows, Path(args.out) / "decentralized_logreg.png")
 
 
-def compact(summary: dict) -> dict:
-    """Curves every 5th logged point (plus the last), 4 significant digits; configs kept."""
-    def thin(v):
-        idx = list(range(0, len(v), 5)) + ([len(v) - 1] if (len(v) - 1) % 5 else [])
-        return [v[i] if isinstance(v[i], int) else float(f"{v[i]:.4g}") if math.isfinite(v[i]) else None for i in idx]
-
-    runs = []
-    for r in summary["runs"]:
-        if "error" in r:
-            runs.append(r)
-            continue
-        step, nbytes = reached(r)
-        runs.append({**{k: r[k] for k in ("graph", "method", "workers", "config", "wall_s")},
-                     "final_subopt": float(f"{r['subopt'][-1]:.4g}"), "plateau": float(f"{plateau(r):.4g}"),
-                     "final_consensus": float(f"{r['consensus'][-1]:.4g}"), "final_bytes": r["bytes"][-1],
-                     "steps_to_1e-4": step, "bytes_to_1e-4": nbytes,
-                     **{k: thin(r[k]) for k in ("step", "subopt", "consensus", "bytes")}})
-    return {**{k: v for k, v in summary.items() if k != "runs"}, "runs": runs}
-
-
-def report(runs: list[dict], title: str) -> None:
-    print(f"\n### {title} (lr {LR}, target f(xbar) - f* <= {TARGET:g})\n")
-    print("| method | final f(xbar) - f* | plateau (median, last 20%) | steps to 1e-4 | bytes to 1e-4 (all workers) "
-          "| total bytes | final consensus error |\n|---|---|---|---|---|---|---|")
-    for r in runs:
-        if "error" in r:
-            print(f"| {r['method']} | diverged | - | not reached | not reached | - | - |")
-            continue
-        step, nbytes = reached(r)
-        hit = (f"{step}", f"{nbytes / 1e6:.2f} MB") if step is not None else ("not reached", "not reached")
-        print(f"| {r['method']} | {r['subopt'][-1]:.2e} | {plateau(r):.2e} | {hit[0]} | {hit[1]} | "
-              f"{r['bytes'][-1] / 1e6:.1f} MB | {r['consensus'][-1]:.1e} |")
-
-
-def plot(runs: list[dict], workers: list[int], graphs: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(n, g) for n in workers for g in graphs]
-    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 8.5), squeeze=False)
-    for col, (n, g) in enumerate(panels):
-        for k, r in enumerate(x for x in runs if x["workers"] == n and x["graph"] == g and "error" not in x):
-            style = "-" if k < 10 else "--"
+def figure(png: str, rows: list[dict], path: Path) -> None:
+    plt = harness.pyplot()
+    nan = lambda v: math.nan if v is None else v  # noqa: E731  (not finite: not drawn)
+    cols = panels(rows)
+    fig, axes = plt.subplots(2, len(cols), figsize=(6 * len(cols), 8.5), squeeze=False)
+    for col, (n, g) in enumerate(cols):
+        runs = [r for r in rows if (r["config"]["workers"], r["config"]["graph"]) == (n, g) and "error" not in r["metrics"]]
+        for k, row in enumerate(runs):
+            r, style = row["metrics"], "-" if k < 10 else "--"
             mb = [b / 1e6 for b in r["bytes"]]
-            axes[0][col].plot(mb, [max(v, 1e-12) for v in r["subopt"]], style, label=r["method"])
-            axes[1][col].plot(r["step"], [max(v, 1e-16) for v in r["consensus"]], style, label=r["method"])
+            axes[0][col].plot(mb, [max(nan(v), 1e-12) for v in r["subopt"]], style, label=row["config"]["method"])
+            axes[1][col].plot(r["step"], [max(nan(v), 1e-16) for v in r["consensus"]], style, label=row["config"]["method"])
         axes[0][col].axhline(TARGET, color="grey", lw=0.5)
         axes[0][col].set(xscale="log", yscale="log", ylim=(1e-8, 10), title=f"digits label-sorted, {g}, n = {n}",
                          xlabel="MB sent (all workers)", ylabel="f(xbar) - f*")
         axes[1][col].set(yscale="log", xlabel="step", ylabel="consensus error")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    harness.save(fig, path, 100)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

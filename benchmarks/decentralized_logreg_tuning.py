@@ -1,10 +1,10 @@
 """Retuned settings for the runs of benchmark 1 that missed 1e-4 (issue 8).
 
-    python benchmarks/decentralized_logreg_tuning.py [--steps 5000] [--jobs 1] [--out runs/dec-logreg-tuning] \
-        [--compact-json benchmarks/results/decentralized_logreg_tuning.json]
+    python benchmarks/harness.py decentralized_logreg_tuning [--profile full|quick] [--out DIR] [--only "*ticopd*" ...]
+                                                             [--parallel 1] [--set steps=5000]
 
 Same task and measurement as `decentralized_logreg.py` (label-sorted digits, full batch, lr 2,
-suboptimality of the average model; its `run_one` and table), longer runs and changed settings:
+suboptimality of the average model; its `run_one`, metrics and table), longer runs and changed settings:
 
 - TiCoPD: its Laplacian terms scale with lambda_max(L) of the unweighted graph Laplacian (4 on any
   ring, 5.29 on G(8, 0.4), 11.34 on G(16, 0.4)). "lambda-scaled" keeps alpha theta lambda_max and
@@ -21,15 +21,17 @@ suboptimality of the average model; its `run_one` and table), longer runs and ch
 
 from __future__ import annotations
 
-import argparse
-import json
-import multiprocessing as mp
-from pathlib import Path
-
-from decentralized_logreg import ER, TOPK, INT8, compact, report, run_one
+import harness
+from decentralized_logreg import ER, INT8, TOPK, legacy_rows, make_job, report, run_one  # noqa: F401  (the interface)
 
 LMAX = {("ring", 8): 4.0, ("ring", 16): 4.0, ("er", 8): 5.2857, ("er", 16): 11.3359}
 GRAPH = {"ring": "ring", "er": ER}
+
+PROFILES = {"full": {}, "quick": {"params": {"steps": 40, "log_every": 10}, "only": ["n8 er *", "n16 ring docom-sgt*"]}}
+PARAMS = {"steps": 5000, "log_every": 20}
+SEEDS = None
+CONFIG_OVERRIDES = True
+RESULTS = ("decentralized_logreg_tuning",)
 
 
 def ticopd(graph: str, n: int, scale: float = 1.0, **kw) -> dict:
@@ -38,7 +40,7 @@ def ticopd(graph: str, n: int, scale: float = 1.0, **kw) -> dict:
 
 
 def grid() -> list[tuple[str, int, str, tuple]]:
-    """(graph, workers, label, (algorithm, options, topology))."""
+    """(graph, workers, label, (algorithm, options, topology[, lr]))."""
     out = []
     for graph, n in [("er", 8), ("ring", 16), ("er", 16)]:
         g = GRAPH[graph]
@@ -68,32 +70,14 @@ def grid() -> list[tuple[str, int, str, tuple]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--out", default="runs/dec-logreg-tuning")
-    ap.add_argument("--compact-json", default=None)
-    ap.add_argument("--only", nargs="*", help="labels containing any of these")
-    ap.add_argument("--append", action="store_true", help="keep the runs already in --out's results.json")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [(graph, label, n, args.steps, args.log_every, str(out), spec) for graph, n, label, spec in grid()
-            if not args.only or any(o in label for o in args.only)]
-    runs = json.loads((out / "results.json").read_text())["runs"] if args.append else []
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for r in pool.imap(run_one, todo):
-            runs.append(r)
-            print(f"done {r['workers']} {r['graph']} {r['method']}: {r.get('wall_s', r.get('error'))}", flush=True)
-            summary = {"steps": args.steps, "runs": runs}
-            (out / "results.json").write_text(json.dumps(summary))
-            if args.compact_json:
-                Path(args.compact_json).write_text(json.dumps(compact(summary), separators=(",", ":")))
+def jobs(args) -> list[dict]:
+    return [make_job(args, graph, label, n, spec) for graph, n, label, spec in grid()]
+
+
+def finish(rows: list[dict], args) -> None:
     for graph, n in [("er", 8), ("ring", 16), ("er", 16)]:
-        report([r for r in runs if r["workers"] == n and r["graph"] == graph], f"{graph}, n = {n}, {args.steps} steps")
+        report([r for r in rows if (r["config"]["graph"], r["config"]["workers"]) == (graph, n)], f"{graph}, n = {n}, {args.params['steps']} steps")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

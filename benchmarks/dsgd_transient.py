@@ -1,45 +1,58 @@
 """DSGD transient time on rings of n = 4, 8, 16 vs centralized SGD (issue 8, benchmark 4).
 
-    python benchmarks/dsgd_transient.py [--ns 4 8 16] [--seeds 0 1 2] [--steps 1000] [--lr 0.3]
-        [--decay-t0 10] [--eps 0.005 0.01 0.02 0.03] [--json benchmarks/results/dsgd_transient.json]
-        [--png docs/img/dsgd_transient.png]
+    python benchmarks/harness.py dsgd_transient [--profile full|8k|quick] [--out DIR] [--seeds 0 1 2] [--only n4 ...]
+        [--set "ns=[4, 8, 16]"] [--set steps=1000] [--set eval_every=5] [--set lr=0.3] [--set decay_t0=10]
+        [--set "eps=[0.005, 0.01, 0.02, 0.03]"]
 
 Task (non-convex, the setting of the O(n^{2/3} / rho^{8/3}) prediction): `logreg` on digits with
-one hidden tanh layer of 32 units (a 2-layer MLP, 2,410 parameters), l2 = 1e-3, float32, split
-``iid`` (the workers' objectives differ only by sampling: the "similar local Hessians" regime),
-batch ``--batch`` per worker. DSGD (the library's `dsgd`, cta order, Metropolis-Hastings weights) on
-a ring of n workers on the in-process simulator vs centralized SGD with the same total batch
-(n x batch: the n workers' batches concatenated, i.e. what `ddp` computes) and the same step sizes.
-Both draw the same batches (worker r's sampler is seeded by (seed, r) in both) from the same
+one hidden tanh layer of ``hidden`` = 32 units (a 2-layer MLP, 2,410 parameters), l2 = 1e-3, float32,
+split ``iid`` (the workers' objectives differ only by sampling: the "similar local Hessians"
+regime), batch ``batch`` per worker. DSGD (the library's `dsgd`, cta order, Metropolis-Hastings
+weights) on a ring of n workers on the in-process simulator vs centralized SGD with the same total
+batch (n x batch: the n workers' batches concatenated, i.e. what `ddp` computes) and the same step
+sizes. Both draw the same batches (worker r's sampler is seeded by (seed, r) in both) from the same
 initial model, so the difference is the network alone. Step size: lr_t = lr / sqrt(1 + t / t0),
 the anytime form of the lr ~ 1/sqrt(T) of the non-convex analyses (with a constant lr the
 consensus error, and with it DSGD's lag, does not die out, so there is no transient to measure).
+One run (label ``n<n>``) per ring size and seed; profile ``8k``: 8,000 steps evaluated every 20.
 
-Measured every ``--eval-every`` steps: the full training objective f(xbar) of DSGD's average model
-and f(x) of centralized SGD, in float64. Gap g(t) = (f_DSGD(t) - f_SGD(t)) / f_SGD(t), averaged over
-seeds. Transient time T_eps(n): the first evaluation after which g stays <= eps for the rest of the
-run (None if it never settles). Also: T with the running averages (1/t) sum_{s<=t} f(.) (the
-quantity the bounds are about). Predictions, normalised to n = 4: n^{2/3} / rho^{8/3}
-(non-convex) and sqrt(n) / rho (strongly convex), rho = the ring's spectral gap from
-`build_topology`.
+Measured every ``eval_every`` steps: the full training objective f(xbar) of DSGD's average model
+and f(x) of centralized SGD, in float64, and DSGD's consensus error (the run's metrics: these
+curves, 6 significant digits). Gap g(t) = (f_DSGD(t) - f_SGD(t)) / f_SGD(t), averaged over seeds.
+Transient time T_eps(n): the first evaluation after which g stays <= eps for the rest of the run
+(None if it never settles). Also: T with the running averages (1/t) sum_{s<=t} f(.) (the quantity
+the bounds are about). Predictions, normalised to the smallest n: n^{2/3} / rho^{8/3} (non-convex)
+and sqrt(n) / rho (strongly convex), rho = the ring's spectral gap from `build_topology`. Each run
+uses one torch thread.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+import harness
 from farsync.algorithms import get_algorithm
 from farsync.comm import SimCluster
 from farsync.optim import build_optimizer
 from farsync.tasks.classification import LogReg, LogRegParams
 from farsync.topology import build_topology
+
+SETTINGS = ("steps", "eval_every", "batch", "hidden", "lr", "decay_t0", "eps")  # what a run's config records
+
+PROFILES = {"full": {}, "8k": {"params": {"steps": 8000, "eval_every": 20}},
+            "quick": {"params": {"ns": [4, 8], "steps": 40}, "seeds": [0]}}
+PARAMS = {"ns": [4, 8, 16], "steps": 1000, "eval_every": 5, "batch": 8, "hidden": 32, "lr": 0.3, "decay_t0": 10.0,
+          "eps": [0.005, 0.01, 0.02, 0.03]}
+SEEDS = [0, 1, 2]
+CONFIG_OVERRIDES = False
+RESULTS = ("dsgd_transient", "dsgd_transient_8k")
+FIGURES = {"dsgd_transient.png": "dsgd_transient", "dsgd_transient_8k.png": "dsgd_transient_8k"}
 
 
 def make_task(n: int, seed: int, hidden: int) -> LogReg:
@@ -97,6 +110,38 @@ def run_sgd(n: int, seed: int, args) -> list[float]:
     return out
 
 
+def jobs(args) -> list[dict]:
+    p = args.params
+    return [{"run": f"n{n}", "seed": seed, "config": {"n": n, **{k: p[k] for k in SETTINGS}}}
+            for n in p["ns"] for seed in args.seeds]
+
+
+def run_one(job: dict) -> dict:
+    """DSGD on the ring and centralized SGD, same seed: their objective curves and DSGD's consensus error."""
+    torch.set_num_threads(1)
+    cfg, seed = job["config"], job["seed"]
+    s = SimpleNamespace(**cfg)
+    t0 = time.perf_counter()
+    d = run_dsgd(cfg["n"], seed, s)
+    sgd = run_sgd(cfg["n"], seed, s)
+    print(f"n={cfg['n']:2d} seed {seed}: final f dsgd {d[-1][0]:.4f} sgd {sgd[-1]:.4f} gap {(d[-1][0] - sgd[-1]) / sgd[-1]:+.4f} "
+          f"consensus {d[-1][1]:.3g} wall {time.perf_counter() - t0:.0f}s", flush=True)
+    g6 = lambda xs: [float(f"{x:.6g}") for x in xs]  # noqa: E731
+    return {"step": list(range(s.eval_every, s.steps + 1, s.eval_every)), "dsgd": g6(f for f, _ in d),
+            "consensus": g6(c for _, c in d), "sgd": g6(sgd), "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def legacy_rows(data: dict) -> list[dict]:
+    """The JSON of the script before the harness: {"setup": flags, "steps", "rho", "summary", "runs": {"n4-s0": curves}}."""
+    setup = {k: data["setup"][k] for k in SETTINGS}
+    out = []
+    for key, curves in data["runs"].items():
+        n, seed = key.removeprefix("n").split("-s")
+        out.append({"run": f"n{n}", "seed": int(seed), "config": {"n": int(n), **setup},
+                    "metrics": {"step": data["steps"], **curves}})
+    return out
+
+
 def settle(steps: list[int], gap: list[float], eps: float) -> int | None:
     """First step after which gap <= eps for the rest of the run (None: never settles)."""
     above = [k for k, g in enumerate(gap) if g > eps]
@@ -113,80 +158,67 @@ def running_mean(xs: list[float]) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--eval-every", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.3)
-    ap.add_argument("--decay-t0", type=float, default=10.0)
-    ap.add_argument("--eps", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.03])
-    ap.add_argument("--json", default="benchmarks/results/dsgd_transient.json")
-    ap.add_argument("--png", default="docs/img/dsgd_transient.png")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    steps = list(range(args.eval_every, args.steps + 1, args.eval_every))
-    rho = {n: build_topology("ring", n).spectral_gap() for n in args.ns}
-    runs = {}
-    for n in args.ns:
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            d = run_dsgd(n, seed, args)
-            s = run_sgd(n, seed, args)
-            runs[(n, seed)] = {"dsgd": [f for f, _ in d], "consensus": [c for _, c in d], "sgd": s}
-            print(f"n={n:2d} seed {seed}: final f dsgd {d[-1][0]:.4f} sgd {s[-1]:.4f} "
-                  f"gap {(d[-1][0] - s[-1]) / s[-1]:+.4f} consensus {d[-1][1]:.3g} wall {time.perf_counter() - t0:.0f}s", flush=True)
+def gaps(runs: list[dict]) -> list[list[float]]:
+    """Per run, the relative gap (f_DSGD - f_SGD) / f_SGD at every evaluation."""
+    return [[(a - b) / b for a, b in zip(r["dsgd"], r["sgd"])] for r in runs]
 
+
+def transients(rows: list[dict], eps: list[float]) -> tuple[list[int], dict]:
+    """The evaluation steps and, per ring size n, the seed-mean curves and the transient times."""
+    by_n: dict[int, list[dict]] = {}
+    for r in rows:
+        by_n.setdefault(r["config"]["n"], []).append(r["metrics"])
+    steps = rows[0]["metrics"]["step"]
     res = {}
-    for n in args.ns:
-        rs = [runs[(n, s)] for s in args.seeds]
-        gap = [statistics.fmean((r["dsgd"][k] - r["sgd"][k]) / r["sgd"][k] for r in rs) for k in range(len(steps))]
-        rd = [running_mean(r["dsgd"]) for r in rs]
-        rsg = [running_mean(r["sgd"]) for r in rs]
-        rgap = [statistics.fmean((a[k] - b[k]) / b[k] for a, b in zip(rd, rsg)) for k in range(len(steps))]
-        gap_sd = [statistics.pstdev([(r["dsgd"][k] - r["sgd"][k]) / r["sgd"][k] for r in rs]) for k in range(len(steps))]
-        res[n] = {"rho": rho[n], "gap": gap, "gap_sd": gap_sd, "running_gap": rgap,
+    for n in sorted(by_n):
+        rs = by_n[n]
+        per_seed = gaps(rs)
+        gap = [statistics.fmean(g[k] for g in per_seed) for k in range(len(steps))]
+        rgap = [statistics.fmean(g[k] for g in gaps([{"dsgd": running_mean(r["dsgd"]), "sgd": running_mean(r["sgd"])} for r in rs]))
+                for k in range(len(steps))]
+        res[n] = {"rho": build_topology("ring", n).spectral_gap(), "gap": gap, "running_gap": rgap,
                   "max_gap": max(gap), "argmax_gap": steps[gap.index(max(gap))], "final_gap": gap[-1],
                   "consensus": [statistics.fmean(r["consensus"][k] for r in rs) for k in range(len(steps))],
-                  "T": {str(e): settle(steps, gap, e) for e in args.eps},
-                  "T_running": {str(e): settle(steps, rgap, e) for e in args.eps},
-                  "T_per_seed": {str(e): [settle(steps, [(r["dsgd"][k] - r["sgd"][k]) / r["sgd"][k] for k in range(len(steps))], e)
-                                          for r in rs] for e in args.eps}}
+                  "T": {e: settle(steps, gap, e) for e in eps}, "T_running": {e: settle(steps, rgap, e) for e in eps},
+                  "T_per_seed": {e: [settle(steps, g, e) for g in per_seed] for e in eps}}
+    return steps, res
 
-    n0 = args.ns[0]
-    pred_nc = {n: (n ** (2 / 3) / rho[n] ** (8 / 3)) / (n0 ** (2 / 3) / rho[n0] ** (8 / 3)) for n in args.ns}
-    pred_sc = {n: (math.sqrt(n) / rho[n]) / (math.sqrt(n0) / rho[n0]) for n in args.ns}
-    print(f"\nlogreg digits MLP (hidden {args.hidden}), iid, batch {args.batch}/worker, lr_t = {args.lr}/sqrt(1 + t/{args.decay_t0:g}), "
-          f"{args.steps} steps, seeds {args.seeds}")
-    for e in args.eps:
+
+def finish(rows: list[dict], args) -> None:
+    """The transient tables (per eps, instantaneous and running-average gap) and OUT/dsgd_transient.png."""
+    eps = rows[0]["config"]["eps"]
+    s = SimpleNamespace(**rows[0]["config"])
+    steps, res = transients(rows, eps)
+    ns = list(res)
+    n0 = ns[0]
+    rho = {n: res[n]["rho"] for n in ns}
+    pred_nc = {n: (n ** (2 / 3) / rho[n] ** (8 / 3)) / (n0 ** (2 / 3) / rho[n0] ** (8 / 3)) for n in ns}
+    pred_sc = {n: (math.sqrt(n) / rho[n]) / (math.sqrt(n0) / rho[n0]) for n in ns}
+    print(f"\nlogreg digits MLP (hidden {s.hidden}), iid, batch {s.batch}/worker, lr_t = {s.lr}/sqrt(1 + t/{s.decay_t0:g}), "
+          f"{s.steps} steps, seeds {sorted({r['seed'] for r in rows})}")
+    for e in eps:
         for label, key in (("instantaneous", "T"), ("running-average", "T_running")):
             print(f"\n#### eps = {e:g}, {label} gap\n\n| n | rho | max gap (at step) | final gap | T(n) | T(n)/T({n0}) | "
                   f"n^(2/3)/rho^(8/3), normalised | sqrt(n)/rho, normalised | per seed T |\n|---|---|---|---|---|---|---|---|---|")
-            T0 = res[n0][key][str(e)]
-            for n in args.ns:
-                T = res[n][key][str(e)]
+            T0 = res[n0][key][e]
+            for n in ns:
+                T = res[n][key][e]
                 ratio = f"{T / T0:.2f}" if (T and T0) else "-"
-                per_seed = res[n]["T_per_seed"][str(e)] if key == "T" else "-"
+                per_seed = res[n]["T_per_seed"][e] if key == "T" else "-"
                 print(f"| {n} | {rho[n]:.5f} | {res[n]['max_gap']:.4f} ({res[n]['argmax_gap']}) | {res[n]['final_gap']:+.4f} | "
-                      f"{T if T is not None else f'> {args.steps}'} | {ratio} | {pred_nc[n]:.1f} | {pred_sc[n]:.2f} | {per_seed} |")
-    out = {"setup": vars(args), "steps": steps, "rho": rho, "pred_nonconvex_ratio": pred_nc, "pred_strongly_convex_ratio": pred_sc,
-           "summary": {n: {k: (v if not isinstance(v, list) else [float(f"{x:.4g}") for x in v]) for k, v in r.items()}
-                       for n, r in res.items()},
-           "runs": {f"n{n}-s{s}": {k: [float(f"{x:.6g}") for x in v] for k, v in r.items()} for (n, s), r in runs.items()}}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, separators=(",", ":")))
-    plot(steps, res, args, Path(args.png))
+                      f"{T if T is not None else f'> {s.steps}'} | {ratio} | {pred_nc[n]:.1f} | {pred_sc[n]:.2f} | {per_seed} |")
+    plot(steps, res, s, Path(args.out) / "dsgd_transient.png")
+
+
+def figure(png: str, rows: list[dict], path: Path) -> None:
+    s = SimpleNamespace(**rows[0]["config"])
+    steps, res = transients(rows, s.eps)
+    plot(steps, res, s, path)
 
 
 def plot(steps, res, args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The seed-mean gap, running-average gap and consensus error against the iteration, per ring size."""
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for n, r in res.items():
         axes[0].plot(steps, r["gap"], label=f"ring n={n} (rho={r['rho']:.3f})")
@@ -206,9 +238,8 @@ def plot(steps, res, args, path: Path) -> None:
     fig.suptitle(f"DSGD vs centralized SGD, logreg digits MLP(hidden {args.hidden}), iid, batch {args.batch}/worker, "
                  f"lr_t = {args.lr}/sqrt(1 + t/{args.decay_t0:g})", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    harness.save(fig, path, 100)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))

@@ -1,31 +1,43 @@
 """Overhead of the simulated cluster: one simulated DDP step with N workers vs N plain PyTorch steps.
 
-    python benchmarks/sim_overhead.py [--workers 4] [--steps 20] [--repeats 5]
+    python benchmarks/harness.py sim_overhead [--profile full|quick] [--out DIR] [--set workers=4] [--set steps=20]
+                                              [--set repeats=5]           # make bench = the full profile
 
 Model and batch: the demo's Shakespeare GPT (3 layers, width 96, context 64, batch 16 per worker),
 AdamW. "plain" = N consecutive forward/backward/AdamW steps of one model in one thread (the work
 the simulator must do anyway); "sim" = one DDP step of the N-worker simulated cluster (N
 forward/backward passes, the all-reduce of the gradients, N AdamW steps, the thread hand-offs).
-Reports the median over repeats of the time per step and the ratio sim / plain (target <= 1.15).
+One run (label ``ddp-<N>w``); metrics: the median over ``repeats`` of the time per step of each
+(``steps`` steps after 3 warm-up steps) and the ratio sim / plain (target <= 1.15). Runs in this
+process with torch's default threads (recorded in the row's provenance).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 
+import harness
 from farsync.algorithms import DDP
 from farsync.comm import SimCluster
 from farsync.tasks.shakespeare import ShakespeareGPT, ShakespeareParams
 
-PARAMS = ShakespeareParams(n_layer=3, n_head=4, n_embd=96, block_size=64)
+MODEL = ShakespeareParams(n_layer=3, n_head=4, n_embd=96, block_size=64)
 BATCH = 16
+TARGET = 1.15
+
+PROFILES = {"full": {}, "quick": {"params": {"workers": 2, "steps": 2, "repeats": 1}}}
+PARAMS = {"workers": 4, "steps": 20, "repeats": 5}
+SEEDS = None  # torch.manual_seed(0) in both
+CONFIG_OVERRIDES = False
+RESULTS = ()  # the numbers are in docs/benchmarks.md (printed lines of runs before the harness)
+
+
+def jobs(args) -> list[dict]:
+    p = args.params
+    return [{"run": f"ddp-{p['workers']}w", "seed": None, "config": dict(p)}]
 
 
 def plain_step_time(task, n_workers: int, steps: int) -> float:
@@ -69,26 +81,26 @@ def sim_step_time(task, n_workers: int, steps: int) -> float:
     return cluster.run(worker)[0] / steps
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    task = ShakespeareGPT(PARAMS, args.workers, seed=0)
+def run_one(job: dict) -> dict:
+    cfg = job["config"]
+    n, steps = cfg["workers"], cfg["steps"]
+    task = ShakespeareGPT(MODEL, n, seed=0)
     plain, sim = [], []
-    for _ in range(args.repeats):
-        plain.append(plain_step_time(task, args.workers, args.steps))
-        sim.append(sim_step_time(task, args.workers, args.steps))
+    for _ in range(cfg["repeats"]):
+        plain.append(plain_step_time(task, n, steps))
+        sim.append(sim_step_time(task, n, steps))
     p, s = statistics.median(plain), statistics.median(sim)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(json.dumps({
-        "workers": args.workers, "steps": args.steps, "repeats": args.repeats,
-        "plain_N_steps_s": round(p, 5), "sim_ddp_step_s": round(s, 5), "ratio": round(s / p, 3),
-        "target": 1.15, "met": s / p <= 1.15, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "commit": commit,
-    }))
+    return {"plain_N_steps_s": round(p, 5), "sim_ddp_step_s": round(s, 5), "ratio": round(s / p, 3), "target": TARGET,
+            "met": s / p <= TARGET}
+
+
+def finish(rows: list[dict], args) -> None:
+    print("\n| run | plain: N steps (s) | simulated DDP step (s) | ratio | target | met |\n|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["metrics"]
+        print(f"| {r['run']} | {m['plain_N_steps_s']:.4f} | {m['sim_ddp_step_s']:.4f} | {m['ratio']:.3f} | <= {m['target']} | "
+              f"{'yes' if m['met'] else 'no'} |")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(harness.script(__file__))
