@@ -27,7 +27,7 @@ import torch
 
 import harness
 
-COMMON = ["task.n_layer=4", "algorithm.sync_every=24", "cluster.step_time=0.5s"]
+COMMON = ["task.n_layer=4", "algorithm.sync_every=24", "cluster.time_model=null", "cluster.step_time=0.5s"]
 HETERO = ["cluster.speeds=[1, 1, 2, 4]"]
 ASYNC = ["algorithm.name=async-local-sgd"]
 RUNS = [

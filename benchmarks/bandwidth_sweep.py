@@ -21,7 +21,7 @@ import torch
 
 import harness
 
-TIME_MODEL = ["task.n_layer=4", "cluster.step_time=0.5s", "cluster.bytes_scale=2166"]
+TIME_MODEL = ["task.n_layer=4", "cluster.time_model=null", "cluster.step_time=0.5s", "cluster.bytes_scale=2166"]
 BANDWIDTHS = ["100Mbps", "1Gbps", "3Gbps", "10Gbps", "100Gbps"]
 KEY = "cluster.bandwidth"
 STREAM = ["algorithm.name=streaming-diloco", "algorithm.sync_every=24", "algorithm.fragments=4"]

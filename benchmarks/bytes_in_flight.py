@@ -14,7 +14,7 @@ from pathlib import Path
 
 import harness
 
-COMMON = ["task.n_layer=4", "cluster.step_time=0.5s", "cluster.bytes_scale=2166", "cluster.bandwidth=10Gbps",
+COMMON = ["task.n_layer=4", "cluster.time_model=null", "cluster.step_time=0.5s", "cluster.bytes_scale=2166", "cluster.bandwidth=10Gbps",
           "algorithm.sync_every=24", "train.eval_every=0"]
 STREAM = ["algorithm.name=streaming-diloco", "algorithm.fragments=4", "algorithm.delay=5", "algorithm.alpha=0.5"]
 RUNS = {"diloco": [], "streaming-tau5": STREAM, "streaming-tau5-int4": STREAM + ["algorithm.compress={name: int4, block: 64}"]}

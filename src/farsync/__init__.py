@@ -16,11 +16,16 @@ from .comm import Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .config import Config, ConfigError, load_config
 from .report import compare
 from .runner import RunResult, run
+from .planner import Plan, plan
+from .retime import retime
 from .tasks import TASKS, DataMissingError, Task, get_task, register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Plan",
+    "plan",
+    "retime",
     "ALGORITHMS",
     "Algorithm",
     "Communicator",

@@ -112,6 +112,7 @@ class SimReport:
 
     results: list[Any]
     stats: list[CommStats]
+    time_model: str = ""  # the time model in words
 
     @property
     def sim_time_s(self) -> float:
@@ -135,18 +136,24 @@ class SimReport:
             "peak_bytes_per_sync": max(s.peak_bytes_per_sync for s in self.stats),
             "compute_utilization": self.compute_utilization,
             "blocked_time_s_per_worker": [s.blocked_time_s for s in self.stats],
+            "time_model": self.time_model,
         }
 
 
 def sim_cluster(
     workers: int, bandwidth: str | float, latency: str | float, step_time_s: float, speeds: list[float] | None = None,
     bytes_scale: float = 1.0, stragglers: list[Straggler] | tuple[Straggler, ...] | None = None,
-    link_bandwidth: list[str | float] | None = None,
+    link_bandwidth: list[str | float] | None = None, timed: dict[str, Any] | None = None,
 ) -> SimCluster:
-    """A `SimCluster` from the config's units ('1Gbps', '10ms'; numbers are bits/s and seconds)."""
+    """A `SimCluster` from the config's units ('1Gbps', '10ms'; numbers are bits/s and seconds);
+    `timed` (`deployment.resolve`) sets the step time, bytes scale, step layout and buckets."""
     links = tuple(parse_bandwidth(b) for b in link_bandwidth) if link_bandwidth else None
+    if timed is not None:
+        step_time_s, bytes_scale = timed["step_time_s"], timed["bytes_scale"]
     network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale, links)
-    return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ())))
+    extra = {} if timed is None else {"layout": timed["layout"], "bucket_bytes": timed["bucket_bytes"],
+                                      "description": timed["description"]}
+    return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ()), **extra))
 
 
 def simulate(
@@ -159,6 +166,9 @@ def simulate(
     bytes_scale: float = 1.0,
     stragglers: list[Straggler] | None = None,
     link_bandwidth: list[str | float] | None = None,
+    time_model: str | dict[str, Any] | None = None,
+    model_params: int | None = None,
+    layers: int = 1,
 ) -> SimReport:
     """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
 
@@ -166,7 +176,24 @@ def simulate(
     ``comm.world_size`` tell the worker which data shard is its. `step_time` is the virtual compute
     time of one ``algo.step()`` (scaled by ``speeds[rank]`` and by a `Straggler`'s factor inside its
     window); `link_bandwidth` gives each worker its own link (a collective runs at the slowest).
+
+    `time_model` times the run as a deployment (a preset such as ``"1b"`` or a dict, as
+    ``cluster.time_model``: `farsync.deployment`); with its ``params``, `model_params` (your
+    model's parameter count) scales the payloads. `layers`: your model's layers when the time
+    model does not say (per-layer timing: `farsync.comm.timing`).
     """
-    cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers, link_bandwidth)
+    timed = None
+    if time_model is not None:
+        from .deployment import TimeModelConfig, resolve
+
+        tm = TimeModelConfig.model_validate(time_model)
+        if tm.params is not None and model_params is None:
+            raise ValueError("time_model with params needs model_params (your model's parameter count) to scale payloads")
+        timed = resolve(tm, model_params or 1, layers, step_time_s=parse_duration(step_time), bytes_scale=bytes_scale,
+                        workers=workers, bandwidth_bps=parse_bandwidth(bandwidth), latency_s=parse_duration(latency))
+    cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers,
+                          link_bandwidth, timed)
     results = cluster.run(train_fn)
-    return SimReport(results, list(cluster.stats))
+    words = cluster.time_model.description or (f"timed at {parse_duration(step_time):g} s per step (simulate's step_time), "
+                                                f"{workers} workers, {bandwidth}, {latency} latency")
+    return SimReport(results, list(cluster.stats), words)

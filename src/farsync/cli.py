@@ -12,7 +12,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, RunWriteError
 from .config import ConfigError
 from .stopping import Terminated, exit_code
-from .units import format_loss
+from .units import format_loss, format_seconds
 
 
 def _print_result(run_dir, s: dict) -> None:
@@ -139,11 +139,39 @@ def _cmd_demo(args) -> int:
     if not all(r.status == "completed" for r in runs):
         print("demo incomplete: " + "; ".join(f"{r.summary['name']}: {r.status}" for r in runs))
         return 1
-    print(f"DDP:    final eval loss {format_loss(ddp['final_eval_loss'])}, {ddp['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {ddp['sim_time_s']:.1f} s")
-    print(f"DiLoCo: final eval loss {format_loss(dil['final_eval_loss'])}, {dil['bytes_sent_total'] / 1e6:.1f} MB sent, sim time {dil['sim_time_s']:.1f} s")
+    print(f"time model: {ddp.get('time_model', '-')}")
+    for label, s in (("DDP:   ", ddp), ("DiLoCo:", dil)):
+        print(f"{label} final eval loss {format_loss(s['final_eval_loss'])}, {s['bytes_sent_total'] / 1e6:.1f} MB sent, "
+              f"sim time {format_seconds(s['sim_time_s'])}, compute utilization {s['compute_utilization']:.2%}")
     rel = (dil["final_eval_loss"] - ddp["final_eval_loss"]) / ddp["final_eval_loss"]
     print(f"DiLoCo sent {ddp['bytes_sent_total'] / dil['bytes_sent_total']:.1f}x fewer bytes than DDP; eval loss {rel:+.2%} vs DDP at equal tokens")
     return 0 if all(r.status == "completed" for r in runs) else 1
+
+
+def _cmd_retime(args) -> int:
+    from .retime import retime
+
+    s = retime(args.run, args.set, args.out)
+    print(f"{args.out}: {s['time_model']}")
+    print(f"sim time {s['sim_time_s']:.6g} s, compute utilization {s['compute_utilization']:.4f} "
+          f"(re-timed from {args.run}, no training)")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from .planner import plan
+
+    bandwidths = [b for item in args.bandwidth for b in item.split(",") if b] or None
+    p = plan(model=args.model, params=args.params, layers=args.layers, step_time=args.step_time, device=args.device,
+             mfu=args.mfu, tokens_per_step=args.tokens_per_step, peak_flops=args.peak_flops, workers=args.workers,
+             algorithm=args.algorithm, sync_every=args.sync_every, fragments=args.fragments, delay=args.delay,
+             overlap=args.overlap, bits=args.bits, latency=args.latency, bandwidths=bandwidths, steps=args.steps,
+             bucket_size=None if str(args.bucket_size).lower() == "none" else args.bucket_size,
+             overlap_backward=not args.no_backward_overlap)
+    if args.plot:
+        p.plot(args.plot)
+    print(p.to_json() if args.json else p.table())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +223,38 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="available tasks, algorithms and optimizers; with ALGORITHM: its config keys")
     ls.add_argument("algorithm", nargs="?", help="show this algorithm's keys, defaults and descriptions")
     ls.set_defaults(func=_cmd_list)
+
+    rt = sub.add_parser("retime", help="re-time a finished simulated run under other network settings (no training)")
+    rt.add_argument("run", help="run directory (a completed simulated run of a synchronous algorithm)")
+    rt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a timing key: cluster.bandwidth, latency, link_bandwidth, time_model, step_time, ... (repeatable)")
+    rt.add_argument("--out", required=True, help="run directory to write")
+    rt.set_defaults(func=_cmd_retime)
+
+    pl = sub.add_parser("plan", help="compute utilization of a deployment over bandwidths (no training)")
+    pl.add_argument("--model", type=str.lower, choices=["1b", "10b", "100b"], help="a paper deployment (params, layers, step time)")
+    pl.add_argument("--params", type=float, help="parameters of the deployment, e.g. 1e9")
+    pl.add_argument("--layers", type=int, help="its layers")
+    pl.add_argument("--step-time", help="compute time per step, e.g. 0.1s")
+    pl.add_argument("--device", help="device for the Kaplan step time (h100, a100, ...; with --tokens-per-step)")
+    pl.add_argument("--peak-flops", help="peak FLOP/s instead of --device, e.g. 989TFLOPS")
+    pl.add_argument("--mfu", type=float, help="model FLOP utilization (default 0.6)")
+    pl.add_argument("--tokens-per-step", type=float, help="tokens per worker per step (6 x N x tokens FLOPs)")
+    pl.add_argument("--workers", type=int, default=2, help="workers M (default 2, as the papers' tables)")
+    pl.add_argument("--algorithm", default="diloco", help="ddp, diloco, streaming-diloco or eager-diloco")
+    pl.add_argument("--sync-every", type=int, default=100, help="H (default 100)")
+    pl.add_argument("--fragments", type=int, default=1, help="streaming-diloco: fragments (strided over the layers)")
+    pl.add_argument("--delay", type=int, default=0, help="streaming-diloco: tau, steps a fragment's reduction overlaps")
+    pl.add_argument("--overlap", default="tau", help="streaming-diloco: tau (delay steps) or eager (a whole round)")
+    pl.add_argument("--bits", type=float, default=16.0, help="bits per value on the wire (bf16: 16, FP4: 4; add scales)")
+    pl.add_argument("--latency", default="0s", help="per-message latency (default 0, as the papers' tables)")
+    pl.add_argument("--bandwidth", action="append", default=[], metavar="BW[,BW...]", help="bandwidths to list (default 10 Mbps to 10 Tbps)")
+    pl.add_argument("--steps", type=int, help="inner steps simulated (default: 20 rounds, at least 100)")
+    pl.add_argument("--bucket-size", default="25MiB", help="reduction bucket (torch DDP: 25MiB); none: one message")
+    pl.add_argument("--no-backward-overlap", action="store_true", help="reductions start after the backward (ablation)")
+    pl.add_argument("--plot", metavar="PNG", help="write the CU-vs-bandwidth plot here")
+    pl.add_argument("--json", action="store_true", help="print JSON: bandwidth_for_cu, cu, settings")
+    pl.set_defaults(func=_cmd_plan)
 
     d = sub.add_parser("demo", help="DDP vs DiLoCo on the Shakespeare GPT, 4 simulated workers")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")

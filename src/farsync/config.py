@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .optim import SCHEDULES, check_optimizer_config, lr_lambda
+from .deployment import TimeModelConfig
 from .units import parse_bandwidth, parse_duration, parse_flops
 from .yamlio import YAMLSyntaxError, load_yaml, load_yaml_file
 
@@ -106,6 +107,9 @@ class ClusterConfig(_Strict):
         None, description="per-worker link bandwidth (a collective runs at its slowest member's); overrides bandwidth"
     )
     bytes_scale: float = Field(1.0, gt=0, description="multiply payload bytes by this in the time model only")
+    time_model: TimeModelConfig | None = Field(
+        None, description="time the run as a deployment: a preset (1b, 10b, 100b) or {params, layers, step_time | "
+        "device, mfu, tokens_per_step, bucket_size, overlap} (deployment.py); replaces step_time and bytes_scale")
     topology: dict[str, Any] | str | None = Field(
         None, description="decentralized algorithms' graph, e.g. ring or {name: torus, rows: 2} (farsync/topology.py); none: complete"
     )
@@ -135,6 +139,14 @@ class ClusterConfig(_Strict):
                 raise ValueError(f"straggler rank {s.rank} is not a worker (workers: {self.workers})")
             if s.window_s()[1] <= s.window_s()[0]:
                 raise ValueError(f"straggler window must have end > start, got start={s.start!r} end={s.end!r}")
+        if self.time_model is not None:
+            both = [k for k, given in (("step_time", self.step_time is not None), ("bytes_scale", self.bytes_scale != 1.0),
+                                       ("throughput", self.time_model.step_time is not None
+                                        and parse_flops(self.throughput) != parse_flops("10TFLOPS"))) if given]
+            if both:
+                given = ", ".join(f"cluster.{k}" for k in both)
+                raise ValueError(f"cluster.time_model replaces {given}: give the step time and the timed model's size "
+                                 "in time_model (e.g. {params: 1e9, layers: 24, step_time: 0.1s}), not both")
         if self.speeds is not None and any(not s > 0 for s in self.speeds):
             raise ValueError(f"speeds must all be > 0, got {self.speeds}")
         if self.topology is not None:

@@ -50,6 +50,8 @@ class RunContext:
     step: int = 0  # rank 0: the last inner step this worker completed (a run's summary names it when interrupted)
     transfers: Callable[[], list] | None = None  # rank 0, simulator: the communication calls so far (checkpointed)
     lock: Any = None  # rank 0: the run directory's lock (rundir.RunDirLock), released when the run ends
+    time_model: str = ""  # the simulator's time model in words (summary.json, report.md)
+    comm_log: list[list] | None = None  # simulator: each worker's communication log (retime.py), or None
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):

@@ -199,7 +199,10 @@ def compare(run_dirs: list[str | Path], out: str | Path) -> Path:
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
-    lines = ["# farsync comparison", "", markdown_table(runs), ""]
+    lines = ["# farsync comparison", "", markdown_table(runs), "", "Time models (how the simulated times were computed):", ""]
+    lines += [f"- {r.label}: {r.summary.get('time_model') or 'not recorded (a run made before farsync stated it)'}"
+              for r in runs]
+    lines += [""]
     lines += [f"![{fname}]({fname})" for _, fname, _, _ in PLOTS]
     lines += ["", "Runs: " + ", ".join(str(r.path) for r in runs), ""]
     report = out / "report.md"

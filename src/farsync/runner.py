@@ -40,7 +40,10 @@ from .rundir import (LOCK_ENV, LOCK_NAME, MetricsLog, RunDirLock, check_new_run_
                      write_text_atomic)
 from .stopping import Terminated, stop_on_signals, stop_status
 from .tasks import Task, get_task
-from .units import format_loss, parse_duration, parse_flops
+from .units import format_loss, parse_bandwidth, parse_duration, parse_flops
+from .algorithms.fragments import largest_block_list
+from .deployment import resolve
+from .retime import CommRecorder, write_log
 
 # Keys a resumed run may change: none of them changes what a finished step computed.
 RESUMABLE_KEYS = ("name", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
@@ -77,21 +80,38 @@ def build_cluster(cfg: Config, task: Task) -> SimCluster:
     """The simulated cluster. A server-based algorithm's server is rank 0 (no compute, its link at
     ``cluster.bandwidth``) and worker w of the config (speeds, stragglers, links) is rank w + 1."""
     c = cfg.cluster
-    if c.step_time is not None:
-        step_time = parse_duration(c.step_time)
-    else:
-        torch.manual_seed(cfg.seed)
-        step_time = task.flops_per_step(task.build_model(), cfg.train.batch_size) / parse_flops(c.throughput)
+    timed = timed_deployment(cfg, task)
     k = int(server_based(cfg))
     stragglers = [Straggler(s.rank + k, s.factor, *s.window_s()) for s in c.stragglers]
     speeds = [1.0] * k + c.speeds if c.speeds else None
     links = [c.bandwidth] * k + c.link_bandwidth if c.link_bandwidth else None
-    return sim_cluster(world_size(cfg), c.bandwidth, c.latency, step_time, speeds, c.bytes_scale, stragglers, links)
+    return sim_cluster(world_size(cfg), c.bandwidth, c.latency, timed["step_time_s"], speeds, timed["bytes_scale"],
+                       stragglers, links, timed)
+
+
+def timed_deployment(cfg: Config, task: Task) -> dict[str, Any]:
+    """What the clock times the run as: step time, bytes scale, step layout, buckets and the
+    description in words (`deployment.py`; without ``cluster.time_model``: the run's own model
+    at ``cluster.step_time`` or ``cluster.throughput``, payloads as they are)."""
+    c = cfg.cluster
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks = largest_block_list(model)
+    layers = len(blocks) if blocks is not None else 1
+    return resolve(c.time_model, n_params, layers, tokens_per_step=task.tokens_per_batch(cfg.train.batch_size),
+                   flops_per_step=None if c.step_time is not None else task.flops_per_step(model, cfg.train.batch_size),
+                   throughput=parse_flops(c.throughput),
+                   step_time_s=parse_duration(c.step_time) if c.step_time is not None else None,
+                   bytes_scale=c.bytes_scale, workers=c.workers, bandwidth_bps=parse_bandwidth(c.bandwidth),
+                   latency_s=parse_duration(c.latency))
 
 
 def train(comm, cfg: Config, task: Task, ctx: RunContext) -> None:
     """Run this rank's part of the training: the SPMD loop, or the server/worker loop. With
     ``FARSYNC_FAULT`` set (tests), the communicator kills a worker (`comm.faults`)."""
+    if ctx.comm_log is not None:  # the simulator records what each worker does, for `farsync retime`
+        comm = CommRecorder(comm, ctx.comm_log[comm.rank])
     comm = faults.from_env(comm, hard_kill=ctx.hard_kill)
     (train_async if server_based(cfg) else train_worker)(comm, cfg, task, ctx)
 
@@ -274,6 +294,12 @@ def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, tran
     if transfers is not None:
         summary["peak_bytes_in_flight"] = max(bytes_in_flight(transfers)[1], default=0)
     summary["restarts"] = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    summary["time_model"] = ctx.time_model or "real time (torch.distributed: measured wall-clock, no time model)"
+    if ctx.comm_log is not None and summary["status"] == "completed":
+        try:
+            write_log(ctx.run_dir, ctx.comm_log, {"config": cfg.to_dict()})
+        except RunWriteError as err:
+            print(f"farsync: error: {err} (the run is complete; it cannot be re-timed)", file=sys.stderr)
     try:
         write_json_atomic(ctx.run_dir / "summary.json", summary)
     except RunWriteError as err:
@@ -348,6 +374,8 @@ def run(
         resume=ckpt,
         bar=ProgressBar(cfg.train.steps, enabled=progress, label=cfg.name, start=ckpt["step"] if ckpt else 0),
         lock=lock,
+        time_model=cluster.time_model.description,
+        comm_log=None if ckpt is not None or server_based(cfg) else [[] for _ in range(cluster.world_size)],
     )
     earlier = []  # a resumed run: the calls issued before its checkpoint
     if ckpt is not None and "transfers" in ckpt:

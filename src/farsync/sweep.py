@@ -4,7 +4,10 @@
                   [--set KEY=VALUE ...] [--target-loss 2.2] [--out runs/sweep]
 
 Every combination of grid values is applied (after the --set overrides) to every config, and all
-of them are validated before the first run starts. Each run lands in OUT/<config name>/<key=value
+of them are validated before the first run starts. Points that differ from an earlier point of the
+same config only in timing keys (network, time model: `retime.TIMING_KEYS`) are not trained again
+when the algorithm's trajectory does not depend on timing: they are re-timed from that run's
+communication log (`farsync retime`), which gives what training them would (tested). Each run lands in OUT/<config name>/<key=value
 ...>; a completed run already there is reused. OUT/sweep.jsonl holds one line per run, OUT/report.md
 a table (final eval loss, bytes, simulated time, compute utilization, simulated time until the eval
 loss first reaches --target-loss); with one grid key, OUT/utilization.png and OUT/time_to_target.png
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, load_config
+from .retime import check_retimeable, is_timing_key, retime
 from .report import run_labels
 from .rundir import read_metrics
 from .units import format_loss, parse_bandwidth, parse_duration
@@ -74,6 +78,15 @@ def _numeric(key: str, value: str) -> float | None:
         return None
 
 
+def retimeable(run_dir: Path) -> bool:
+    """True if `run_dir` can be re-timed (any timing override); see `retime.check_retimeable`."""
+    try:
+        check_retimeable(run_dir, [])
+    except ValueError:
+        return False
+    return True
+
+
 def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None = None, out: str | Path = "runs/sweep",
           target_loss: float | None = None, progress: bool = False, unset: list[str] | None = None) -> Path:
     """Run the sweep; return the path of report.md. `unset` keys are removed from every config
@@ -93,24 +106,36 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
     labels = dict(zip(bases, run_labels([c.name for c in bases.values()], [c.to_dict() for c in bases.values()])))
     out = Path(out)
     rows = []
+    trained: dict[tuple, tuple[Path, dict[str, str]]] = {}  # (config, non-timing point) -> a trained run
     for name, point, path, sets in plan:
         run_dir = out / name / _label(point)
         summary_file = run_dir / "summary.json"
         done = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "completed"
+        same = (path, tuple((k, v) for k, v in point.items() if not is_timing_key(k)))
         if done:
             summary = json.loads(summary_file.read_text())
             metrics = read_metrics(run_dir / "metrics.jsonl")
         else:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            print(f"[sweep] {name} {point}", flush=True)
-            result = run(path, overrides=sets, out=run_dir, progress=progress, unset=unset)
-            summary, metrics = result.summary, result.metrics
+            source = trained.get(same)
+            if source is not None and retimeable(source[0]):
+                changed = [f"{k}={v}" for k, v in point.items() if is_timing_key(k)]
+                print(f"[sweep] {name} {point}: re-timed from {source[0]} (no training)", flush=True)
+                retime(source[0], changed, run_dir)
+                summary = json.loads(summary_file.read_text())
+                metrics = read_metrics(run_dir / "metrics.jsonl")
+            else:
+                print(f"[sweep] {name} {point}", flush=True)
+                result = run(path, overrides=sets, out=run_dir, progress=progress, unset=unset)
+                summary, metrics = result.summary, result.metrics
+        if summary.get("status") == "completed" and "retimed_from" not in summary:
+            trained.setdefault(same, (run_dir, point))
         rows.append({
             "config": name, "label": labels[path], **point, "run_dir": str(run_dir), "status": summary["status"],
             "final_eval_loss": summary["final_eval_loss"], "bytes_sent_total": summary["bytes_sent_total"],
             "sim_time_s": summary["sim_time_s"], "compute_utilization": summary["compute_utilization"],
-            "time_to_target_s": time_to_target(metrics, target_loss),
+            "time_to_target_s": time_to_target(metrics, target_loss), "retimed": "retimed_from" in summary,
         })
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -14,6 +14,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _BW_RE = re.compile(rf"^\s*{_NUM}\s*([kKMGT]?)(bps|bit/s|b/s|Bps|B/s)\s*$")
 _TIME_RE = re.compile(rf"^\s*{_NUM}\s*(ns|us|ms|s|min|h)?\s*$")
 _FLOPS_RE = re.compile(rf"^\s*{_NUM}\s*([kKMGTP]?)(FLOPS|FLOP/s|flops)\s*$")
+_BYTES_RE = re.compile(rf"^\s*{_NUM}\s*([kKMGT]?)(i?)B\s*$")
 _TIME_UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -54,6 +55,42 @@ def parse_flops(value: str | float | int) -> float:
         value, _FLOPS_RE, lambda m: float(m[1]) * _PREFIX[m[2]],
         "FLOP rate", "'100TFLOPS' or '312 TFLOP/s'", positive=True,
     )
+
+
+def parse_bytes(value: str | float | int) -> float:
+    """Return a size in bytes ("25MB" = 25e6, "25MiB" = 25 x 2^20, or a number of bytes)."""
+    return _parse(
+        value, _BYTES_RE,
+        lambda m: float(m[1]) * ((1024.0 ** " KMGT".index(m[2].upper() or " ")) if m[3] else _PREFIX[m[2]]),
+        "size", "'25MB', '25MiB' or '1GB'", positive=True,
+    )
+
+
+def format_bandwidth(bps: float) -> str:
+    """'1 Gbps', '100 Mbps', '2.5 Tbps' (decimal prefixes, as the parser reads them)."""
+    for unit, scale in (("Tbps", 1e12), ("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3)):
+        if abs(bps) >= scale:
+            return f"{bps / scale:.4g} {unit}"
+    return f"{bps:.4g} bps"
+
+
+def format_seconds(seconds: float) -> str:
+    """A time with its unit for reports: '0.1 s', '10 ms', '50 us', '3.2 min', '2.5 h'."""
+    s = abs(seconds)
+    if s == 0:
+        return "0 s"
+    for unit, scale, lo in (("h", 3600.0, 3600.0 * 3), ("min", 60.0, 60.0 * 3), ("s", 1.0, 0.1), ("ms", 1e-3, 1e-3), ("us", 1e-6, 0.0)):
+        if s >= lo:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def format_count(n: float) -> str:
+    """'0.35M', '1B', '100B' (parameter counts)."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale / 10:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
 
 
 def format_bytes(n: float) -> str:

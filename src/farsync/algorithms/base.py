@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from ..comm import Communicator
+from ..comm.timing import spans_of
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import OptimizerWrapper, build_optimizer, set_stats_reducer, step_kwargs
 from .flat import flatten, unflatten_into
@@ -58,6 +59,7 @@ class Algorithm:
     no_compress: ClassVar[str | None] = None  # why ``compress`` is refused, in the algorithm's words
     checkpointable: ClassVar[bool] = True  # False: refused by declaration (train.checkpoint_every)
     one_worker_is_inner: ClassVar[bool] = False  # with one worker it is its inner optimizer, bit for bit (tested)
+    timing_dependent: ClassVar[str | None] = None  # why its trajectory depends on timing (refused by `farsync retime`)
 
     def __init_subclass__(cls, **kwargs):
         """An algorithm without a class docstring shows its module's (the update rule, the paper,
@@ -229,9 +231,24 @@ class CollectiveAlgorithm(Algorithm):
             return MeanReducer()
         return build_reducer(compress, [tuple(p.shape) for p in self.params], self.comm.rank)
 
-    def _mean(self, flat: torch.Tensor) -> torch.Tensor:
-        """Average `flat` over workers through the reducer (compressed if configured); may overwrite `flat`."""
-        return self.reducer.reduce(self.comm, flat)
+    def _mean(self, flat: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
+        """Average `flat` over workers through the reducer (compressed if configured); may overwrite
+        `flat`. `flat` holds the parameters `indices` (all when None) of the step just computed
+        (a gradient or pseudo-gradient: the clock releases it during that step's backward)."""
+        with self._carrying(indices):
+            return self.reducer.reduce(self.comm, flat)
+
+    def _start_mean(self, flat: torch.Tensor, indices: list[int] | None = None, reducer: Reducer | None = None):
+        """`_mean` without blocking: a `Pending` whose ``wait()`` gives the mean."""
+        with self._carrying(indices):
+            return (reducer or self.reducer).start(self.comm, flat)
+
+    def _carrying(self, indices: list[int] | None = None):
+        """Tell the communicator which parameters the next payload holds (`Communicator.payload`:
+        a description for the clock; values are unaffected)."""
+        if not hasattr(self, "_sizes"):
+            self._sizes = [p.numel() for p in self.params]
+        return self.comm.payload(spans_of(self._sizes, indices))
 
     def _average_gradients(self) -> None:
         """Average the gradients as one flat buffer; a missing ``.grad`` counts as zeros."""

@@ -86,7 +86,7 @@ class DelayedDiLoCo(DiLoCo):
         prev = self.pending.wait() if self.pending is not None else None  # mean(t-1)
         own_prev = self.own_prev  # Delta_m(t-1) as the others received it (eager's correction)
         delta = self._pseudo_gradient(prev)  # Delta_m(t)
-        self.pending = self.reducer.start(self.comm, delta.clone())  # the reducer may overwrite its input
+        self.pending = self._start_mean(delta.clone())  # the reducer may overwrite its input
         self.own_prev = own_as_received(self.pending, delta)
         self._outer(delta, prev, own_prev)
         with torch.no_grad():

@@ -29,7 +29,7 @@ def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int, r
         raise ValueError(f"fragments must be in [1, {len(params)}] (the number of parameter tensors), got {n}")
     if rule == "contiguous" or n == 1:
         return _contiguous(params, n)
-    blocks = _largest_block_list(model)
+    blocks = largest_block_list(model)
     found = 0 if blocks is None else len(blocks)
     if found < n:
         what = f"{found} blocks (its largest nn.ModuleList)" if found else "no block list (an nn.ModuleList of blocks)"
@@ -41,7 +41,8 @@ def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int, r
     return _strided(blocks, params, n)
 
 
-def _largest_block_list(model: nn.Module) -> nn.ModuleList | None:
+def largest_block_list(model: nn.Module) -> nn.ModuleList | None:
+    """The model's blocks: its largest nn.ModuleList (None without one)."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
     return max(lists, key=len, default=None)
 

@@ -80,6 +80,7 @@ class ParameterServerAlgorithm(Algorithm):
     """Rank 0 the server (holds x in ``self.params``), ranks 1..n the workers."""
 
     checkpointable = False
+    timing_dependent = "its server takes the workers' messages in arrival order (recv_any), which depends on timing"
     sends_lrs: ClassVar[bool] = False  # the Report carries the worker's learning rates
 
     def __init__(self, *args, **kwargs):

@@ -144,7 +144,7 @@ class StreamingDiLoCo(CollectiveAlgorithm):
     def _start(self, fragment: int, apply_at: int) -> None:
         frag = self.fragments[fragment]
         delta = pseudo_gradient([self.global_params[i] for i in frag], [self.params[i] for i in frag])
-        self.pending = (fragment, apply_at, self.reducers[fragment].start(self.comm, delta))
+        self.pending = (fragment, apply_at, self._start_mean(delta, frag, self.reducers[fragment]))
 
     def _apply(self) -> None:
         fragment, _, reduction = self.pending
@@ -168,7 +168,7 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         old = queue.pop(0) if len(queue) == self.lag else None
         mean_old = old[0].wait() if old is not None else None  # mean_f(t - lag)
         delta = pseudo_gradient(phi, [self.params[i] for i in frag])  # Delta_f,m(t)
-        pending = self.reducers[fragment].start(self.comm, delta.clone())  # the reducer may overwrite its input
+        pending = self._start_mean(delta.clone(), frag, self.reducers[fragment])  # the reducer may overwrite its input
         queue.append((pending, own_as_received(pending, delta)))
         proxy = eager_proxy(delta, mean_old, old[1] if old is not None else None, self.comm.world_size)
         outer_step(self.outer_optimizers[fragment], phi, proxy)

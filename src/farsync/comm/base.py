@@ -9,6 +9,7 @@ group is a thin adapter. Every call records the bytes it puts on the wire (see `
 from __future__ import annotations
 
 import abc
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -157,6 +158,13 @@ class Communicator(abc.ABC):
         real backend it records the elapsed wall time as compute.
         """
 
+    def payload(self, spans: tuple[tuple[float, float], ...]):
+        """Context: the calls inside carry the parameters at `spans` (fractions of the parameter
+        vector in model order; `timing.spans_of`) of the step just computed - a gradient or a
+        pseudo-gradient. A description, not a command: the simulator's clock releases such a
+        payload in buckets during that step's backward (`timing.py`); other backends ignore it."""
+        return nullcontext()
+
     def begin_step(self, step: int) -> None:
         """The training loop starts inner step `step` (1-based). Nothing by default; a wrapper
         may act on it (`faults.FaultInjector`)."""
@@ -244,6 +252,9 @@ class CommunicatorWrapper(Communicator):
 
     def begin_step(self, step):
         return self.inner.begin_step(step)
+
+    def payload(self, spans):
+        return self.inner.payload(spans)
 
     def all_gather_object(self, obj):
         return self.inner.all_gather_object(obj)

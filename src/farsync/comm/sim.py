@@ -13,12 +13,16 @@ hand-off), as if it were a separate process.
 
 Virtual time: ``compute()`` advances a worker's clock by the time model's step time. A call that
 all participants have issued starts at ``max(issue times, participants' link-free times)``, lasts
-the `NetworkModel` time and occupies the participants' links until it ends. A blocking call (or
+the `NetworkModel` time and occupies the participants' links until it ends. A call issued inside
+``comm.payload(spans)`` right after ``compute()`` (nothing in between on that worker) carries
+the gradient-like content of the step just computed: it goes in buckets, each issued when the
+step's backward has produced it (`timing.py`: per-layer timing; DDP's overlapped reduction). A blocking call (or
 ``wait()``) moves the worker's clock to the end of the call and counts the gap as blocked time;
 compute between a non-blocking call and its ``wait()`` overlaps with the transfer.
 
 ``transfers`` lists every call's (start, end, rank, bytes that rank sends) - the data of
-bytes-in-flight over time (`farsync.report.bytes_in_flight`).
+bytes-in-flight over time (`farsync.report.bytes_in_flight`); a bucketed call's row runs from its
+first bucket's start to its last bucket's arrival (``bucket_transfers = True``: a row per bucket).
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from .base import CommStats, Communicator, Work, tensor_nbytes, wire_bytes
 from .cost import NetworkModel, TimeModel
+from .timing import Spans, buckets
 
 
 _current = threading.local()  # the SimCommunicator of the worker running in this thread
@@ -61,6 +67,8 @@ class _Op:
         self.end_time = 0.0
         self.result: Any = None
         self.nbytes = 0  # payload bytes per worker (the cost model's B), set when ranks issue it
+        self.plan: list[tuple[float, float]] | None = None  # described payload: (share, ready fraction) per bucket
+        self.releases: dict[int, list[float]] = {}  # rank -> issue time of each bucket
 
 
 class _SimWork(Work):
@@ -86,6 +94,7 @@ class SimCluster:
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
         self.world_size = world_size
+        self.bucket_transfers = False  # True: `transfers` gets one row per bucket (tests), else one per call
         self.network = network or NetworkModel()
         self.time_model = time_model or TimeModel(step_time_s=0.0)
         if self.time_model.speeds and len(self.time_model.speeds) != world_size:
@@ -106,6 +115,9 @@ class SimCluster:
         self._p2p_seq: dict[tuple[str, int, int], int] = {}
         self._p2p_ops: dict[tuple[int, int, int], _Op] = {}
         self._rng: list[torch.Tensor] = []
+        self._last_step = [(0.0, 0.0)] * n  # (start, compute time) of each worker's last step
+        self._last_end = [-1.0] * n  # its clock when that step's compute ended
+        self.carrying: list[Spans | None] = [None] * n  # what the worker's next calls carry (Communicator.payload)
         self.transfers: list[tuple[float, float, int, int]] = []  # (start, end, rank, bytes it sends) per call
 
     # ------------------------------------------------------------------ running
@@ -245,6 +257,7 @@ class SimCluster:
                 )
             op.entries[rank] = (payload, self.stats[rank].clock_s)
             op.nbytes = self._book(rank, kind, payload, spec)
+            self._release(rank, op)
             if len(op.entries) == self.world_size:
                 del self._coll_ops[seq]
                 self._complete(op)
@@ -271,6 +284,22 @@ class SimCluster:
                     raise RuntimeError(f"send/recv mismatch {src}->{dst}: {tuple(s.shape)} {s.dtype} vs {tuple(d.shape)} {d.dtype}")
                 self._complete(op)
             return op
+
+    def _release(self, rank: int, op: _Op) -> None:
+        """A described payload (`Communicator.payload`): its buckets and this rank's issue time
+        for each, during the backward of the step just computed when nothing came in between."""
+        spans = self.carrying[rank]
+        if spans is None or op.kind not in ("all_reduce", "all_gather", "all_to_all", "broadcast"):
+            return
+        tm = self.time_model
+        if op.plan is None:
+            op.plan = buckets(op.nbytes * self.network.bytes_scale, spans, tm.bucket_bytes, tm.layout)
+        clock = self.stats[rank].clock_s
+        start, length = self._last_step[rank]
+        if clock == self._last_end[rank] and length > 0:
+            op.releases[rank] = [start + length * ready for _, ready in op.plan]
+        else:
+            op.releases[rank] = [clock] * len(op.plan)
 
     def _book(self, rank: int, kind: str, payload: Any, spec: tuple | None) -> int:
         """Count `rank`'s wire bytes when it issues a call (as the torch backend does); return the
@@ -366,18 +395,46 @@ class SimCluster:
         elif kind != "barrier":  # pragma: no cover - guarded by the public methods
             raise AssertionError(kind)
 
-        start = max(max(t for _, t in op.entries.values()), max(self._link_free[r] for r in ranks))
         cost_kind = "send" if kind == "p2p" else kind
-        op.end_time = start + self.network.time(cost_kind, op.nbytes, ranks)
+        sent = {}
         for r in ranks:
-            self._link_free[r] = op.end_time
             if kind == "p2p":
-                sent = op.nbytes if r == ranks[0] else 0
+                sent[r] = op.nbytes if r == ranks[0] else 0
             else:
                 src = op.spec[2] if kind == "broadcast" else 0  # type: ignore[attr-defined]
-                sent = wire_bytes(kind, op.nbytes, self.world_size, r, src)[0]
-            if sent:
-                self.transfers.append((start, op.end_time, r, sent))
+                sent[r] = wire_bytes(kind, op.nbytes, self.world_size, r, src)[0]
+        end = max(self._link_free[r] for r in ranks)
+        if op.plan is None:  # one message, issued when the last participant issued the call
+            plan, ready = [(1.0, 0.0)], [max(t for _, t in op.entries.values())]
+        elif len(op.releases) != n:
+            raise RuntimeError(f"collective mismatch: ranks {sorted(op.releases)} issued this {kind} inside "
+                               f"comm.payload(...) and ranks {sorted(set(ranks) - set(op.releases))} did not; "
+                               "every rank must describe a payload alike")
+        else:  # buckets in order, each when every participant has produced it (timing.py)
+            plan, ready = op.plan, [max(op.releases[r][k] for r in ranks) for k in range(len(op.plan))]
+        counted = dict.fromkeys(ranks, 0)
+        free = end  # the links, busy for each bucket's bandwidth term; latencies pipeline
+        first = None
+        for k, (share, _) in enumerate(plan):
+            start = max(ready[k], free)
+            first = start if first is None else first
+            transfer, latency = self.network.terms(cost_kind, op.nbytes * share, ranks)
+            free = start + transfer
+            end = start + (transfer + latency) if len(plan) == 1 else free + latency  # one message: as NetworkModel.time
+            if self.bucket_transfers:
+                last = k == len(plan) - 1
+                for r in ranks:
+                    b = sent[r] - counted[r] if last else int(sent[r] * share)
+                    counted[r] += b
+                    if b:
+                        self.transfers.append((start, end, r, b))
+        if not self.bucket_transfers:  # one row per call and rank: from its first bucket's start to its arrival
+            for r in ranks:
+                if sent[r]:
+                    self.transfers.append((first, end, r, sent[r]))
+        op.end_time = end
+        for r in ranks:
+            self._link_free[r] = end
         op.done = True
 
     def _wait_op(self, rank: int, op: _Op) -> None:
@@ -453,8 +510,19 @@ class SimCommunicator(Communicator):
             raise _Aborted()
         st = self.cluster.stats[self.rank]
         dt = self.cluster.time_model.step_time(self.rank, st.clock_s) * steps
+        if dt > 0:
+            self.cluster._last_step[self.rank] = (st.clock_s + dt - dt / steps, dt / steps)
         st.clock_s += dt
         st.compute_time_s += dt
+        self.cluster._last_end[self.rank] = st.clock_s
+
+    @contextmanager
+    def payload(self, spans):
+        self.cluster.carrying[self.rank] = tuple(spans)
+        try:
+            yield
+        finally:
+            self.cluster.carrying[self.rank] = None
 
     def _object_op(self, kind: str, obj, root: int | None):
         op = self.cluster._issue_collective(self.rank, kind, copy.deepcopy(obj), ((), None, root))
