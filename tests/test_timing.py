@@ -9,6 +9,8 @@ each paying the NetworkModel time of its bytes.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -506,3 +508,58 @@ def test_transfers_have_one_row_per_call_by_default():
     res = cl.run(ddp_like(steps=1))
     assert cl.transfers == [(approx(0.5), approx(1.1), 0, 4000), (approx(0.5), approx(1.1), 1, 4000)]
     assert [c for _, c, _, _ in res] == approx([1.1, 1.1])
+
+
+# ---------------------------------------------------------------------------------------- configs and words
+def test_summary_report_and_demo_state_the_time_model(tmp_path):
+    from farsync.report import compare
+    from farsync.runner import run
+
+    cfg = {"name": "q", "task": {"name": "quadratic", "dim": 16},
+           "cluster": {"workers": 2, "bandwidth": "10Gbps", "latency": "10ms", "time_model": "1b"},
+           "algorithm": {"name": "ddp", "inner": {"name": "sgd", "lr": 0.1}},
+           "train": {"steps": 4, "batch_size": 2, "eval_every": 2, "log_every": 2}}
+    r = run(cfg, out=tmp_path / "a", progress=False)
+    words = ("timed as a 1B-parameter, 24-layer model at 0.1 s per step, 2 workers, 10 Gbps, 10 ms latency; "
+             "reductions in 25 MiB buckets overlapped with the backward")
+    assert r.summary["time_model"] == words
+    # 1e9 float64 values: 8e9 timed bytes in 306 buckets of 25 MiB, far more than a backward: the link is busy
+    # 8e9 * 8 / 10 Gbps = 6.4 s from the first bucket (layer 23, ready at 0.1 (1/3 + 2/3/24)) on, then one latency
+    # 2(n-1) * 10 ms; the next step's first bucket comes after that, so every step lasts the same
+    step = 0.1 * (1 / 3 + 2 / 3 / 24) + 8e9 * 8 / 10e9 + 0.02
+    assert r.summary["compute_utilization"] == pytest.approx(0.1 / step, rel=1e-9)
+    own = run({**cfg, "cluster": {**cfg["cluster"], "time_model": None, "step_time": "5ms"}}, out=tmp_path / "b",
+              progress=False)
+    assert own.summary["time_model"].startswith("timed as the run's own 16-parameter, 1-layer model at 5 ms per step")
+    report = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
+    text = report.read_text()
+    assert words in text and "timed as the run's own 16-parameter" in text
+
+
+@pytest.mark.parametrize("time_model, extra, message", [
+    ("2b", {}, "unknown time_model preset '2b'; valid choices: 1b, 10b, 100b"),
+    ({"params": 1e9, "step_time": "0.1s", "device": "h100"}, {}, "give step_time or device/peak_flops"),
+    ("1b", {"step_time": "1s"}, "cluster.time_model replaces cluster.step_time"),
+    ("1b", {"bytes_scale": 2.0}, "cluster.time_model replaces cluster.bytes_scale"),
+    ({"bucket_size": "12XB"}, {}, "malformed size '12XB'"),
+    ({"params": -1}, {}, "params"),
+    ({"layers": 2, "layer_shares": [1, 2, 3]}, {}, "layer_shares has 3 entries but layers is 2"),
+    ({"device": "tpu-v9"}, {}, "device"),
+])
+def test_bad_time_models_are_refused_before_work(time_model, extra, message):
+    from farsync.config import ConfigError, load_config
+
+    cfg = {"task": {"name": "quadratic"}, "cluster": {"time_model": time_model, **extra}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(cfg)
+
+
+def test_device_presets_and_kaplan_step_time():
+    from farsync.deployment import TimeModelConfig, resolve
+
+    tm = TimeModelConfig.model_validate({"preset": "1b", "device": "h100", "tokens_per_step": 1e6})
+    assert tm.step_time is None and tm.params == 1e9 and tm.layers == 24
+    r = resolve(tm, 1000, 3, tokens_per_step=64)
+    assert r["step_time_s"] == pytest.approx(6 * 1e9 * 1e6 / (989e12 * 0.6))
+    assert r["bytes_scale"] == 1e6 and r["layout"].layers == 24
+    assert "6 x N x tokens FLOPs on h100 at MFU 0.6" in r["description"]

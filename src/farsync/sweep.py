@@ -136,6 +136,7 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
             "final_eval_loss": summary["final_eval_loss"], "bytes_sent_total": summary["bytes_sent_total"],
             "sim_time_s": summary["sim_time_s"], "compute_utilization": summary["compute_utilization"],
             "time_to_target_s": time_to_target(metrics, target_loss), "retimed": "retimed_from" in summary,
+            "time_model": summary.get("time_model"),
         })
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -147,12 +148,16 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
 
 def write_report(rows: list[dict], keys: list[str], out: Path, target: float | None) -> Path:
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
-    head = ["config", *keys, "final eval loss", "bytes sent", "sim time (s)", "compute util.", f"time to loss {target} (s)", "status"]
+    head = ["config", *keys, "final eval loss", "bytes sent", "sim time (s)", "compute util.", f"time to loss {target} (s)",
+            "status", "trained or re-timed"]
     lines = ["# Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["config"], *[str(r[k]) for k in keys], format_loss(r["final_eval_loss"]), f"{r['bytes_sent_total']:,}",
-                 fmt(r["sim_time_s"], ".2f"), fmt(r["compute_utilization"], ".3f"), fmt(r["time_to_target_s"], ".2f"), r["status"]]
+                 fmt(r["sim_time_s"], ".2f"), fmt(r["compute_utilization"], ".4f"), fmt(r["time_to_target_s"], ".2f"), r["status"],
+                 "re-timed" if r.get("retimed") else "trained"]
         lines.append("| " + " | ".join(cells) + " |")
+    models = list(dict.fromkeys(r.get("time_model") or "not recorded" for r in rows))
+    lines += ["", "Time models:", ""] + [f"- {m}" for m in models]
     if len(keys) == 1:
         lines += ["", "![compute utilization](utilization.png)"] + (["![time to target](time_to_target.png)"] if target is not None else [])
     path = out / "report.md"

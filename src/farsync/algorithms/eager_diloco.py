@@ -129,13 +129,18 @@ class DelayedDiLoCo(DiLoCo):
         self._set_start(state["start_point"])
 
 
-class EagerDiLoCo(DelayedDiLoCo):
-    name = "eager-diloco"
-    summary = "DiLoCo with eager outer updates (Kale et al. 2025): own fresh pseudo-gradient + others' previous ones"
+class _OwnTermCorrected(DelayedDiLoCo):
+    """Delayed DiLoCo whose proxy corrects with this worker's own term as the others received it:
+    a compressor must let it see that term (`eager.check_own_term_compressor`). Not registered."""
 
     @classmethod
     def check_compress(cls, compress):
         check_own_term_compressor(cls.name, compress)
+
+
+class EagerDiLoCo(_OwnTermCorrected):
+    name = "eager-diloco"
+    summary = "DiLoCo with eager outer updates (Kale et al. 2025): own fresh pseudo-gradient + others' previous ones"
 
     def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None, own_prev: torch.Tensor | None) -> None:
         """phi_m = OuterOpt_m(phi_m, proxy_m(t)); the next round starts from phi_m (committed)."""
@@ -143,13 +148,9 @@ class EagerDiLoCo(DelayedDiLoCo):
         self._set_start(self.global_params)
 
 
-class SpeculativeDiLoCo(DelayedDiLoCo):
+class SpeculativeDiLoCo(_OwnTermCorrected):
     name = "speculative-diloco"
     summary = "farsync's own design (not the eager paper's): the proxy only picks the next start point"
-
-    @classmethod
-    def check_compress(cls, compress):
-        check_own_term_compressor(cls.name, compress)
 
     def _pseudo_gradient(self, prev: torch.Tensor | None) -> torch.Tensor:
         if prev is not None:  # first the real outer step with the average that just arrived
