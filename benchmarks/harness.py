@@ -292,6 +292,13 @@ def run_config(job: dict):
                        overrides=cfg["overrides"] + [f"name={job.get('name', job['run'])}"] + seed, out=d, progress=False)
 
 
+def print_table(head: list[str], cells: list[list]) -> None:
+    """A markdown table: header, separator, one line per row of cells."""
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for row in cells:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
 def evals(metrics: list[dict], *keys: str) -> list[list]:
     """[step, *keys, eval_loss] of every evaluation in a run's metrics."""
     return [[m["step"], *(m[k] for k in keys), m["eval_loss"]] for m in metrics if "eval_loss" in m]

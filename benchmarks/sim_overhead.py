@@ -95,11 +95,10 @@ def run_one(job: dict) -> dict:
 
 
 def finish(rows: list[dict], args) -> None:
-    print("\n| run | plain: N steps (s) | simulated DDP step (s) | ratio | target | met |\n|---|---|---|---|---|---|")
-    for r in rows:
-        m = r["metrics"]
-        print(f"| {r['run']} | {m['plain_N_steps_s']:.4f} | {m['sim_ddp_step_s']:.4f} | {m['ratio']:.3f} | <= {m['target']} | "
-              f"{'yes' if m['met'] else 'no'} |")
+    harness.print_table(["run", "plain: N steps (s)", "simulated DDP step (s)", "ratio", "target", "met"],
+                        [[r["run"], f"{r['metrics']['plain_N_steps_s']:.4f}", f"{r['metrics']['sim_ddp_step_s']:.4f}",
+                          f"{r['metrics']['ratio']:.3f}", f"<= {r['metrics']['target']}", "yes" if r["metrics"]["met"] else "no"]
+                         for r in rows])
 
 
 if __name__ == "__main__":

@@ -563,3 +563,17 @@ def test_device_presets_and_kaplan_step_time():
     assert r["step_time_s"] == pytest.approx(6 * 1e9 * 1e6 / (989e12 * 0.6))
     assert r["bytes_scale"] == 1e6 and r["layout"].layers == 24
     assert "6 x N x tokens FLOPs on h100 at MFU 0.6" in r["description"]
+
+
+def test_a_cluster_too_large_for_memory_is_refused_before_work(tmp_path, monkeypatch):
+    import farsync.runner as runner
+    from farsync.config import ConfigError
+
+    cfg = {"name": "big", "task": {"name": "quadratic", "dim": 1000},
+           "cluster": {"workers": 5000}, "algorithm": {"name": "ddp", "inner": {"name": "sgd", "lr": 0.1}},
+           "train": {"steps": 2, "batch_size": 2}}
+    monkeypatch.setattr(runner, "available_memory", lambda: 100e6)
+    # 5000 x (8 x 8 kB + 256 kB) = 1.6 GB > 100 MB
+    with pytest.raises(ConfigError, match=r"cluster.workers=5000 needs about 1.6\d GB on the simulator .* but 100.00 MB is available"):
+        runner.run(cfg, out=tmp_path / "big", progress=False)
+    assert not (tmp_path / "big").exists()

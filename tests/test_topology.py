@@ -222,3 +222,15 @@ def test_build_topology():
 def test_config_errors_name_the_bad_value(cfg, n, match):
     with pytest.raises(ValueError, match=match):
         build_topology(cfg, n)
+
+
+@pytest.mark.parametrize("spec, n", [("ring", 7), ("complete", 5), ({"name": "torus", "rows": 3}, 12), ("ring", 1), ("ring", 2)])
+def test_mixing_row_is_the_matrix_row_bit_for_bit(spec, n):
+    """Decentralized workers take their row of W in O(n + degree) (`mixing_row`), not from the
+    n x n matrix: the values must be the matrix's exactly (trajectories depend on them)."""
+    g = build_topology(spec, n)
+    W = g.mixing_matrix()
+    assert all(torch.equal(W[i], g.mixing_row(i)) for i in range(n))
+    if g.is_regular():
+        U = g.mixing_matrix("uniform")
+        assert all(torch.equal(U[i], g.mixing_row(i, "uniform")) for i in range(n))

@@ -40,7 +40,7 @@ from .rundir import (LOCK_ENV, LOCK_NAME, MetricsLog, RunDirLock, check_new_run_
                      write_text_atomic)
 from .stopping import Terminated, stop_on_signals, stop_status
 from .tasks import Task, get_task
-from .units import format_loss, parse_bandwidth, parse_duration, parse_flops
+from .units import format_bytes, format_loss, parse_bandwidth, parse_duration, parse_flops
 from .algorithms.fragments import largest_block_list
 from .deployment import resolve
 from .retime import CommRecorder, write_log
@@ -87,6 +87,39 @@ def build_cluster(cfg: Config, task: Task) -> SimCluster:
     links = [c.bandwidth] * k + c.link_bandwidth if c.link_bandwidth else None
     return sim_cluster(world_size(cfg), c.bandwidth, c.latency, timed["step_time_s"], speeds, timed["bytes_scale"],
                        stragglers, links, timed)
+
+
+MEMORY_COPIES = 8  # per worker: parameters, gradients, optimizer state (2), algorithm copies and flat buffers (~4)
+THREAD_BYTES = 256 * 1024  # per simulated worker: its thread and Python objects
+
+
+def available_memory() -> float | None:
+    """Bytes of memory available to this process (Linux MemAvailable; None where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(cfg: Config, task: Task) -> None:
+    """Refuse, before any work, a simulated run whose workers cannot fit in memory (an estimate:
+    MEMORY_COPIES copies of the model per worker plus THREAD_BYTES), naming the numbers."""
+    avail = available_memory()
+    if avail is None:
+        return
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    n = world_size(cfg)
+    need = n * (MEMORY_COPIES * size + THREAD_BYTES)
+    if need > avail:
+        raise ConfigError(f"cluster.workers={cfg.cluster.workers} needs about {format_bytes(need)} on the simulator "
+                          f"({n} workers x ({MEMORY_COPIES} x {format_bytes(size)} of model: parameters, gradients, "
+                          f"optimizer and algorithm state, + {format_bytes(THREAD_BYTES)} per thread)), but "
+                          f"{format_bytes(avail)} is available; use fewer workers or a smaller model")
 
 
 def timed_deployment(cfg: Config, task: Task) -> dict[str, Any]:
@@ -365,6 +398,7 @@ def run(
         print(note, file=sys.stderr)
     task = build_task(cfg)
     n_params = check_model(cfg, task)
+    check_memory(cfg, task)
     cluster = build_cluster(cfg, task)
     run_dir, ckpt, lock = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
 

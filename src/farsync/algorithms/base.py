@@ -246,9 +246,12 @@ class CollectiveAlgorithm(Algorithm):
     def _carrying(self, indices: list[int] | None = None):
         """Tell the communicator which parameters the next payload holds (`Communicator.payload`:
         a description for the clock; values are unaffected)."""
-        if not hasattr(self, "_sizes"):
-            self._sizes = [p.numel() for p in self.params]
-        return self.comm.payload(spans_of(self._sizes, indices))
+        if not hasattr(self, "_spans"):
+            self._sizes, self._spans = [p.numel() for p in self.params], {}
+        key = None if indices is None else tuple(indices)
+        if key not in self._spans:
+            self._spans[key] = spans_of(self._sizes, indices)
+        return self.comm.payload(self._spans[key])
 
     def _average_gradients(self) -> None:
         """Average the gradients as one flat buffer; a missing ``.grad`` counts as zeros."""

@@ -155,7 +155,7 @@ class Decentralized(Algorithm):
         self.check_topology(topology, self.options)
         self.topology = topology
         if isinstance(topology, Topology):  # static: the neighbours (and mixing row) for the whole run
-            w_row = topology.mixing_matrix(self.options.weights)[self.comm.rank] if self.mixes() else None
+            w_row = topology.mixing_row(self.comm.rank, self.options.weights) if self.mixes() else None
             self._static = (topology.neighbors(self.comm.rank), w_row)
         self._average: list[torch.Tensor] | None = None
         self._average_step = -1
@@ -181,7 +181,7 @@ class Decentralized(Algorithm):
                 raise ValueError(f"weights={options.weights!r} needs a static graph; time-varying topologies "
                                  "use Metropolis-Hastings weights on each step's active edges")
         else:
-            topology.mixing_matrix(options.weights)  # uniform on a non-regular graph raises
+            topology.mixing_row(0, options.weights)  # uniform on a non-regular graph raises
 
     def peers(self, t: int) -> list[int]:
         """This worker's neighbours in the step-t graph (all of them on a static graph)."""
@@ -193,7 +193,7 @@ class Decentralized(Algorithm):
         """(this worker's neighbours, its row of W) at step t; no neighbours: W_ii = 1."""
         if isinstance(self.topology, TimeVarying):
             g = self.topology.graph(t)
-            return g.neighbors(self.comm.rank), g.mixing_matrix()[self.comm.rank]
+            return g.neighbors(self.comm.rank), g.mixing_row(self.comm.rank)
         return self._static
 
     def gossip(self, x: torch.Tensor, t: int) -> torch.Tensor:

@@ -105,7 +105,9 @@ class SimCluster:
         n = self.world_size
         self.stats = [CommStats() for _ in range(n)]
         self._link_free = [0.0] * n
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)  # the one lock every worker holds while it runs
+        self._wake = [threading.Condition(lock) for _ in range(n)]  # worker r sleeps on its own: O(1) per hand-off
         self._turn: int | None = 0
         self._waiting: list[tuple[Callable[[], bool], str, tuple[int, ...]] | None] = [None] * n  # (ready, what, peers)
         self._finished = [False] * n
@@ -150,7 +152,7 @@ class SimCluster:
         with self._cv:
             if self._error is None:
                 self._error = exc
-            self._cv.notify_all()
+            self._notify()
         for t in threads:
             while t.is_alive():
                 try:
@@ -174,7 +176,7 @@ class SimCluster:
             with self._cv:
                 if self._error is None:
                     self._error = exc
-                self._cv.notify_all()
+                self._notify()
             return
         with self._cv:
             self._finished[rank] = True
@@ -185,9 +187,17 @@ class SimCluster:
         while self._turn != rank:
             if self._error is not None:
                 raise _Aborted()
-            self._cv.wait()
+            self._wake[rank].wait()
         if self._error is not None:
             raise _Aborted()
+
+    def _notify(self) -> None:
+        """Wake the worker whose turn it is (all of them after an error, so that they leave; cv held)."""
+        if self._error is not None or self._turn is None:
+            for c in self._wake:
+                c.notify_all()
+        else:
+            self._wake[self._turn].notify()
 
     def _enter(self, rank: int) -> None:
         torch.set_rng_state(self._rng[rank])
@@ -203,7 +213,7 @@ class SimCluster:
             w = self._waiting[r]
             if w is None or w[0]():
                 self._turn = r
-                self._cv.notify_all()
+                self._notify()
                 return
         self._turn = None
         if not all(self._finished) and self._error is None:
@@ -214,7 +224,7 @@ class SimCluster:
                 f"simulated cluster deadlock: {waits}. Every rank must issue the same collectives "
                 "in the same order, and every send needs a matching recv."
             )
-        self._cv.notify_all()
+        self._notify()
 
     def _restart_from(self, rank: int, first: int) -> None:
         """`rank` completed a control-plane call that the other ranks wait on: give the baton to
@@ -226,7 +236,7 @@ class SimCluster:
         with self._cv:
             self._rng[rank] = torch.get_rng_state()
             self._turn = first
-            self._cv.notify_all()
+            self._notify()
             self._wait_turn(rank)
             self._enter(rank)
 
@@ -534,6 +544,15 @@ class SimCommunicator(Communicator):
 
     def all_gather_object(self, obj):
         return copy.deepcopy(self._object_op("all_gather_object", obj, None))
+
+    def broadcast_state(self, tensors, src=0):
+        """As `Communicator.broadcast_state` (one object all-gather), reading rank `src`'s copy
+        in place of copying every rank's entry: O(model) per worker, not O(workers x model)."""
+        mine = [t.detach().cpu() for t in tensors] if self.rank == src else None
+        values = self._object_op("all_gather_object", mine, None)[src]
+        with torch.no_grad():
+            for t, v in zip(tensors, values):
+                t.copy_(v)
 
     def gather_object(self, obj, dst=0):
         res = self._object_op("gather_object", obj, dst)
