@@ -57,10 +57,15 @@ class CommRecorder(CommunicatorWrapper):
         self.log = log
         self._spans = None
         self._works = 0
+        self._seen: dict[str, list] = {}  # repeated events are one shared list (8 bytes per repeat in memory)
+
+    def _add(self, event: list) -> None:
+        key = repr(event)
+        self.log.append(self._seen.setdefault(key, event) if len(self._seen) < 4096 else event)
 
     def _call(self, event: list, work: Work | None) -> Work | None:
         if work is None:
-            self.log.append(event + [None])
+            self._add(event + [None])
             return None
         self._works += 1
         self.log.append(event + [self._works])
@@ -95,11 +100,11 @@ class CommRecorder(CommunicatorWrapper):
         return self._call(["bc", _nbytes(tensor), self._spans, src], self.inner.broadcast(tensor, src, async_op))
 
     def send(self, tensor, dst):
-        self.log.append(["s", _nbytes(tensor), dst])
+        self._add(["s", _nbytes(tensor), dst])
         return self.inner.send(tensor, dst)
 
     def recv(self, tensor, src):
-        self.log.append(["r", _nbytes(tensor), src])
+        self._add(["r", _nbytes(tensor), src])
         return self.inner.recv(tensor, src)
 
     def recv_any(self, tensor):
@@ -112,31 +117,31 @@ class CommRecorder(CommunicatorWrapper):
         return self._call(["ir", _nbytes(tensor), src], self.inner.irecv(tensor, src))
 
     def barrier(self):
-        self.log.append(["b"])
+        self._add(["b"])
         return self.inner.barrier()
 
     def compute(self, steps=1.0):
-        self.log.append(["c", steps])
+        self._add(["c", steps])
         return self.inner.compute(steps)
 
     def all_gather_object(self, obj):
-        self.log.append(["o", "all_gather_object", None])
+        self._add(["o", "all_gather_object", None])
         return self.inner.all_gather_object(obj)
 
     def gather_object(self, obj, dst=0):
-        self.log.append(["o", "gather_object", dst])
+        self._add(["o", "gather_object", dst])
         return self.inner.gather_object(obj, dst)
 
     def scatter_object(self, objs, src=0):
-        self.log.append(["o", "scatter_object", src])
+        self._add(["o", "scatter_object", src])
         return self.inner.scatter_object(objs, src)
 
     def broadcast_state(self, tensors, src=0):
-        self.log.append(["o", "all_gather_object", None])  # the base implementation: one object all-gather
+        self._add(["o", "all_gather_object", None])  # the base implementation: one object all-gather
         return self.inner.broadcast_state(tensors, src)
 
     def gather_metrics(self, values):
-        self.log.append(["m"])
+        self._add(["m"])
         return self.inner.gather_metrics(values)
 
 
