@@ -120,6 +120,7 @@ class SimCluster:
         self._last_step = [(0.0, 0.0)] * n  # (start, compute time) of each worker's last step
         self._last_end = [-1.0] * n  # its clock when that step's compute ended
         self.carrying: list[Spans | None] = [None] * n  # what the worker's next calls carry (Communicator.payload)
+        self._plans: dict[tuple, list[tuple[float, float]]] = {}  # (payload bytes, spans) -> its buckets
         self.transfers: list[tuple[float, float, int, int]] = []  # (start, end, rank, bytes it sends) per call
 
     # ------------------------------------------------------------------ running
@@ -303,7 +304,10 @@ class SimCluster:
             return
         tm = self.time_model
         if op.plan is None:
-            op.plan = buckets(op.nbytes * self.network.bytes_scale, spans, tm.bucket_bytes, tm.layout)
+            key = (op.nbytes, spans)
+            if key not in self._plans:  # the same payload every round: cut it once
+                self._plans[key] = buckets(op.nbytes * self.network.bytes_scale, spans, tm.bucket_bytes, tm.layout)
+            op.plan = self._plans[key]
         clock = self.stats[rank].clock_s
         start, length = self._last_step[rank]
         if clock == self._last_end[rank] and length > 0:
