@@ -166,7 +166,7 @@ def _cmd_plan(args) -> int:
              mfu=args.mfu, tokens_per_step=args.tokens_per_step, peak_flops=args.peak_flops, workers=args.workers,
              algorithm=args.algorithm, sync_every=args.sync_every, fragments=args.fragments, delay=args.delay,
              overlap=args.overlap, bits=args.bits, latency=args.latency, bandwidths=bandwidths, steps=args.steps,
-             bucket_size=None if str(args.bucket_size).lower() == "none" else args.bucket_size,
+             bucket_size=args.bucket_size,
              overlap_backward=not args.no_backward_overlap)
     if args.plot:
         p.plot(args.plot)

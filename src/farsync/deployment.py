@@ -168,21 +168,21 @@ def resolve(tm: TimeModelConfig | str | dict | None, n_params: int, layers: int,
                f"6 x N x tokens FLOPs at {throughput / 1e12:g} TFLOP/s")
     layout = tm.layout(layers)
     words = describe(params, layout.layers, step, workers=workers, bandwidth_bps=bandwidth_bps, latency_s=latency_s,
-                     how=how, bucket_bytes=tm.bucket_bytes(), overlap=tm.overlap)
-    if tm.params is None:
-        words = words.replace("timed as a", "timed as the run's own", 1)
-        if scale != 1.0:
-            words += f"; payload bytes x {scale:g}"
+                     how=how, bucket_bytes=tm.bucket_bytes(), overlap=tm.overlap, own=tm.params is None)
+    if tm.params is None and scale != 1.0:
+        words += f"; payload bytes x {scale:g}"
     return {"step_time_s": step, "bytes_scale": scale, "layout": layout, "bucket_bytes": tm.bucket_bytes(),
             "params": params, "description": words}
 
 
 def describe(params: float, layers: int, step_time_s: float, *, workers: int | None = None,
              bandwidth_bps: float | None = None, latency_s: float | None = None, how: str = "",
-             bucket_bytes: float | None = DDP_BUCKET_BYTES, overlap: bool = True) -> str:
+             bucket_bytes: float | None = DDP_BUCKET_BYTES, overlap: bool = True, own: bool = False) -> str:
     """The time model in words: 'timed as a 1B-parameter, 24-layer model at 0.1 s per step, 4
-    workers, 1 Gbps, 10 ms (25 MiB buckets overlapped with the backward)'."""
-    head = f"timed as a {format_count(params)}-parameter, {layers}-layer model at {format_seconds(step_time_s)} per step"
+    workers, 1 Gbps, 10 ms (25 MiB buckets overlapped with the backward)'; `own`: the run's own
+    model ('timed as the run's own ...')."""
+    article = "the run's own" if own else "a"
+    head = f"timed as {article} {format_count(params)}-parameter, {layers}-layer model at {format_seconds(step_time_s)} per step"
     if how:
         head += f" ({how})"
     net = []

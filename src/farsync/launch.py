@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 from .rundir import LOCK_ENV, RunDirLock, check_new_run_dir, read_metrics, write_json_atomic
-from .runner import build_task, check_model, default_run_dir, resume_config, summarize, this_process, world_size, write_processes
+from .runner import build_task, check_model, default_run_dir, initial_model, resume_config, summarize, this_process, world_size, write_processes
 from .stopping import SIGNALS, stop_status
 
 
@@ -59,7 +59,7 @@ def launch(
         cfg = resume_config(resume, overrides, backend="torch")
     for note in cfg.notes():
         print(note, file=sys.stderr)
-    check_model(cfg, build_task(cfg))
+    check_model(cfg, initial_model(cfg, build_task(cfg)))
     need = world_size(cfg)
     n = nproc if nproc is not None else need
     if n != need:

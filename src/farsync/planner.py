@@ -105,8 +105,6 @@ def resolve_deployment(model: str | None = None, params: float | None = None, la
                  "tokens_per_step": tokens_per_step, "peak_flops": peak_flops, "forward_share": forward_share}.items():
         if v is not None:
             fields[k] = v
-    if model is not None and (device is not None or peak_flops is not None) and step_time is None:
-        fields["step_time"] = None  # the device decides the step time, not the preset's
     fields["bucket_size"] = bucket_size
     fields["overlap"] = overlap_backward
     tm = TimeModelConfig(**fields)
@@ -271,7 +269,7 @@ def paper_table(deployments: tuple[str, ...] = ("1b", "10b", "100b"), workers: i
     for name in deployments:
         L = PRESETS[name]["layers"]
         F = L // 3
-        H = 100 if 100 % F == 0 else F * math.ceil(100 / F)
+        H = F * math.ceil(100 / F)  # the multiple of F nearest above (or at) 100
         settings = [
             ("DDP, bf16", dict(algorithm="ddp", bits=16)),
             ("DiLoCo H=100, bf16", dict(algorithm="diloco", sync_every=100, bits=16)),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -71,20 +72,14 @@ class CommRecorder(CommunicatorWrapper):
         self.log.append(event + [self._works])
         return _RecordedWork(work, self.log, self._works)
 
+    @contextmanager
     def payload(self, spans):
-        recorder = self
-
-        class _Ctx:
-            def __enter__(self):
-                recorder._spans = [list(s) for s in spans]
-                self.inner = recorder.inner.payload(spans)
-                return self.inner.__enter__()
-
-            def __exit__(self, *exc):
-                recorder._spans = None
-                return self.inner.__exit__(*exc)
-
-        return _Ctx()
+        self._spans = [list(s) for s in spans]
+        try:
+            with self.inner.payload(spans):
+                yield
+        finally:
+            self._spans = None
 
     def all_reduce(self, tensor, op="sum", async_op=False):
         return self._call(["ar", _nbytes(tensor), self._spans], self.inner.all_reduce(tensor, op, async_op))
@@ -188,7 +183,7 @@ def replay(logs: list[list], cluster: SimCluster) -> tuple[list[list[dict]], lis
             else:
                 ident = ev[-1]
                 spans = ev[2] if kind in ("ar", "ag", "aa", "bc") else None
-                with comm.payload([tuple(s) for s in spans]) if spans is not None else _null():
+                with comm.payload([tuple(s) for s in spans]) if spans is not None else nullcontext():
                     work = _issue(comm, kind, ev, buf, ident is not None)
                 if ident is not None:
                     works[ident] = work
@@ -196,14 +191,6 @@ def replay(logs: list[list], cluster: SimCluster) -> tuple[list[list[dict]], lis
 
     final = cluster.run(fn)
     return marks, final
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _issue(comm, kind: str, ev: list, buf, async_op: bool):
@@ -274,7 +261,7 @@ def retime(run_dir: str | Path, overrides: list[str], out: str | Path) -> dict[s
     from .config import load_config
     from .rundir import check_new_run_dir, read_metrics, write_json_atomic, write_text_atomic
     from .report import bytes_in_flight
-    from .runner import build_cluster, build_task, write_transfers
+    from .runner import build_cluster, build_task, summarize, write_transfers
 
     run_dir, out = Path(run_dir), Path(out)
     check_retimeable(run_dir, overrides)
@@ -300,14 +287,11 @@ def retime(run_dir: str | Path, overrides: list[str], out: str | Path) -> dict[s
     for name in ("model.pt", LOG_NAME):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / name)
-    sim_time = max(f["clock_s"] for f in final)
-    compute = [f["compute_time_s"] for f in final]
+    timing = summarize(cfg, [{**f, "role": "worker"} for f in final], rows, "completed", 0.0, old["n_params"])
     summary = {
         **old,
-        "sim_time_s": sim_time,
-        "compute_time_s_per_worker": compute,
-        "blocked_time_s_per_worker": [f["blocked_time_s"] for f in final],
-        "compute_utilization": sum(compute) / (len(compute) * sim_time) if sim_time > 0 else None,
+        **{k: timing[k] for k in ("sim_time_s", "compute_time_s_per_worker", "blocked_time_s_per_worker",
+                                  "compute_utilization")},
         "peak_bytes_in_flight": max(bytes_in_flight(cluster.transfers)[1], default=0),
         "time_model": cluster.time_model.description,
         "retimed_from": str(run_dir),

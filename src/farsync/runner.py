@@ -76,11 +76,19 @@ def world_size(cfg: Config) -> int:
     return cfg.cluster.workers + int(server_based(cfg))
 
 
-def build_cluster(cfg: Config, task: Task) -> SimCluster:
+def initial_model(cfg: Config, task: Task) -> torch.nn.Module:
+    """The run's initial model as every worker builds it (seeded): what the checks before work and
+    the time model look at."""
+    torch.manual_seed(cfg.seed)
+    return task.build_model()
+
+
+def build_cluster(cfg: Config, task: Task, model: torch.nn.Module | None = None) -> SimCluster:
     """The simulated cluster. A server-based algorithm's server is rank 0 (no compute, its link at
-    ``cluster.bandwidth``) and worker w of the config (speeds, stragglers, links) is rank w + 1."""
+    ``cluster.bandwidth``) and worker w of the config (speeds, stragglers, links) is rank w + 1.
+    `model`: the initial model (built here if not given)."""
     c = cfg.cluster
-    timed = timed_deployment(cfg, task)
+    timed = timed_deployment(cfg, task, model if model is not None else initial_model(cfg, task))
     k = int(server_based(cfg))
     stragglers = [Straggler(s.rank + k, s.factor, *s.window_s()) for s in c.stragglers]
     speeds = [1.0] * k + c.speeds if c.speeds else None
@@ -104,14 +112,12 @@ def available_memory() -> float | None:
     return None
 
 
-def check_memory(cfg: Config, task: Task) -> None:
+def check_memory(cfg: Config, model: torch.nn.Module) -> None:
     """Refuse, before any work, a simulated run whose workers cannot fit in memory (an estimate:
-    MEMORY_COPIES copies of the model per worker plus THREAD_BYTES), naming the numbers."""
+    MEMORY_COPIES copies of the initial `model` per worker plus THREAD_BYTES), naming the numbers."""
     avail = available_memory()
     if avail is None:
         return
-    torch.manual_seed(cfg.seed)
-    model = task.build_model()
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     n = world_size(cfg)
     need = n * (MEMORY_COPIES * size + THREAD_BYTES)
@@ -122,13 +128,11 @@ def check_memory(cfg: Config, task: Task) -> None:
                           f"{format_bytes(avail)} is available; use fewer workers or a smaller model")
 
 
-def timed_deployment(cfg: Config, task: Task) -> dict[str, Any]:
+def timed_deployment(cfg: Config, task: Task, model: torch.nn.Module) -> dict[str, Any]:
     """What the clock times the run as: step time, bytes scale, step layout, buckets and the
-    description in words (`deployment.py`; without ``cluster.time_model``: the run's own model
+    description in words (`deployment.py`; without ``cluster.time_model``: the run's own `model`
     at ``cluster.step_time`` or ``cluster.throughput``, payloads as they are)."""
     c = cfg.cluster
-    torch.manual_seed(cfg.seed)
-    model = task.build_model()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     blocks = largest_block_list(model)
     layers = len(blocks) if blocks is not None else 1
@@ -288,11 +292,9 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None, backend: str
     return cfg
 
 
-def check_model(cfg: Config, task: Task) -> int:
-    """Build the initial model once: the algorithm checks its options against it (e.g. fragments
-    against blocks) before anything is written; returns the number of parameters."""
-    torch.manual_seed(cfg.seed)
-    model = task.build_model()
+def check_model(cfg: Config, model: torch.nn.Module) -> int:
+    """The algorithm checks its options against the initial `model` (e.g. fragments against
+    blocks) before anything is written; returns the number of parameters."""
     try:
         get_algorithm(cfg.algorithm.name).check_model(model, cfg.algorithm.options())
     except ValueError as err:
@@ -397,9 +399,11 @@ def run(
     for note in cfg.notes():
         print(note, file=sys.stderr)
     task = build_task(cfg)
-    n_params = check_model(cfg, task)
-    check_memory(cfg, task)
-    cluster = build_cluster(cfg, task)
+    model = initial_model(cfg, task)
+    n_params = check_model(cfg, model)
+    check_memory(cfg, model)
+    cluster = build_cluster(cfg, task, model)
+    del model
     run_dir, ckpt, lock = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
 
     ctx = RunContext(
@@ -524,7 +528,7 @@ def run_distributed_worker(
             raise RuntimeError(f"rank 0 could not prepare the run directory: {gathered[0][0]}")
         if comm.rank == 0:
             write_processes(ctx.run_dir, [p for _, p in gathered])
-        n_params = check_model(cfg, task)
+        n_params = check_model(cfg, initial_model(cfg, task))
         status, wall0 = "completed", time.perf_counter()
         watch_parent()
         try:

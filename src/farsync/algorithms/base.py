@@ -219,6 +219,8 @@ class CollectiveAlgorithm(Algorithm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rounds = RoundClock(self.sync_every)
+        self._sizes = [p.numel() for p in self.params]  # for the payload spans of `_carrying`
+        self._spans: dict[tuple[int, ...] | None, tuple] = {}
         self.reducer = self._build_reducer(getattr(self.options, "compress", None))
         self._agree_on_optimizer_stats()
 
@@ -246,8 +248,6 @@ class CollectiveAlgorithm(Algorithm):
     def _carrying(self, indices: list[int] | None = None):
         """Tell the communicator which parameters the next payload holds (`Communicator.payload`:
         a description for the clock; values are unaffected)."""
-        if not hasattr(self, "_spans"):
-            self._sizes, self._spans = [p.numel() for p in self.params], {}
         key = None if indices is None else tuple(indices)
         if key not in self._spans:
             self._spans[key] = spans_of(self._sizes, indices)

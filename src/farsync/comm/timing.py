@@ -105,7 +105,7 @@ def buckets(timed_bytes: float, spans: Spans, bucket_bytes: float | None, layout
     out: list[tuple[float, float]] = []
     for k in range(n):
         # bucket k covers [k, k+1) x bucket_bytes of the payload from its top (the last one, the rest)
-        share = 1.0 / n if bucket_bytes is None or n == 1 else min(bucket_bytes, timed_bytes - k * bucket_bytes) / timed_bytes
+        share = 1.0 if n == 1 else min(bucket_bytes, timed_bytes - k * bucket_bytes) / timed_bytes
         upto = total if k == n - 1 else (k + 1) * bucket_bytes / timed_bytes * total  # span length covered so far
         out.append((share, layout.ready(_position_at(spans, upto))))
     return out
