@@ -144,16 +144,19 @@ def sim_cluster(
     workers: int, bandwidth: str | float, latency: str | float, step_time_s: float, speeds: list[float] | None = None,
     bytes_scale: float = 1.0, stragglers: list[Straggler] | tuple[Straggler, ...] | None = None,
     link_bandwidth: list[str | float] | None = None, timed: dict[str, Any] | None = None,
+    parallel: int = 1, threads: int | None = None,
 ) -> SimCluster:
     """A `SimCluster` from the config's units ('1Gbps', '10ms'; numbers are bits/s and seconds);
-    `timed` (`deployment.resolve`) sets the step time, bytes scale, step layout and buckets."""
+    `timed` (`deployment.resolve`) sets the step time, bytes scale, step layout and buckets;
+    `parallel` processes with `threads` torch threads each run the workers (`comm/sim_parallel.py`)."""
     links = tuple(parse_bandwidth(b) for b in link_bandwidth) if link_bandwidth else None
     if timed is not None:
         step_time_s, bytes_scale = timed["step_time_s"], timed["bytes_scale"]
     network = NetworkModel(parse_bandwidth(bandwidth), parse_duration(latency), bytes_scale, links)
     extra = {} if timed is None else {"layout": timed["layout"], "bucket_bytes": timed["bucket_bytes"],
                                       "description": timed["description"]}
-    return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ()), **extra))
+    return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ()), **extra),
+                      parallel=parallel, threads=threads)
 
 
 def simulate(
@@ -169,6 +172,8 @@ def simulate(
     time_model: str | dict[str, Any] | None = None,
     model_params: int | None = None,
     layers: int = 1,
+    parallel: int = 1,
+    threads: int | None = None,
 ) -> SimReport:
     """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
 
@@ -181,6 +186,10 @@ def simulate(
     ``cluster.time_model``: `farsync.deployment`); with its ``params``, `model_params` (your
     model's parameter count) scales the payloads. `layers`: your model's layers when the time
     model does not say (per-layer timing: `farsync.comm.timing`).
+
+    `parallel` > 1 runs the workers in that many processes (forked: `train_fn` may be a closure),
+    each with `threads` torch threads: the same results at equal threads, for functions that
+    use collectives only (`farsync.comm.sim_parallel`).
     """
     timed = None
     if time_model is not None:
@@ -192,7 +201,7 @@ def simulate(
         timed = resolve(tm, model_params or 1, layers, step_time_s=parse_duration(step_time), bytes_scale=bytes_scale,
                         workers=workers, bandwidth_bps=parse_bandwidth(bandwidth), latency_s=parse_duration(latency))
     cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers,
-                          link_bandwidth, timed)
+                          link_bandwidth, timed, parallel, threads)
     results = cluster.run(train_fn)
     words = cluster.time_model.description or (f"timed at {parse_duration(step_time):g} s per step (simulate's step_time), "
                                                 f"{workers} workers, {bandwidth}, {latency} latency")

@@ -110,6 +110,11 @@ class ClusterConfig(_Strict):
     time_model: TimeModelConfig | None = Field(
         None, description="time the run as a deployment: a preset (1b, 10b, 100b) or {params, layers, step_time | "
         "device, mfu, tokens_per_step, bucket_size, overlap} (deployment.py); replaces step_time and bytes_scale")
+    parallel: int = Field(
+        1, ge=1, description="simulator: spread the workers over this many processes (identical metrics at equal "
+        "threads; algorithms that use collectives only)")
+    threads: int | None = Field(
+        None, ge=1, description="simulator: torch threads per process (default: this machine's torch threads / parallel)")
     topology: dict[str, Any] | str | None = Field(
         None, description="decentralized algorithms' graph, e.g. ring or {name: torus, rows: 2} (farsync/topology.py); none: complete"
     )
@@ -147,6 +152,11 @@ class ClusterConfig(_Strict):
                 given = ", ".join(f"cluster.{k}" for k in both)
                 raise ValueError(f"cluster.time_model replaces {given}: give the step time and the timed model's size "
                                  "in time_model (e.g. {params: 1e9, layers: 24, step_time: 0.1s}), not both")
+        if self.parallel > 1 and self.backend != "sim":
+            raise ValueError(f"cluster.parallel ({self.parallel}) spreads simulated workers over processes; on "
+                             "cluster.backend: torch every worker is a process already: remove cluster.parallel")
+        if self.parallel > self.workers:
+            raise ValueError(f"cluster.parallel must be in [1, {self.workers}] (cluster.workers), got {self.parallel}")
         if self.speeds is not None and any(not s > 0 for s in self.speeds):
             raise ValueError(f"speeds must all be > 0, got {self.speeds}")
         if self.topology is not None:
@@ -314,6 +324,15 @@ class Config(_Strict):
             raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed: its server and workers run at "
                              "their own pace, so no step has one consistent state of all of them to save (not "
                              "implemented); set train.checkpoint_every: 0")
+        if self.cluster.parallel > 1:
+            from .algorithms import ALGORITHMS
+            from .algorithms.base import CollectiveAlgorithm
+
+            if not issubclass(cls, CollectiveAlgorithm):
+                ok = ", ".join(sorted(n for n, c in ALGORITHMS.items() if issubclass(c, CollectiveAlgorithm)))
+                raise ValueError(f"cluster.parallel ({self.cluster.parallel}) needs an algorithm that communicates by "
+                                 f"collectives only ({ok}); {self.algorithm.name!r} sends point-to-point messages, "
+                                 "whose simulated timing follows the order the workers run in: use cluster.parallel: 1")
         if issubclass(cls, Decentralized):
             try:
                 cls.check_topology(self.cluster.build_topology(), self.algorithm.options())

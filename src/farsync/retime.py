@@ -269,6 +269,7 @@ def retime(run_dir: str | Path, overrides: list[str], out: str | Path) -> dict[s
     log = read_log(run_dir)
     task = build_task(cfg)
     cluster = build_cluster(cfg, task)
+    cluster.parallel = 1  # a replay moves no real payloads: one process is fastest
     marks, final = replay(log["workers"], cluster)
     old = json.loads((run_dir / "summary.json").read_text())
     sent = [f["bytes_sent"] for f in final]

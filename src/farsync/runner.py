@@ -47,7 +47,7 @@ from .retime import CommRecorder, write_log
 
 # Keys a resumed run may change: none of them changes what a finished step computed.
 RESUMABLE_KEYS = ("name", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                  "cluster.backend", "cluster.device", "cluster.timeout")
+                  "cluster.backend", "cluster.device", "cluster.timeout", "cluster.parallel", "cluster.threads")
 DIVERGED_FACTOR = 10.0  # summary "diverged": the last logged train loss is this many times the first
 
 
@@ -94,7 +94,7 @@ def build_cluster(cfg: Config, task: Task, model: torch.nn.Module | None = None)
     speeds = [1.0] * k + c.speeds if c.speeds else None
     links = [c.bandwidth] * k + c.link_bandwidth if c.link_bandwidth else None
     return sim_cluster(world_size(cfg), c.bandwidth, c.latency, timed["step_time_s"], speeds, timed["bytes_scale"],
-                       stragglers, links, timed)
+                       stragglers, links, timed, c.parallel, c.threads)
 
 
 MEMORY_COPIES = 8  # per worker: parameters, gradients, optimizer state (2), algorithm copies and flat buffers (~4)
@@ -144,13 +144,17 @@ def timed_deployment(cfg: Config, task: Task, model: torch.nn.Module) -> dict[st
                    latency_s=parse_duration(c.latency))
 
 
-def train(comm, cfg: Config, task: Task, ctx: RunContext) -> None:
+def train(comm, cfg: Config, task: Task, ctx: RunContext) -> list | None:
     """Run this rank's part of the training: the SPMD loop, or the server/worker loop. With
-    ``FARSYNC_FAULT`` set (tests), the communicator kills a worker (`comm.faults`)."""
-    if ctx.comm_log is not None:  # the simulator records what each worker does, for `farsync retime`
-        comm = CommRecorder(comm, ctx.comm_log[comm.rank])
+    ``FARSYNC_FAULT`` set (tests), the communicator kills a worker (`comm.faults`). Returns the
+    rank's communication log when the simulator records one (from another process with
+    ``cluster.parallel``)."""
+    log = ctx.comm_log[comm.rank] if ctx.comm_log is not None else None
+    if log is not None:  # the simulator records what each worker does, for `farsync retime`
+        comm = CommRecorder(comm, log)
     comm = faults.from_env(comm, hard_kill=ctx.hard_kill)
     (train_async if server_based(cfg) else train_worker)(comm, cfg, task, ctx)
+    return log
 
 
 def summarize(cfg: Config, rows: list[dict], records: list[dict], status: str, wall: float, n_params: int) -> dict:
@@ -426,7 +430,9 @@ def run(
         ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
         write_processes(run_dir, [this_process("simulator", "all")])
         with stop_on_signals(graceful=not server_based(cfg)), ctx.bar:
-            cluster.run(lambda comm: train(comm, cfg, task, ctx))
+            logs = cluster.run(lambda comm: train(comm, cfg, task, ctx))
+        if ctx.comm_log is not None:
+            ctx.comm_log = logs
         ctx.last_rows = [{**s.as_dict(), "role": "worker"} for s in cluster.stats]
         if server_based(cfg):
             ctx.last_rows[0]["role"] = "server"

@@ -28,7 +28,9 @@ first bucket's start to its last bucket's arrival (``bucket_transfers = True``: 
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import threading
+from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 
 from .base import CommStats, Communicator, Work, tensor_nbytes, wire_bytes
+from . import sim_parallel
 from .cost import NetworkModel, TimeModel
 from .timing import Spans, buckets
 
@@ -83,17 +86,29 @@ class _SimWork(Work):
 
 
 class SimCluster:
-    """An in-process cluster of `world_size` workers. ``run(fn)`` calls ``fn(comm)`` on each."""
+    """A simulated cluster of `world_size` workers. ``run(fn)`` calls ``fn(comm)`` on each.
+
+    `parallel` > 1 spreads the workers over that many processes (`sim_parallel`: identical
+    results, collectives only), each using `threads` torch threads (default: this process's
+    threads / `parallel`)."""
 
     def __init__(
         self,
         world_size: int,
         network: NetworkModel | None = None,
         time_model: TimeModel | None = None,
+        parallel: int = 1,
+        threads: int | None = None,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
+        sim_parallel.slices(world_size, parallel)  # raises on a bad value, naming the range
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if parallel > 1 and "fork" not in multiprocessing.get_all_start_methods():
+            raise ValueError("parallel > 1 needs the 'fork' start method (Linux); use parallel: 1 here")
         self.world_size = world_size
+        self.parallel, self.threads = parallel, threads
         self.bucket_transfers = False  # True: `transfers` gets one row per bucket (tests), else one per call
         self.network = network or NetworkModel()
         self.time_model = time_model or TimeModel(step_time_s=0.0)
@@ -122,6 +137,8 @@ class SimCluster:
         self.carrying: list[Spans | None] = [None] * n  # what the worker's next calls carry (Communicator.payload)
         self._plans: dict[tuple, list[tuple[float, float]]] = {}  # (payload bytes, spans) -> its buckets
         self.transfers: list[tuple[float, float, int, int]] = []  # (start, end, rank, bytes it sends) per call
+        self._calls: list[deque] = [deque() for _ in range(n)]  # parallel: each remote rank's calls, in order
+        self._remote_waiting: set[int] = set()  # parallel: proxies waiting for their process's next call
 
     # ------------------------------------------------------------------ running
     def run(self, fn: Callable[[SimCommunicator], Any]) -> list[Any]:
@@ -129,6 +146,17 @@ class SimCluster:
         self._reset()
         main_rng = torch.get_rng_state()
         self._rng = [main_rng.clone() for _ in range(self.world_size)]
+        threads = self.threads or max(1, torch.get_num_threads() // self.parallel)
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            if self.parallel == 1:
+                return self._run_threads(fn, main_rng)
+            return sim_parallel.run_spread(self, fn, main_rng, threads)
+        finally:
+            torch.set_num_threads(old_threads)
+
+    def _run_threads(self, fn: Callable[[SimCommunicator], Any], main_rng: torch.Tensor) -> list[Any]:
         results: list[Any] = [None] * self.world_size
         threads = [
             threading.Thread(target=self._thread_main, args=(r, fn, results), daemon=True, name=f"sim-rank{r}")
@@ -201,11 +229,13 @@ class SimCluster:
             self._wake[self._turn].notify()
 
     def _enter(self, rank: int) -> None:
-        torch.set_rng_state(self._rng[rank])
+        if self.parallel == 1:  # with parallel, the ranks' hosts keep their RNG states (proxies draw nothing)
+            torch.set_rng_state(self._rng[rank])
 
     def _handoff(self, rank: int) -> None:
         """Give the baton to the next runnable rank after `rank` (cv held)."""
-        self._rng[rank] = torch.get_rng_state()
+        if self.parallel == 1:
+            self._rng[rank] = torch.get_rng_state()
         n = self.world_size
         for k in range(1, n + 1):
             r = (rank + k) % n
@@ -217,7 +247,7 @@ class SimCluster:
                 self._notify()
                 return
         self._turn = None
-        if not all(self._finished) and self._error is None:
+        if not all(self._finished) and self._error is None and not self._remote_waiting:
             waits = ", ".join(
                 f"rank {r} in {w[1]}" for r, w in enumerate(self._waiting) if w is not None and not self._finished[r]
             )
@@ -235,7 +265,8 @@ class SimCluster:
         if rank == first:
             return
         with self._cv:
-            self._rng[rank] = torch.get_rng_state()
+            if self.parallel == 1:
+                self._rng[rank] = torch.get_rng_state()
             self._turn = first
             self._notify()
             self._wait_turn(rank)
@@ -251,6 +282,28 @@ class SimCluster:
             self._wait_turn(rank)
             self._waiting[rank] = None
             self._enter(rank)
+
+    # ------------------------------------------------------------------ remote ranks (parallel > 1)
+    def _deliver(self, rank: int, call: tuple) -> None:
+        """A call from remote `rank`'s process (its reader thread): queue it; if every worker was
+        waiting, give `rank` the baton."""
+        with self._cv:
+            self._calls[rank].append(call)
+            if self._turn is None and rank in self._remote_waiting and self._error is None:
+                self._turn = rank
+                self._notify()
+
+    def _next_call(self, rank: int) -> tuple:
+        """Remote `rank`'s next call, waiting for its process (and letting the others run) if needed."""
+        calls = self._calls[rank]
+        with self._cv:
+            if not calls:
+                self._remote_waiting.add(rank)
+                try:
+                    self._block_until(rank, lambda: bool(calls), "a call from its simulator process")
+                finally:
+                    self._remote_waiting.discard(rank)
+            return calls.popleft()
 
     # ------------------------------------------------------------------ ops
     def _issue_collective(self, rank: int, kind: str, payload: Any, spec: tuple) -> _Op:
@@ -275,6 +328,8 @@ class SimCluster:
             return op
 
     def _issue_p2p(self, rank: int, kind: str, tensor: torch.Tensor, peer: int) -> _Op:
+        if self.parallel > 1:
+            raise RuntimeError(sim_parallel.P2P_REFUSED)
         if not 0 <= peer < self.world_size or peer == rank:
             raise ValueError(f"invalid peer rank {peer} for rank {rank} (world size {self.world_size})")
         src, dst = (rank, peer) if kind == "send" else (peer, rank)
@@ -362,6 +417,8 @@ class SimCluster:
         return best
 
     def _recv_any(self, rank: int, tensor: torch.Tensor) -> int:
+        if self.parallel > 1:
+            raise RuntimeError(sim_parallel.P2P_REFUSED)
         ready = lambda: self._first_arrival(rank) is not None  # noqa: E731
         self._block_until(rank, ready, "recv from any source", tuple(range(self.world_size)))
         with self._cv:
