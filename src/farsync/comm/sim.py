@@ -137,7 +137,7 @@ class SimCluster:
         self.carrying: list[Spans | None] = [None] * n  # what the worker's next calls carry (Communicator.payload)
         self._plans: dict[tuple, list[tuple[float, float]]] = {}  # (payload bytes, spans) -> its buckets
         self.transfers: list[tuple[float, float, int, int]] = []  # (start, end, rank, bytes it sends) per call
-        self._calls: list[deque] = [deque() for _ in range(n)]  # parallel: each remote rank's calls, in order
+        self._calls: list[deque] = [deque() for _ in range(n)]  # parallel: each rank's calls from its host, in order
         self._remote_waiting: set[int] = set()  # parallel: proxies waiting for their process's next call
 
     # ------------------------------------------------------------------ running
@@ -229,13 +229,18 @@ class SimCluster:
             self._wake[self._turn].notify()
 
     def _enter(self, rank: int) -> None:
+        """`rank` takes the baton: its RNG state becomes torch's."""
         if self.parallel == 1:  # with parallel, the ranks' hosts keep their RNG states (proxies draw nothing)
             torch.set_rng_state(self._rng[rank])
 
-    def _handoff(self, rank: int) -> None:
-        """Give the baton to the next runnable rank after `rank` (cv held)."""
+    def _leave(self, rank: int) -> None:
+        """`rank` gives the baton away: keep torch's RNG state as its own."""
         if self.parallel == 1:
             self._rng[rank] = torch.get_rng_state()
+
+    def _handoff(self, rank: int) -> None:
+        """Give the baton to the next runnable rank after `rank` (cv held)."""
+        self._leave(rank)
         n = self.world_size
         for k in range(1, n + 1):
             r = (rank + k) % n
@@ -265,8 +270,7 @@ class SimCluster:
         if rank == first:
             return
         with self._cv:
-            if self.parallel == 1:
-                self._rng[rank] = torch.get_rng_state()
+            self._leave(rank)
             self._turn = first
             self._notify()
             self._wait_turn(rank)
@@ -283,10 +287,10 @@ class SimCluster:
             self._waiting[rank] = None
             self._enter(rank)
 
-    # ------------------------------------------------------------------ remote ranks (parallel > 1)
+    # ------------------------------------------------------------------ proxies (parallel > 1)
     def _deliver(self, rank: int, call: tuple) -> None:
-        """A call from remote `rank`'s process (its reader thread): queue it; if every worker was
-        waiting, give `rank` the baton."""
+        """A call from `rank`'s host (a reader thread, or the local slice's rank itself): queue it
+        for `rank`'s proxy; if every proxy was waiting, give `rank` the baton."""
         with self._cv:
             self._calls[rank].append(call)
             if self._turn is None and rank in self._remote_waiting and self._error is None:
@@ -294,7 +298,7 @@ class SimCluster:
                 self._notify()
 
     def _next_call(self, rank: int) -> tuple:
-        """Remote `rank`'s next call, waiting for its process (and letting the others run) if needed."""
+        """`rank`'s next call from its host, waiting for it (and letting the other proxies run) if needed."""
         calls = self._calls[rank]
         with self._cv:
             if not calls:

@@ -29,7 +29,6 @@ process's own ranks hand their tensors to their proxies as they are.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import pickle
@@ -105,9 +104,6 @@ class _Host:
         if value is _STOP:
             raise _Stopped()
         return value
-
-    def answer(self, rank: int, value: Any) -> None:
-        self.replies[rank].put(value)
 
     def stop(self) -> None:
         """Make every rank leave at its next call (the run failed or was interrupted)."""
@@ -266,7 +262,7 @@ def _child_main(conn: Connection, ranks: range, world_size: int, fn: Callable, r
         try:
             while True:
                 rank, value = pickle.loads(conn.recv_bytes())
-                host.answer(rank, value)
+                host.replies[rank].put(value)
         except (EOFError, OSError):
             os._exit(1)  # the calling process ended (or killed the run)
 
@@ -299,7 +295,7 @@ def run_spread(cluster: SimCluster, fn: Callable, rng: torch.Tensor, threads: in
                 answer[r] = _pipe_answer(mine, lock, r)
         local = _Host(first, cluster.world_size, cluster._deliver, rng)
         for r in first:
-            answer[r] = functools.partial(local.answer, r)
+            answer[r] = local.replies[r].put
         local_threads = local.start(fn)
         try:
             return cluster._run_threads(lambda comm: _proxy(cluster, comm, answer[comm.rank]), rng)
