@@ -156,3 +156,35 @@ def test_simulate_takes_stragglers_and_per_worker_links():
     slow = farsync.simulate(train, workers=2, step_time="1s", latency=0, stragglers=[farsync.Straggler(1, 2.0, 0.0, 2.0)],
                             link_bandwidth=["1Gbps", "1Gbps"])
     assert slow.sim_time_s == pytest.approx(plain.sim_time_s + 1.0)  # its step started at t = 0 takes 2 s; at t = 2 the window is over
+
+
+def _slow_steps(comm, steps=6, pause=0.06):
+    import time
+
+    model = torch.nn.Linear(4, 1)
+    algo = farsync.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "ddp")
+    for _ in range(steps):
+        model(torch.ones(2, 4)).sum().backward()
+        time.sleep(pause)  # real time, so that the watcher sees the call run
+        algo.step()
+        algo.zero_grad()
+
+
+def test_long_simulate_prints_progress_lines(monkeypatch, capsys):
+    monkeypatch.setenv("FARSYNC_PROGRESS_EVERY", "0.1")
+    report = farsync.simulate(_slow_steps, workers=3, step_time="1s", latency=0)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[simulate]")]
+    assert len(lines) >= 2, lines
+    m = [re.match(r"\[simulate\] 3 workers  steps (\d+)(?:-(\d+))? .*sim clock ([\d.e+-]+) s  sent (.+)  running ", ln) for ln in lines]
+    assert all(m), lines
+    first = [int(x.group(1)) for x in m]
+    assert first == sorted(first) and first[-1] <= 6  # steps only grow and never pass the loop's
+    assert max(float(x.group(3)) for x in m) <= report.sim_time_s
+
+
+def test_simulate_progress_off_or_short_prints_nothing(monkeypatch, capsys):
+    monkeypatch.setenv("FARSYNC_PROGRESS_EVERY", "0.1")
+    farsync.simulate(_slow_steps, workers=2, step_time="1s", latency=0, progress=False)
+    monkeypatch.setenv("FARSYNC_PROGRESS_EVERY", "30")
+    farsync.simulate(_slow_steps, workers=2, step_time="1s", latency=0)
+    assert "[simulate]" not in capsys.readouterr().err

@@ -28,6 +28,7 @@ from .algorithms.options import validate_options
 from .algorithms.server import ParameterServerAlgorithm
 from .comm import CommStats, Communicator, NetworkModel, SimCluster, Straggler, TimeModel
 from .comm.sim import current_sim_communicator
+from .progress import SimWatch
 from .units import parse_bandwidth, parse_duration
 
 
@@ -174,6 +175,7 @@ def simulate(
     layers: int = 1,
     parallel: int = 1,
     threads: int | None = None,
+    progress: bool = True,
 ) -> SimReport:
     """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
 
@@ -190,6 +192,10 @@ def simulate(
     `parallel` > 1 runs the workers in that many processes (forked: `train_fn` may be a closure),
     each with `threads` torch threads: the same results at equal threads, for functions that
     use collectives only (`farsync.comm.sim_parallel`).
+
+    `progress`: while the call runs, a line on stderr every ``FARSYNC_PROGRESS_EVERY`` seconds
+    (30 by default; a shorter call prints nothing) with the workers' steps, the virtual clock and
+    the bytes sent (`farsync.progress.SimWatch`).
     """
     timed = None
     if time_model is not None:
@@ -202,7 +208,8 @@ def simulate(
                         workers=workers, bandwidth_bps=parse_bandwidth(bandwidth), latency_s=parse_duration(latency))
     cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers,
                           link_bandwidth, timed, parallel, threads)
-    results = cluster.run(train_fn)
+    with SimWatch(cluster, enabled=progress):
+        results = cluster.run(train_fn)
     words = cluster.time_model.description or (f"timed at {parse_duration(step_time):g} s per step (simulate's step_time), "
                                                 f"{workers} workers, {bandwidth}, {latency} latency")
     return SimReport(results, list(cluster.stats), words)

@@ -5,12 +5,19 @@ is not a terminal (batch schedulers, nohup, ``make demo | tee``) a plain line is
 every `interval` seconds (``FARSYNC_PROGRESS_EVERY``, default 30 s), and always at the last step::
 
     [demo-diloco] step 120/1000 (12%)  train loss 2.3456  eval loss 2.4011  1,234 tokens/s  sim 12.3 s  ETA 3m 05s
+
+`SimWatch` does the same for ``farsync.simulate``, whose loop is the user's own (no total is
+known): while the call runs, a line every `interval` seconds, the first after one interval, so a
+short call prints nothing::
+
+    [simulate] 1,024 workers  steps 37-38 (2.1 steps/s)  sim clock 4.512 s  sent 1.2 GB  running 30s
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from rich.console import Console
@@ -90,3 +97,42 @@ class ProgressBar:
             line += f"  sim {record['sim_time_s']:.4g} s"
         line += f"  ETA {format_duration((self.total - step) / rate) if rate > 0 else '?'}"
         print(line, file=sys.stderr, flush=True)
+
+
+class SimWatch:
+    """Context: while a simulated cluster runs, print a progress line on stderr every `interval`
+    seconds (default ``FARSYNC_PROGRESS_EVERY``, 30 s). Reads the cluster's per-worker step counts
+    and counters without taking its lock (a line may be a step behind)."""
+
+    def __init__(self, cluster, enabled: bool = True, interval: float | None = None, label: str = "simulate"):
+        self.cluster, self.enabled, self.label = cluster, enabled, label
+        self.interval = _interval() if interval is None else interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        if self.enabled:
+            self._t0 = time.perf_counter()
+            self._thread = threading.Thread(target=self._watch, daemon=True, name="sim-progress")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(max(self.interval, 0.05)):
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        c = self.cluster
+        steps = list(c.steps_done)
+        stats = list(c.stats)
+        elapsed = time.perf_counter() - self._t0
+        lo, hi = min(steps), max(steps)
+        done = f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+        return (f"[{self.label}] {c.world_size:,} workers  steps {done} ({lo / max(elapsed, 1e-9):.3g} steps/s)  "
+                f"sim clock {max(s.clock_s for s in stats):.4g} s  sent {format_bytes(sum(s.bytes_sent for s in stats))}  "
+                f"running {format_duration(elapsed)}")

@@ -119,6 +119,7 @@ class SimCluster:
     def _reset(self) -> None:
         n = self.world_size
         self.stats = [CommStats() for _ in range(n)]
+        self.steps_done = [0.0] * n  # inner steps each worker has computed in this run (progress)
         self._link_free = [0.0] * n
         lock = threading.RLock()
         self._cv = threading.Condition(lock)  # the one lock every worker holds while it runs
@@ -590,6 +591,7 @@ class SimCommunicator(Communicator):
         st.clock_s += dt
         st.compute_time_s += dt
         self.cluster._last_end[self.rank] = st.clock_s
+        self.cluster.steps_done[self.rank] += steps
 
     @contextmanager
     def payload(self, spans):
