@@ -7,6 +7,16 @@ from farsync.optim import build_optimizer
 from farsync.tasks.quadratic import Quadratic, QuadraticParams
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as torchrun gives each process: simulated references then match
+    torch.distributed runs bitwise (use with ``pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def without_wall_time(metrics):
     """Metrics records without the host's wall-clock time (the only field that differs between
     two runs of one config on the simulator)."""

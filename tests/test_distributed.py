@@ -17,7 +17,7 @@ import farsync
 from farsync.cli import main
 from farsync.comm.faults import FAULT_ENV
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_thread")]
 
 CFG = {
     "name": "tiny",
@@ -49,14 +49,6 @@ ALGOS = {
     "gradient-tracking": {"name": "gradient-tracking", "inner": {"name": "sgd", "lr": 0.1}},
 }
 CLUSTERS = {"dsgd-ring": {"workers": 2, "topology": "ring"}}  # default: CFG["cluster"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cfg_file(tmp_path, **changes):

@@ -27,6 +27,7 @@ from .algorithms.replicas import INIT_MODES, replicate_initial_state
 from .algorithms.options import validate_options
 from .algorithms.server import ParameterServerAlgorithm
 from .comm import CommStats, Communicator, NetworkModel, SimCluster, Straggler, TimeModel
+from .comm.churn import Away, Churn
 from .comm.sim import current_sim_communicator
 from .progress import SimWatch
 from .units import parse_bandwidth, parse_duration
@@ -145,7 +146,7 @@ def sim_cluster(
     workers: int, bandwidth: str | float, latency: str | float, step_time_s: float, speeds: list[float] | None = None,
     bytes_scale: float = 1.0, stragglers: list[Straggler] | tuple[Straggler, ...] | None = None,
     link_bandwidth: list[str | float] | None = None, timed: dict[str, Any] | None = None,
-    parallel: int = 1, threads: int | None = None,
+    parallel: int = 1, threads: int | None = None, churn: Churn | None = None,
 ) -> SimCluster:
     """A `SimCluster` from the config's units ('1Gbps', '10ms'; numbers are bits/s and seconds);
     `timed` (`deployment.resolve`) sets the step time, bytes scale, step layout and buckets;
@@ -157,7 +158,7 @@ def sim_cluster(
     extra = {} if timed is None else {"layout": timed["layout"], "bucket_bytes": timed["bucket_bytes"],
                                       "description": timed["description"]}
     return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ()), **extra),
-                      parallel=parallel, threads=threads)
+                      parallel=parallel, threads=threads, churn=churn)
 
 
 def simulate(
@@ -176,6 +177,7 @@ def simulate(
     parallel: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    churn: list[Away] | None = None,
 ) -> SimReport:
     """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
 
@@ -193,6 +195,10 @@ def simulate(
     each with `threads` torch threads: the same results at equal threads, for functions that
     use collectives only (`farsync.comm.sim_parallel`).
 
+    `churn`: workers away for windows of steps (`farsync.comm.churn.Away(worker, leave, join)`):
+    averages go over the live workers, and a returning worker copies a live one's state
+    (`farsync.comm.churn`).
+
     `progress`: while the call runs, a line on stderr every ``FARSYNC_PROGRESS_EVERY`` seconds
     (30 by default; a shorter call prints nothing) with the workers' steps, the virtual clock and
     the bytes sent (`farsync.progress.SimWatch`).
@@ -207,7 +213,7 @@ def simulate(
         timed = resolve(tm, model_params or 1, layers, step_time_s=parse_duration(step_time), bytes_scale=bytes_scale,
                         workers=workers, bandwidth_bps=parse_bandwidth(bandwidth), latency_s=parse_duration(latency))
     cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers,
-                          link_bandwidth, timed, parallel, threads)
+                          link_bandwidth, timed, parallel, threads, Churn(churn, workers) if churn else None)
     with SimWatch(cluster, enabled=progress):
         results = cluster.run(train_fn)
     words = cluster.time_model.description or (f"timed at {parse_duration(step_time):g} s per step (simulate's step_time), "

@@ -7,6 +7,10 @@ communication counters; ``transfers`` (simulator) the communication calls issued
 a resumed run's ``transfers.csv`` is complete. Beside it, ``step-00000040.pt.sha256`` holds the
 file's SHA-256, written before the checkpoint is renamed into place.
 
+With ``train.checkpoint_format: sharded`` (torch backend) ``workers`` is replaced by ``shards``
+(a directory of ``torch.distributed.checkpoint`` files that every process wrote its own part of)
+and ``manifest`` (their SHA-256): `checkpoint_shards`.
+
 Writing: temporary file, fsync, checksum, rename (atomic on POSIX); the last `KEEP` are kept; a
 failed write (e.g. a full disk) removes its temporary files and raises `RunWriteError` naming the
 file. Reading: ``torch.load(weights_only=True)`` (no arbitrary code) after the checksum is
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +93,7 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any]) -> Path:
     for old in list_checkpoints(run_dir)[:-KEEP]:
         old.unlink()
         checksum_path(old).unlink(missing_ok=True)
+        shutil.rmtree(old.with_suffix(".dcp"), ignore_errors=True)  # a sharded checkpoint's shards
     return path
 
 
@@ -105,6 +111,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a farsync checkpoint of format {FORMAT}")
+    if "shards" in ckpt:  # train.checkpoint_format: sharded - the workers' states are in a DCP directory
+        from .checkpoint_shards import verify
+
+        verify(path, ckpt)
+        ckpt["shards_path"] = str(path.parent / ckpt["shards"])  # in memory only: where the loop reads them
     return ckpt
 
 

@@ -43,7 +43,8 @@ def _cmd_launch(args) -> int:
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR")
     if args.resume is not None and args.unset:
         raise ConfigError("--unset cannot be used with --resume (a resumed run keeps its config)")
-    code, run_dir = launch(args.config, args.set, args.nproc, args.out, args.max_restarts, args.resume, args.unset)
+    code, run_dir = launch(args.config, args.set, args.nproc, args.out, args.max_restarts, args.resume, args.unset,
+                           args.groups, args.nproc_per_group)
     s = read_summary(run_dir)
     if s is not None:
         _print_result(run_dir, s)
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     la.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a config key before --set applies (repeatable)")
     la.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    la.add_argument("--groups", type=int, metavar="R", help="replica groups: R workers, each a group of --nproc-per-group processes")
+    la.add_argument("--nproc-per-group", type=int, metavar="K", help="processes per replica group (DDP inside the group)")
     la.add_argument("--max-restarts", type=int, default=0, help="restart the group after a worker dies, K times")
     la.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint")
     la.set_defaults(func=_cmd_launch)

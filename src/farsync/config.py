@@ -88,6 +88,22 @@ class StragglerConfig(_Strict):
         return parse_duration(self.start), float("inf") if self.end is None else parse_duration(self.end)
 
 
+class ChurnConfig(_Strict):
+    """A worker away from the run for a window of steps (simulator; comm/churn.py)."""
+
+    worker: int = Field(ge=0, description="the worker that leaves (not 0)")
+    leave: int | str = Field(description="first step it is away")
+    join: int | str | None = Field(None, description="step it is back from (healed from a live worker); none: gone for good")
+
+    @field_validator("leave", "join")
+    @classmethod
+    def _steps(cls, v, info):
+        if isinstance(v, str):
+            raise ValueError(f"churn {info.field_name} must be a step number, got {v!r} (leaving or joining at a "
+                             "virtual time is not built yet)")
+        return v
+
+
 class ClusterConfig(_Strict):
     """The cluster the run is simulated on (or runs on)."""
 
@@ -110,11 +126,17 @@ class ClusterConfig(_Strict):
     time_model: TimeModelConfig | None = Field(
         None, description="time the run as a deployment: a preset (1b, 10b, 100b) or {params, layers, step_time | "
         "device, mfu, tokens_per_step, bucket_size, overlap} (deployment.py); replaces step_time and bytes_scale")
+    group_size: int = Field(
+        1, ge=1, description="torch backend: processes per worker (a replica group training with DDP inside; "
+        "farsync launch --groups R --nproc-per-group k; comm/groups.py)")
     parallel: int = Field(
         1, ge=1, description="simulator: spread the workers over this many processes (identical metrics at equal "
         "threads; algorithms that use collectives only)")
     threads: int | None = Field(
         None, ge=1, description="simulator: torch threads per process (default: this machine's torch threads / parallel)")
+    churn: list[ChurnConfig] = Field(
+        default_factory=list, description="simulator: workers that leave and come back, e.g. [{worker: 2, leave: 40, "
+        "join: 80}] (comm/churn.py)")
     topology: dict[str, Any] | str | None = Field(
         None, description="decentralized algorithms' graph, e.g. ring or {name: torus, rows: 2} (farsync/topology.py); none: complete"
     )
@@ -125,6 +147,14 @@ class ClusterConfig(_Strict):
         if v is not None:
             _UNIT_PARSERS[info.field_name](v)  # raises ValueError naming the bad value
         return v
+
+    def churn_schedule(self):
+        """The churn schedule (`comm.churn.Churn`), or None without churn."""
+        if not self.churn:
+            return None
+        from .comm.churn import Away, Churn
+
+        return Churn([Away(c.worker, c.leave, c.join) for c in self.churn], self.workers)
 
     @field_validator("link_bandwidth")
     @classmethod
@@ -155,6 +185,10 @@ class ClusterConfig(_Strict):
         if self.parallel > 1 and self.backend != "sim":
             raise ValueError(f"cluster.parallel ({self.parallel}) spreads simulated workers over processes; on "
                              "cluster.backend: torch every worker is a process already: remove cluster.parallel")
+        if self.group_size > 1 and self.backend != "torch":
+            raise ValueError(f"cluster.group_size ({self.group_size}) makes each worker a group of processes on "
+                             "cluster.backend: torch (farsync launch --groups R --nproc-per-group k); on the simulator a "
+                             "group of k is one worker with k times the batch: set train.batch_size instead")
         if self.parallel > self.workers:
             raise ValueError(f"cluster.parallel must be in [1, {self.workers}] (cluster.workers), got {self.parallel}")
         if self.speeds is not None and any(not s > 0 for s in self.speeds):
@@ -290,6 +324,9 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1, description="write a metrics line every this many steps")
     grad_clip: float | None = Field(None, gt=0, description="clip each worker's gradient norm to this")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps (0: never); a multiple of log_every")
+    checkpoint_format: Literal["full", "sharded"] = Field(
+        "full", description="full: rank 0 writes every worker's state (gathered); sharded: torch backend, every process "
+        "writes its own with torch.distributed.checkpoint (checkpoint_shards.py)")
     lr_schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @model_validator(mode="after")
@@ -324,15 +361,35 @@ class Config(_Strict):
             raise ValueError(f"algorithm {self.algorithm.name!r} cannot be checkpointed: its server and workers run at "
                              "their own pace, so no step has one consistent state of all of them to save (not "
                              "implemented); set train.checkpoint_every: 0")
-        if self.cluster.parallel > 1:
+        if self.cluster.churn:
+            from .comm.churn import CHURN_ALGORITHMS
+
+            where = ("cluster.backend: sim" if self.cluster.backend != "sim" else
+                     "cluster.parallel: 1" if self.cluster.parallel > 1 else None)
+            if where is not None:
+                raise ValueError(f"cluster.churn runs on the simulator with {where}")
+            if self.algorithm.name not in CHURN_ALGORITHMS:
+                raise ValueError(f"cluster.churn supports {', '.join(CHURN_ALGORITHMS)} (every data-plane call an "
+                                 f"all-reduce of a mean); {self.algorithm.name!r} is not supported yet")
+            if getattr(self.algorithm, "compress", None) is not None:
+                raise ValueError("cluster.churn with algorithm.compress is not supported yet (compressed payloads are "
+                                 "gathered, and a worker away would count in the gathered mean)")
+            self.cluster.churn_schedule()  # raises ValueError naming a bad window
+        if self.train.checkpoint_format == "sharded" and self.cluster.backend != "torch":
+            raise ValueError("train.checkpoint_format: sharded is written by each process of cluster.backend: torch "
+                             "(farsync launch); the simulator's workers share one process: use full (a sharded "
+                             "checkpoint still resumes on the simulator)")
+        if self.cluster.parallel > 1 or self.cluster.group_size > 1:
             from .algorithms import ALGORITHMS
             from .algorithms.base import CollectiveAlgorithm
 
             if not issubclass(cls, CollectiveAlgorithm):
                 ok = ", ".join(sorted(n for n, c in ALGORITHMS.items() if issubclass(c, CollectiveAlgorithm)))
-                raise ValueError(f"cluster.parallel ({self.cluster.parallel}) needs an algorithm that communicates by "
-                                 f"collectives only ({ok}); {self.algorithm.name!r} sends point-to-point messages, "
-                                 "whose simulated timing follows the order the workers run in: use cluster.parallel: 1")
+                why = ("whose simulated timing follows the order the workers run in: use cluster.parallel: 1"
+                       if self.cluster.parallel > 1 else "which replica groups do not carry: use cluster.group_size: 1")
+                key = "parallel" if self.cluster.parallel > 1 else "group_size"
+                raise ValueError(f"cluster.{key} ({getattr(self.cluster, key)}) needs an algorithm that communicates by "
+                                 f"collectives only ({ok}); {self.algorithm.name!r} sends point-to-point messages, {why}")
         if issubclass(cls, Decentralized):
             try:
                 cls.check_topology(self.cluster.build_topology(), self.algorithm.options())

@@ -52,6 +52,8 @@ class RunContext:
     lock: Any = None  # rank 0: the run directory's lock (rundir.RunDirLock), released when the run ends
     time_model: str = ""  # the simulator's time model in words (summary.json, report.md)
     comm_log: list[list] | None = None  # simulator: each worker's communication log (retime.py), or None
+    group: Any = None  # torch backend with cluster.group_size > 1: this process's comm.groups.ReplicaGroup
+    checkpoints: Path | None = None  # torch backend, every rank: RUN_DIR/checkpoints (sharded checkpoints)
 
 
 def build_algorithm(cfg: Config, model: torch.nn.Module, comm: Communicator):
@@ -100,16 +102,37 @@ def add_initial_batches(task: Task, model: torch.nn.Module, sampler: Any, b0: in
 
 def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -> None:
     """Train this worker; rank 0 evaluates, logs and checkpoints."""
-    t, rank0 = cfg.train, comm.rank == 0
+    t, group = cfg.train, ctx.group
+    rank0 = comm.rank == 0 and (group is None or group.rank == 0)  # logs, evaluates, checkpoints
     torch.manual_seed(cfg.seed)  # identical initial model on every worker
     model = task.build_model().to(ctx.device)
     algo = build_algorithm(cfg, model, comm)
     sched = torch.optim.lr_scheduler.LambdaLR(algo.optimizer, t.lr_schedule.lr_lambda(t.steps))
-    sampler = task.sampler(comm.rank, t.batch_size)
+    k = 1 if group is None else group.size
+    sampler = task.sampler(comm.rank, t.batch_size * k)  # a replica group draws one worker's batch of k x b
+    forward = model
+    if group is not None:  # member j trains on its slice of the group's batch, DDP averages inside the group
+        from .comm.groups import SliceSampler
 
-    # Resume: rank 0 hands every worker its own state (control plane).
-    states = ctx.resume["workers"] if (rank0 and ctx.resume is not None) else None
+        sampler = SliceSampler(sampler, group.rank, k)
+        forward = torch.nn.parallel.DistributedDataParallel(model, process_group=group.pg)
+
+    def shared_state() -> dict[str, Any]:  # what a worker coming back copies (churn): the algorithm's and the schedule
+        return {**algo.shared_state(), "lr_scheduler": sched.state_dict()}
+
+    def load_shared_state(state: dict[str, Any]) -> None:
+        algo.load_shared_state(state)
+        sched.load_state_dict(state["lr_scheduler"])
+
+    comm.register_state(shared_state, load_shared_state)
+
+    # Resume: rank 0 (of each member's cross-group group) hands every worker its own state (control plane).
+    states = resume_states(ctx.resume, comm.world_size) if (comm.rank == 0 and ctx.resume is not None) else None
     mine = comm.scatter_object(states if states is not None else [None] * comm.world_size)
+    if mine is not None and "shards" in mine:  # a sharded checkpoint: each worker reads its own part
+        from .checkpoint_shards import load_shard
+
+        mine = load_shard(mine["shards"], comm.rank)
     start = 0
     if mine is not None:
         model.load_state_dict(mine["model"])
@@ -123,7 +146,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     if rank0:
         ctx.step = start
 
-    tokens_per_step = task.tokens_per_batch(t.batch_size) * comm.world_size
+    tokens_per_step = task.tokens_per_batch(t.batch_size * k) * comm.world_size
+    churn = cfg.cluster.churn_schedule()  # None without churn; the workers away process no tokens
     loss_sum, loss_n, first_bad = 0.0, 0, math.inf
     prior_wall = ctx.log.records[-1]["wall_time_s"] if (rank0 and ctx.log and ctx.log.records) else 0.0
     wall0 = time.perf_counter() - prior_wall
@@ -131,11 +155,11 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         comm.begin_step(step)
         lr = sched.get_last_lr()[0]
         batch = to_device(sampler.next_batch(), ctx.device)
-        loss = task.loss(model, batch)
+        loss = group_loss(task, forward, batch) if group is not None else task.loss(model, batch)
         loss.backward()
         if step == 1 and algo.initial_batches > 1:
-            add_initial_batches(task, model, sampler, algo.initial_batches, ctx.device, comm)
-        algo.step(loss.detach(), closure=same_batch_closure(task, model, batch))
+            add_initial_batches(task, forward, sampler, algo.initial_batches, ctx.device, comm)
+        algo.step(loss.detach(), closure=same_batch_closure(task, forward, batch))
         algo.zero_grad()
         sched.step()
         value = loss.item()
@@ -152,21 +176,25 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                                     **comm.stats.as_dict()})
         extra = algo.log_metrics(rows)  # every rank (e.g. a decentralized run's average model and consensus error)
         loss_sum, loss_n = 0.0, 0
-        bad = min(r["bad"] for r in rows)  # first step with a non-finite loss on any worker (inf: none)
+        live = [r for r in rows if not r.get("away")]  # churn: the workers away do not count (comm/churn.py)
+        bad = min(r["bad"] for r in live)  # first step with a non-finite loss on any worker (inf: none)
         failed = math.isfinite(bad)
         rec = None
         if rank0:
             ctx.last_rows = rows
             rec = {
                 "step": step,
-                "tokens": step * tokens_per_step,
+                "tokens": step * tokens_per_step if churn is None
+                else sum(len(churn.live(s)) for s in range(1, step + 1)) * tokens_per_step // comm.world_size,
                 "sim_time_s": max(r["clock_s"] for r in rows),
                 "bytes_sent": sum(r["bytes_sent"] for r in rows),
                 "bytes_received": sum(r["bytes_received"] for r in rows),
-                "train_loss": sum(r["loss"] for r in rows) / len(rows),
+                "train_loss": sum(r["loss"] for r in live) / len(live),
                 "lr": lr,
                 **extra,
             }
+            if "away" in rows[0]:
+                rec["participants"] = [i for i, r in enumerate(rows) if not r["away"]]
         evaluate(algo, task, ctx, rank0, rec, do_eval and not failed, step == t.steps)
         if rank0:
             rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
@@ -188,10 +216,22 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "rng": torch.get_rng_state(),
                 "stats": comm.stats.as_dict(),
             }
-            gathered = comm.gather_object(_to_cpu(state))
-            error = None
-            if rank0:
-                payload = {"config": cfg.to_dict(), "step": step, "workers": gathered, "metrics": list(ctx.log.records)}
+            error, extra = None, {}
+            if t.checkpoint_format == "sharded":  # every process writes its own worker's state (DCP)
+                from .checkpoint_shards import manifest, save_shards, shard_dir
+
+                path = shard_dir(ctx.checkpoints, step)
+                try:
+                    save_shards(path, comm.rank if group is None or group.rank == 0 else None, state)
+                except Exception as err:  # noqa: BLE001 - DCP raises on every rank when one failed
+                    error = f"{type(err).__name__} while writing {path}: {err}"
+                if rank0 and error is None:
+                    extra = {"shards": path.name, "manifest": manifest(path)}
+            else:
+                gathered = comm.gather_object(_to_cpu(state)) if group is None or group.rank == 0 else None  # members hold one state
+                extra = {"workers": gathered}
+            if rank0 and error is None:
+                payload = {"config": cfg.to_dict(), "step": step, **extra, "metrics": list(ctx.log.records)}
                 if ctx.transfers is not None:
                     payload["transfers"] = ctx.transfers()
                 try:
@@ -199,6 +239,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 except RunWriteError as err:  # e.g. a full disk: every rank stops with rank 0's message
                     error = str(err)
             errors = comm.all_gather_object(error)  # commit: nobody goes on until the checkpoint is on disk
+            if group is not None:
+                errors = group.from_member0(errors)
             if errors[0] is not None:
                 raise RunWriteError(errors[0])
         if stop:
@@ -216,6 +258,22 @@ def evaluate(algo, task: Task, ctx: RunContext, rank0: bool, rec: dict | None, e
             rec["eval_loss"] = task.evaluate(m)
         if rank0 and final:
             ctx.final_model = _to_cpu(m.state_dict())
+
+
+def resume_states(ckpt: dict[str, Any], workers: int) -> list[dict[str, Any]]:
+    """What rank 0 hands each worker on resume: its state (full format), or where to read it."""
+    if "shards" in ckpt:
+        return [{"shards": ckpt["shards_path"]} for _ in range(workers)]
+    return ckpt["workers"]
+
+
+def group_loss(task: Task, ddp: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The loss through the DDP wrapper (its forward arms the gradient average of the backward)."""
+    try:
+        return task.loss(ddp, batch)
+    except AttributeError as err:
+        raise RuntimeError(f"task {type(task).__name__} computes its loss without calling the model's forward ({err}); "
+                           "DDP inside a replica group (cluster.group_size > 1) needs tasks whose loss calls model(...)") from None
 
 
 def follow_schedule(sched: torch.optim.lr_scheduler.LambdaLR) -> None:

@@ -249,6 +249,10 @@ def check_retimeable(run_dir: Path, overrides: list[str]) -> None:
     why = get_algorithm(summary["algorithm"]).timing_dependent
     if why:
         raise ValueError(f"{summary['algorithm']} cannot be re-timed: {why}; train each setting with farsync run")
+    cfg_file = run_dir / "config.yaml"
+    if cfg_file.is_file() and (yaml.safe_load(cfg_file.read_text()) or {}).get("cluster", {}).get("churn"):
+        raise ValueError(f"{run_dir} ran with cluster.churn, whose away workers the communication log does not "
+                         "record: not supported by retime; train each setting with farsync run")
     if summary.get("status") != "completed":
         raise ValueError(f"{run_dir} did not complete (status: {summary.get('status')}); only completed runs can be re-timed")
     if not (run_dir / LOG_NAME).is_file():

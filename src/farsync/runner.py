@@ -47,7 +47,10 @@ from .retime import CommRecorder, write_log
 
 # Keys a resumed run may change: none of them changes what a finished step computed.
 RESUMABLE_KEYS = ("name", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                  "cluster.backend", "cluster.device", "cluster.timeout", "cluster.parallel", "cluster.threads")
+                  "cluster.backend", "cluster.device", "cluster.timeout", "cluster.parallel", "cluster.threads",
+                  "train.checkpoint_format")
+# a replica group may change its size on resume when its batch stays: group_size x batch_size
+REGROUP_KEYS = ("cluster.group_size", "train.batch_size")
 DIVERGED_FACTOR = 10.0  # summary "diverged": the last logged train loss is this many times the first
 
 
@@ -72,8 +75,9 @@ def server_based(cfg: Config) -> bool:
 
 
 def world_size(cfg: Config) -> int:
-    """Processes of the run: the workers, plus the server of a server-based algorithm."""
-    return cfg.cluster.workers + int(server_based(cfg))
+    """Processes of the run: the workers (times ``cluster.group_size``), plus the server of a
+    server-based algorithm."""
+    return cfg.cluster.workers * cfg.cluster.group_size + int(server_based(cfg))
 
 
 def initial_model(cfg: Config, task: Task) -> torch.nn.Module:
@@ -94,7 +98,7 @@ def build_cluster(cfg: Config, task: Task, model: torch.nn.Module | None = None)
     speeds = [1.0] * k + c.speeds if c.speeds else None
     links = [c.bandwidth] * k + c.link_bandwidth if c.link_bandwidth else None
     return sim_cluster(world_size(cfg), c.bandwidth, c.latency, timed["step_time_s"], speeds, timed["bytes_scale"],
-                       stragglers, links, timed, c.parallel, c.threads)
+                       stragglers, links, timed, c.parallel, c.threads, c.churn_schedule())
 
 
 MEMORY_COPIES = 8  # per worker: parameters, gradients, optimizer state (2), algorithm copies and flat buffers (~4)
@@ -269,6 +273,14 @@ def check_resume(ckpt: dict, cfg: Config, path: Path) -> None:
     """Refuse a resumed config that changes what the checkpoint's finished steps mean."""
     diff = config_diff(ckpt["config"], cfg.to_dict())
     bad = [k for k in diff if k not in RESUMABLE_KEYS]
+    old_c, old_t = ckpt["config"].get("cluster", {}), ckpt["config"].get("train", {})
+    old_batch = old_c.get("group_size", 1) * old_t.get("batch_size", 16)
+    if set(bad) <= set(REGROUP_KEYS) and old_batch == cfg.cluster.group_size * cfg.train.batch_size:
+        bad = []  # the same workers with the same batch, over another number of processes each
+    elif any(k in REGROUP_KEYS for k in bad):
+        regroup = [k for k in bad if k in REGROUP_KEYS]
+        bad = [k for k in bad if k not in REGROUP_KEYS] + [
+            f"{' and '.join(regroup)} (cluster.group_size x train.batch_size may change only together, keeping {old_batch})"]
     if bad:
         raise CheckpointError(f"checkpoint {path} was written with a different config; these keys cannot change on "
                               f"resume: {', '.join(bad)} (a resume may change only {', '.join(RESUMABLE_KEYS)})")
@@ -292,7 +304,12 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None, backend: str
     cfg = load_config(path, overrides)
     if backend is not None and cfg.cluster.backend != backend:
         print(f"note: {run_dir} was run on cluster.backend {cfg.cluster.backend!r}; resuming it on {backend!r}", file=sys.stderr)
-        cfg = load_config(path, [*(overrides or []), f"cluster.backend={backend}"])
+        extra = [f"cluster.backend={backend}"]
+        if backend == "sim" and cfg.train.checkpoint_format == "sharded":
+            print("note: its sharded checkpoints are read on the simulator; new ones are written in the full format",
+                  file=sys.stderr)
+            extra.append("train.checkpoint_format=full")
+        cfg = load_config(path, [*(overrides or []), *extra])
     return cfg
 
 
@@ -511,15 +528,17 @@ def run_distributed_worker(
     timeout = timedelta(seconds=parse_duration(cfg.cluster.timeout))
     init_process_group("nccl" if device.type == "cuda" else "gloo", timeout)
     try:
-        comm = TorchCommunicator()
-        if comm.world_size != world_size(cfg):
+        world = TorchCommunicator()
+        if world.world_size != world_size(cfg):
+            k = cfg.cluster.group_size
             raise ConfigError(f"the run needs {world_size(cfg)} processes (cluster.workers is {cfg.cluster.workers}"
-                              f"{', plus a server' if server_based(cfg) else ''}) but {comm.world_size} were started")
+                              f"{f' groups of cluster.group_size {k}' if k > 1 else ''}"
+                              f"{', plus a server' if server_based(cfg) else ''}) but {world.world_size} were started")
         task = build_task(cfg)
-        ctx = RunContext(device=device, hard_kill=True)
+        ctx = RunContext(device=device, hard_kill=True, checkpoints=Path(out) / "checkpoints")
         restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-        error = None
-        if comm.rank == 0:
+        error, do_resume = None, False
+        if world.rank == 0:
             try:
                 do_resume = resume or (restarted and latest_checkpoint(out) is not None)
                 if restarted and not do_resume:  # restarted before the first checkpoint: start over
@@ -529,11 +548,22 @@ def run_distributed_worker(
                 ctx.log = MetricsLog(ctx.run_dir / "metrics.jsonl", ctx.resume["metrics"] if ctx.resume else None)
             except Exception as exc:  # noqa: BLE001 - every rank must learn about it
                 error = f"{type(exc).__name__}: {exc}"
-        gathered = comm.all_gather_object((error, this_process("worker", comm.rank)))
+        me = this_process("worker", world.rank)
+        if cfg.cluster.group_size > 1:
+            me["group"] = world.rank // cfg.cluster.group_size
+        gathered = world.all_gather_object((error, do_resume, me))
         if gathered[0][0] is not None:
             raise RuntimeError(f"rank 0 could not prepare the run directory: {gathered[0][0]}")
-        if comm.rank == 0:
-            write_processes(ctx.run_dir, [p for _, p in gathered])
+        if world.rank == 0:
+            write_processes(ctx.run_dir, [p for _, _, p in gathered])
+        comm = world
+        if cfg.cluster.group_size > 1:  # the algorithm's communicator: across groups (comm/groups.py)
+            from .comm.groups import GroupedCommunicator, init_replica_groups
+
+            ctx.group = init_replica_groups(cfg.cluster.group_size)
+            comm = GroupedCommunicator(ctx.group)
+            if comm.rank == 0 and ctx.group.rank > 0 and gathered[0][1]:  # member j of group 0 hands group j's states out
+                ctx.resume = load_latest(out)[1]
         n_params = check_model(cfg, initial_model(cfg, task))
         status, wall0 = "completed", time.perf_counter()
         watch_parent()
@@ -547,9 +577,9 @@ def run_distributed_worker(
             if not isinstance(exc, NonFiniteLoss):
                 raise
         finally:
-            if comm.rank == 0 and ctx.log is not None:
+            if world.rank == 0 and ctx.log is not None:
                 result = _finish(cfg, ctx, status, wall0, n_params)
         dist.barrier()  # leave together: tearing down gloo while a peer still works can abort at exit
-        return result if comm.rank == 0 else None
+        return result if world.rank == 0 else None
     finally:
         dist.destroy_process_group()

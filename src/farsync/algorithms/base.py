@@ -98,6 +98,7 @@ class Algorithm:
         self.local_step = 0  # inner steps taken by this worker
         self._loss: torch.Tensor | None = None
         self._closure: Callable[[], torch.Tensor] | None = None
+        comm.register_state(self.shared_state, self.load_shared_state)  # churn / fault tolerance: what a returning worker copies
 
     # ------------------------------------------------------------------ checks (before training)
     @classmethod
@@ -138,6 +139,7 @@ class Algorithm:
         self._loss, self._closure = loss, closure
         self._step()
         self.local_step += 1
+        self.comm.end_step(self.local_step)
 
     @property
     def initial_batches(self) -> int:
@@ -175,8 +177,8 @@ class Algorithm:
     def _mean_stats(self, stats: torch.Tensor) -> torch.Tensor:
         """Average an optimizer's scalar statistics over workers (`farsync.optim.stats`)."""
         buf = stats.to(self.params[0].device)
-        self.comm.all_reduce(buf, op="sum")
-        return buf.cpu() / self.comm.world_size
+        self.comm.all_reduce(buf, op="mean")  # the sum, then / n (over the live workers under churn)
+        return buf.cpu()
 
     def log_metrics(self, rows: list[dict[str, float]]) -> dict[str, float]:
         """Extra numbers for the metrics row, given every worker's logged counters (`rows`, one
@@ -192,6 +194,16 @@ class Algorithm:
             yield self.model
 
     # ------------------------------------------------------------------ state
+    def shared_state(self) -> dict[str, Any]:
+        """What a worker that comes back copies from a live one (`Communicator.register_state`):
+        the model and this algorithm's state (global parameters, inner and outer optimizer,
+        round counters). Data position, RNG and counters stay the worker's own."""
+        return {"model": self.model.state_dict(), "algorithm": self.state_dict()}
+
+    def load_shared_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.load_state_dict(state["algorithm"])
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "local_step": self.local_step,

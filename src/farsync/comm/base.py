@@ -167,7 +167,16 @@ class Communicator(abc.ABC):
 
     def begin_step(self, step: int) -> None:
         """The training loop starts inner step `step` (1-based). Nothing by default; a wrapper
-        may act on it (`faults.FaultInjector`)."""
+        may act on it (`faults.FaultInjector`), and the simulator's churn reads it."""
+
+    def end_step(self, step: int) -> None:
+        """`Algorithm.step` finished inner step `step`. Nothing by default; on the simulator with
+        ``cluster.churn`` a returning worker heals here (`churn.py`)."""
+
+    def register_state(self, save: Any, load: Any) -> None:
+        """The worker's shared state, as fault tolerance copies it into a returning replica:
+        ``save()`` gives it, ``load(state)`` installs it (torchft's ``register_state_dict_fn``).
+        Nothing by default; the simulator's churn uses it."""
 
     # --- control plane: logging and checkpoints; never counted in bytes or time ---
     @abc.abstractmethod
@@ -252,6 +261,12 @@ class CommunicatorWrapper(Communicator):
 
     def begin_step(self, step):
         return self.inner.begin_step(step)
+
+    def end_step(self, step):
+        return self.inner.end_step(step)
+
+    def register_state(self, save, load):
+        return self.inner.register_state(save, load)
 
     def payload(self, spans):
         return self.inner.payload(spans)

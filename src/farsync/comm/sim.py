@@ -39,10 +39,12 @@ import torch
 
 from .base import CommStats, Communicator, Work, tensor_nbytes, wire_bytes
 from . import sim_parallel
+from .churn import Churn
 from .cost import NetworkModel, TimeModel
 from .timing import Spans, buckets
 
 
+_CONTROL = ("all_gather_object", "gather_object", "scatter_object", "heal")  # control plane: free
 _current = threading.local()  # the SimCommunicator of the worker running in this thread
 
 
@@ -72,6 +74,7 @@ class _Op:
         self.nbytes = 0  # payload bytes per worker (the cost model's B), set when ranks issue it
         self.plan: list[tuple[float, float]] | None = None  # described payload: (share, ready fraction) per bucket
         self.releases: dict[int, list[float]] = {}  # rank -> issue time of each bucket
+        self.bystanders: set[int] = set()  # churn: ranks that are away (their entries do not count)
 
 
 class _SimWork(Work):
@@ -99,6 +102,7 @@ class SimCluster:
         time_model: TimeModel | None = None,
         parallel: int = 1,
         threads: int | None = None,
+        churn: Churn | None = None,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -109,6 +113,9 @@ class SimCluster:
             raise ValueError("parallel > 1 needs the 'fork' start method (Linux); use parallel: 1 here")
         self.world_size = world_size
         self.parallel, self.threads = parallel, threads
+        if churn is not None and parallel > 1:
+            raise ValueError("churn needs parallel: 1 (a returning worker copies a live worker's state in memory)")
+        self.churn = churn if churn is not None and churn.windows else None  # workers away and back (churn.py)
         self.bucket_transfers = False  # True: `transfers` gets one row per bucket (tests), else one per call
         self.network = network or NetworkModel()
         self.time_model = time_model or TimeModel(step_time_s=0.0)
@@ -120,6 +127,9 @@ class SimCluster:
         n = self.world_size
         self.stats = [CommStats() for _ in range(n)]
         self.steps_done = [0.0] * n  # inner steps each worker has computed in this run (progress)
+        self.step_of = [1] * n  # churn: the inner step each worker is in
+        self.away = [self.churn is not None and self.churn.away(r, 1) for r in range(n)]  # churn: away at its step
+        self._state_fns: list[tuple[Callable, Callable] | None] = [None] * n  # churn: Communicator.register_state
         self._link_free = [0.0] * n
         lock = threading.RLock()
         self._cv = threading.Condition(lock)  # the one lock every worker holds while it runs
@@ -325,6 +335,8 @@ class SimCluster:
                     f"rank issued {op.kind}{op.spec}"  # type: ignore[attr-defined]
                 )
             op.entries[rank] = (payload, self.stats[rank].clock_s)
+            if self.away[rank]:
+                op.bystanders.add(rank)
             op.nbytes = self._book(rank, kind, payload, spec)
             self._release(rank, op)
             if len(op.entries) == self.world_size:
@@ -378,7 +390,7 @@ class SimCluster:
     def _book(self, rank: int, kind: str, payload: Any, spec: tuple | None) -> int:
         """Count `rank`'s wire bytes when it issues a call (as the torch backend does); return the
         call's payload bytes per worker (the cost model's B; equal on every rank)."""
-        if kind in ("all_gather_object", "gather_object", "scatter_object"):  # control plane: free
+        if kind in _CONTROL:
             return 0
         if kind == "all_gather":
             nbytes = tensor_nbytes(payload[1])
@@ -387,7 +399,13 @@ class SimCluster:
         else:  # all_reduce, broadcast, send, recv: the tensor; barrier: nothing
             nbytes = tensor_nbytes(payload) if payload is not None else 0
         src = spec[2] if kind == "broadcast" else 0
-        sent, received = wire_bytes(kind, nbytes, self.world_size, rank, src)
+        n, pos = self.world_size, rank
+        if self.churn is not None and kind != "p2p":  # a ring over the live workers; a bystander books nothing
+            if self.away[rank]:
+                return nbytes
+            live = self.churn.live(self.step_of[rank])
+            n, pos, src = len(live), live.index(rank), live.index(src) if src in live else 0
+        sent, received = wire_bytes(kind, nbytes, n, pos, src)
         self.stats[rank].record(sent, received, nbytes)
         return nbytes
 
@@ -434,21 +452,26 @@ class SimCluster:
     def _complete(self, op: _Op) -> None:
         """All participants have issued `op`: compute its result and its virtual timing."""
         kind, ranks = op.kind, op.ranks
-        n = len(ranks)
-        if kind in ("all_gather_object", "gather_object", "scatter_object"):  # control plane: free
+        if kind in _CONTROL:
             root = op.spec[2]  # type: ignore[attr-defined]
             op.result = op.entries[root][0] if kind == "scatter_object" else [op.entries[r][0] for r in ranks]
             op.end_time = max(t for _, t in op.entries.values())
             op.done = True
             return
+        everyone = ranks
+        if op.bystanders:  # churn: the live workers' call; the bystanders receive its result
+            if kind != "all_reduce":
+                raise RuntimeError(f"churn: a {kind} while ranks {sorted(op.bystanders)} are away; churn supports "
+                                   "algorithms whose data-plane calls are all-reduces (churn.CHURN_ALGORITHMS)")
+            ranks = tuple(r for r in ranks if r not in op.bystanders)
         if kind == "all_reduce":
             reduce_op = op.spec[2]  # type: ignore[attr-defined]
             acc = op.entries[ranks[0]][0].clone()
             for r in ranks[1:]:
                 acc += op.entries[r][0]
             if reduce_op == "mean":
-                acc /= n
-            for r in ranks:
+                acc /= len(ranks)
+            for r in everyone:
                 op.entries[r][0].copy_(acc)
         elif kind == "all_gather":
             for r in ranks:
@@ -478,11 +501,11 @@ class SimCluster:
                 sent[r] = op.nbytes if r == ranks[0] else 0
             else:
                 src = op.spec[2] if kind == "broadcast" else 0  # type: ignore[attr-defined]
-                sent[r] = wire_bytes(kind, op.nbytes, self.world_size, r, src)[0]
+                sent[r] = wire_bytes(kind, op.nbytes, len(ranks), ranks.index(r) if op.bystanders else r, src)[0]
         end = max(self._link_free[r] for r in ranks)
         if op.plan is None:  # one message, issued when the last participant issued the call
             plan, ready = [(1.0, 0.0)], [max(t for _, t in op.entries.values())]
-        elif len(op.releases) != n:
+        elif len(op.releases) != len(everyone):
             raise RuntimeError(f"collective mismatch: ranks {sorted(op.releases)} issued this {kind} inside "
                                f"comm.payload(...) and ranks {sorted(set(ranks) - set(op.releases))} did not; "
                                "every rank must describe a payload alike")
@@ -516,7 +539,9 @@ class SimCluster:
     def _wait_op(self, rank: int, op: _Op) -> None:
         self._block_until(rank, lambda: op.done, f"{op.kind} over ranks {list(op.ranks)}", op.ranks)
         st = self.stats[rank]
-        if op.end_time > st.clock_s:
+        if rank in op.bystanders:  # away: it was not waiting for anything
+            st.clock_s = max(st.clock_s, op.end_time)
+        elif op.end_time > st.clock_s:
             st.blocked_time_s += op.end_time - st.clock_s
             st.clock_s = op.end_time
 
@@ -586,12 +611,69 @@ class SimCommunicator(Communicator):
             raise _Aborted()
         st = self.cluster.stats[self.rank]
         dt = self.cluster.time_model.step_time(self.rank, st.clock_s) * steps
+        if self.cluster.away[self.rank]:  # churn: an away worker's compute takes no time and does not count
+            dt = 0.0
         if dt > 0:
             self.cluster._last_step[self.rank] = (st.clock_s + dt - dt / steps, dt / steps)
         st.clock_s += dt
         st.compute_time_s += dt
         self.cluster._last_end[self.rank] = st.clock_s
         self.cluster.steps_done[self.rank] += steps
+
+    # ------------------------------------------------------------------ churn (churn.py)
+    def _enter_step(self, step: int) -> None:
+        c = self.cluster
+        c.step_of[self.rank] = step
+        c.away[self.rank] = c.churn.away(self.rank, step)
+
+    def begin_step(self, step: int) -> None:
+        if self.cluster.churn is not None:
+            self._enter_step(step)
+
+    def register_state(self, save, load) -> None:
+        self.cluster._state_fns[self.rank] = (save, load)
+
+    def end_step(self, step: int) -> None:
+        """Churn: enter step + 1; a worker that comes back then copies the state of the lowest live
+        worker (a control-plane call every rank makes at the same step), timed as one message."""
+        c = self.cluster
+        if c.churn is None:
+            return
+        joiners = c.churn.joining(step + 1)
+        if joiners:
+            src = c.churn.live(step)[0]
+            fns = c._state_fns[self.rank]
+            if fns is None:
+                raise RuntimeError("churn: a returning worker heals from a live worker's state, which nobody registered "
+                                   "(farsync.wrap and the runner register it; your own code: comm.register_state(save, load))")
+            mine = (c.stats[self.rank].clock_s, fns[0]()) if self.rank == src else None
+            sent = self._object_op("heal", mine, None)
+            if self.rank in joiners:
+                clock, state = copy.deepcopy(sent[src])
+                fns[1](state)
+                self._healed(src, clock, state)
+        self._enter_step(step + 1)
+
+    def _healed(self, src: int, src_clock: float, state: Any) -> None:
+        """Book the state copy from `src` (sent at its clock `src_clock`): one message of its
+        tensor bytes, on both links."""
+        c = self.cluster
+        nbytes = _state_bytes(state)
+        with c._cv:
+            me, them = c.stats[self.rank], c.stats[src]
+            start = max(me.clock_s, src_clock, c._link_free[src], c._link_free[self.rank])
+            end = start + c.network.time("send", nbytes, (src, self.rank))
+            c._link_free[src] = c._link_free[self.rank] = end
+            me.clock_s = end
+            me.bytes_received += nbytes
+            them.bytes_sent += nbytes
+            c.transfers.append((start, end, src, nbytes))
+
+    def gather_metrics(self, values):
+        c = self.cluster
+        if c.churn is not None:  # which rows count (churn.py): was it away in the step just completed?
+            values = {**values, "away": c.churn.away(self.rank, max(1, c.step_of[self.rank] - 1))}
+        return self.all_gather_object(dict(values))
 
     @contextmanager
     def payload(self, spans):
@@ -632,3 +714,13 @@ class SimCommunicator(Communicator):
     @property
     def stats(self) -> CommStats:
         return self.cluster.stats[self.rank]
+
+
+def _state_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return tensor_nbytes(obj)
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0

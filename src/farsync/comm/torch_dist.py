@@ -53,6 +53,10 @@ class TorchCommunicator(Communicator):
         self._clock_offset = 0.0
         self._last_mark = self._t0
 
+    def _g(self, rank: int) -> int:
+        """The global rank of `rank` of this communicator's group (what torch.distributed's src/dst take)."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
     # ------------------------------------------------------------------ accounting
     def _record(self, kind: str, nbytes: int, src: int = 0) -> None:
         sent, received = wire_bytes(kind, nbytes, self.world_size, self.rank, src)
@@ -89,15 +93,15 @@ class TorchCommunicator(Communicator):
 
     def broadcast(self, tensor, src, async_op=False):
         self._record("broadcast", tensor_nbytes(tensor), src)
-        return self._run(lambda a: dist.broadcast(tensor, src, group=self.group, async_op=a), async_op)
+        return self._run(lambda a: dist.broadcast(tensor, self._g(src), group=self.group, async_op=a), async_op)
 
     def send(self, tensor, dst):
         self._record("send", tensor_nbytes(tensor))
-        self._run(lambda a: dist.send(tensor, dst, group=self.group), False)
+        self._run(lambda a: dist.send(tensor, self._g(dst), group=self.group), False)
 
     def recv(self, tensor, src):
         self._record("recv", tensor_nbytes(tensor))
-        self._run(lambda a: dist.recv(tensor, src, group=self.group), False)
+        self._run(lambda a: dist.recv(tensor, self._g(src), group=self.group), False)
 
     def recv_any(self, tensor):
         if dist.get_backend(self.group) != "gloo":
@@ -106,15 +110,15 @@ class TorchCommunicator(Communicator):
         t0 = time.perf_counter()
         src = dist.recv(tensor, None, group=self.group)
         self._book_blocked(time.perf_counter() - t0)
-        return int(src)
+        return int(src) if self.group is None else dist.get_group_rank(self.group, int(src))
 
     def isend(self, tensor, dst):
         self._record("send", tensor_nbytes(tensor))
-        return _TorchWork(self, dist.isend(tensor, dst, group=self.group))
+        return _TorchWork(self, dist.isend(tensor, self._g(dst), group=self.group))
 
     def irecv(self, tensor, src):
         self._record("recv", tensor_nbytes(tensor))
-        return _TorchWork(self, dist.irecv(tensor, src, group=self.group))
+        return _TorchWork(self, dist.irecv(tensor, self._g(src), group=self.group))
 
     def barrier(self):
         self._record("barrier", 0)
@@ -129,16 +133,16 @@ class TorchCommunicator(Communicator):
     def broadcast_state(self, tensors, src=0):
         for t in tensors:  # dist.broadcast, not counted: setup traffic (the control plane)
             with torch.no_grad():
-                dist.broadcast(t.data, src, group=self.group)
+                dist.broadcast(t.data, self._g(src), group=self.group)
 
     def gather_object(self, obj, dst=0):
         out = [None] * self.world_size if self.rank == dst else None
-        dist.gather_object(obj, out, dst=dst, group=self.group)
+        dist.gather_object(obj, out, dst=self._g(dst), group=self.group)
         return out
 
     def scatter_object(self, objs, src=0):
         out = [None]
-        dist.scatter_object_list(out, objs if self.rank == src else None, src=src, group=self.group)
+        dist.scatter_object_list(out, objs if self.rank == src else None, src=self._g(src), group=self.group)
         return out[0]
 
     # ------------------------------------------------------------------ time
