@@ -14,7 +14,6 @@ run (use --parallel 2 on 2 cores).
 
 from __future__ import annotations
 
-import torch
 
 import harness
 
@@ -53,9 +52,7 @@ def jobs(args) -> list[dict]:
 
 
 def run_one(job: dict) -> dict:
-    torch.set_num_threads(1)
-    result = harness.run_config(job)
-    return {**{k: result.summary.get(k) for k in SUMMARY}, "evals": harness.evals(result.metrics)}
+    return harness.summary_and_evals(job, SUMMARY)
 
 
 def finish(rows: list[dict], args) -> None:

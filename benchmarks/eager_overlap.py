@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import statistics
 
-import torch
 
 import harness
 
@@ -64,9 +63,7 @@ def jobs(args) -> list[dict]:
 
 
 def run_one(job: dict) -> dict:
-    torch.set_num_threads(1)
-    result = harness.run_config(job)
-    return {**{k: result.summary.get(k) for k in SUMMARY}, "evals": harness.evals(result.metrics)}
+    return harness.summary_and_evals(job, SUMMARY)
 
 
 def finish(rows: list[dict], args) -> None:

@@ -292,6 +292,15 @@ def run_config(job: dict):
                        overrides=cfg["overrides"] + [f"name={job.get('name', job['run'])}"] + seed, out=d, progress=False)
 
 
+def summary_and_evals(job: dict, keys: tuple[str, ...]) -> dict:
+    """Train a `config_job` with one intra-op thread; the summary's `keys` and every evaluation."""
+    import torch
+
+    torch.set_num_threads(1)
+    result = run_config(job)
+    return {**{k: result.summary.get(k) for k in keys}, "evals": evals(result.metrics)}
+
+
 def print_table(head: list[str], cells: list[list]) -> None:
     """A markdown table: header, separator, one line per row of cells."""
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
