@@ -71,6 +71,28 @@ def test_a_returning_worker_heals_from_a_live_one_and_it_is_deterministic():
     assert a.sim_time_s == pytest.approx(expect, rel=1e-9)
 
 
+@pytest.mark.parametrize("algo", ["ddp", "diloco"])
+def test_windows_in_virtual_time_equal_the_steps_they_fall_on(algo):
+    # 1 s per step, fast links: worker 2's clock passes 3.5 s during step 4 (away from step 5); the
+    # run's clock passes 8.5 s during step 9 (back from step 10, healed at the end of step 9)
+    run = lambda churn: farsync.simulate(loop(algo, ALGOS[algo], 12), workers=4, step_time="1s",  # noqa: E731
+                                         bandwidth="100Gbps", latency="1us", churn=churn)
+    timed, steps = run([Away(2, 3.5, 8.5)]), run([Away(2, 5, 10)])
+    assert [s.as_dict() for s in timed.stats] == [s.as_dict() for s in steps.stats]
+    for a, b in zip(timed.results, steps.results):
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert timed.stats[0].bytes_sent > timed.stats[1].bytes_sent  # the heal really happened: worker 0 sent the state
+
+
+def test_a_timed_window_in_a_run_records_participants(tmp_path):
+    cfg = cfg_file(tmp_path, cluster={"churn": [{"worker": 2, "leave": "3.5s", "join": "8.5s"}]}, train={"checkpoint_every": 0})
+    recs = records(farsync.run(cfg, out=tmp_path / "t", progress=False).run_dir)
+    live = {r["step"]: r["participants"] for r in recs}
+    assert live[4] == [0, 1, 2, 3] and live[5] == [0, 1, 3] and live[9] == [0, 1, 3] and live[10] == [0, 1, 2, 3]
+    per = recs[0]["tokens"] // 4
+    assert recs[-1]["tokens"] == per * (15 * 4 - 5)  # worker 2 away for steps 5..9
+
+
 def cfg_file(tmp_path, **changes):
     import yaml
 
@@ -111,8 +133,11 @@ def test_a_run_with_churn_records_the_participants_and_resumes_exactly(tmp_path,
 
 @pytest.mark.parametrize("changes, message", [
     ({"cluster": {"churn": [{"worker": 0, "leave": 3}]}}, r"churn worker must be in \[1, 3\]"),
-    ({"cluster": {"churn": [{"worker": 1, "leave": "30s"}]}}, "must be a step number, got '30s'"),
-    ({"cluster": {"churn": [{"worker": 1, "leave": 5, "join": 5}]}}, r"join must be a step after leave \(5\), got 5"),
+    ({"cluster": {"churn": [{"worker": 1, "leave": "30 parsecs"}]}}, "30 parsecs"),
+    ({"cluster": {"churn": [{"worker": 1, "leave": "3s"}]}}, "with a window in time cannot be checkpointed yet"),
+    ({"cluster": {"churn": [{"worker": 1, "leave": "3s"}, {"worker": 1, "leave": 9}]}, "train": {"checkpoint_every": 0}},
+     "a worker with a time window has only that one"),
+    ({"cluster": {"churn": [{"worker": 1, "leave": 5, "join": 5}]}}, r"join must be after leave \(5\), got 5"),
     ({"cluster": {"churn": [{"worker": 1, "leave": 2, "join": 6}, {"worker": 1, "leave": 5}]}}, "churn windows of worker 1 overlap"),
     ({"algorithm": {"name": "dsgd"}}, "cluster.churn supports ddp, local-sgd, diloco, streaming-diloco"),
     ({"algorithm": {"compress": {"name": "int8"}}}, "cluster.churn with algorithm.compress is not supported"),

@@ -92,16 +92,24 @@ class ChurnConfig(_Strict):
     """A worker away from the run for a window of steps (simulator; comm/churn.py)."""
 
     worker: int = Field(ge=0, description="the worker that leaves (not 0)")
-    leave: int | str = Field(description="first step it is away")
-    join: int | str | None = Field(None, description="step it is back from (healed from a live worker); none: gone for good")
+    leave: int | str = Field(description="first step it is away, or a virtual time ('30s': from the first step after "
+                             "its clock reached it)")
+    join: int | str | None = Field(None, description="step it is back from (healed from a live worker), or a time "
+                                   "('60s': after the run's clock reached it); none: gone for good")
 
     @field_validator("leave", "join")
     @classmethod
-    def _steps(cls, v, info):
+    def _step_or_time(cls, v):
         if isinstance(v, str):
-            raise ValueError(f"churn {info.field_name} must be a step number, got {v!r} (leaving or joining at a "
-                             "virtual time is not built yet)")
+            parse_duration(v)  # raises ValueError naming the bad value
         return v
+
+    def window(self):
+        """`comm.churn.Away`: an int is a step, a time becomes float seconds."""
+        from .comm.churn import Away
+
+        as_comm = lambda v: parse_duration(v) if isinstance(v, str) else v  # noqa: E731
+        return Away(self.worker, as_comm(self.leave), None if self.join is None else as_comm(self.join))
 
 
 class ClusterConfig(_Strict):
@@ -152,9 +160,9 @@ class ClusterConfig(_Strict):
         """The churn schedule (`comm.churn.Churn`), or None without churn."""
         if not self.churn:
             return None
-        from .comm.churn import Away, Churn
+        from .comm.churn import Churn
 
-        return Churn([Away(c.worker, c.leave, c.join) for c in self.churn], self.workers)
+        return Churn([c.window() for c in self.churn], self.workers)
 
     @field_validator("link_bandwidth")
     @classmethod
@@ -374,7 +382,9 @@ class Config(_Strict):
             if getattr(self.algorithm, "compress", None) is not None:
                 raise ValueError("cluster.churn with algorithm.compress is not supported yet (compressed payloads are "
                                  "gathered, and a worker away would count in the gathered mean)")
-            self.cluster.churn_schedule()  # raises ValueError naming a bad window
+            if self.cluster.churn_schedule().timed and self.train.checkpoint_every:
+                raise ValueError("cluster.churn with a window in time cannot be checkpointed yet (a resumed run would "
+                                 "need each worker's away flag): give the window in steps, or set train.checkpoint_every: 0")
         if self.train.checkpoint_format == "sharded" and self.cluster.backend != "torch":
             raise ValueError("train.checkpoint_format: sharded is written by each process of cluster.backend: torch "
                              "(farsync launch); the simulator's workers share one process: use full (a sharded "

@@ -184,8 +184,9 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
             ctx.last_rows = rows
             rec = {
                 "step": step,
-                "tokens": step * tokens_per_step if churn is None
-                else sum(len(churn.live(s)) for s in range(1, step + 1)) * tokens_per_step // comm.world_size,
+                "tokens": step * tokens_per_step if churn is None else (
+                    sum(r["live_steps"] for r in rows) if churn.timed else sum(len(churn.live(s)) for s in range(1, step + 1))
+                ) * tokens_per_step // comm.world_size,
                 "sim_time_s": max(r["clock_s"] for r in rows),
                 "bytes_sent": sum(r["bytes_sent"] for r in rows),
                 "bytes_received": sum(r["bytes_received"] for r in rows),

@@ -23,8 +23,13 @@ Semantics, as a fault-tolerant deployment (torchft) has them, with the algorithm
   the source to the joiner on the network model (latency + bytes / bandwidth). It starts when both
   are there, and it keeps both links busy until it ends. The joiner's clock is then the end of the
   copy, and its bytes are booked: sent by the source, received by the joiner.
-- Worker 0 does not churn: it logs, evaluates and checkpoints. Steps only. Leaving at a virtual
-  time (the issue's ``leave: TIME``) is not built yet. Algorithms whose every data-plane call is
+- **Steps or times**: an int is a step; a time (``'30s'``; a float in seconds in Python) means the
+  first step after the worker's own clock reached it (leave), or after the run's clock - the
+  latest worker's - reached it (join). Every worker then gathers the clocks at the end of each
+  step (control plane, free), and all decide alike. The decision for step s is a function of
+  the clocks at the end of step s - 1 only. Checkpointing is refused with a time window: resume
+  would need each worker's away flag.
+- Worker 0 does not churn: it logs, evaluates and checkpoints. Algorithms whose every data-plane call is
   an all-reduce of a mean are accepted: ddp, local-sgd, diloco, streaming-diloco, without
   compression. Others use the number of workers in their update, or gather payloads, which a
   bystander would distort; they are refused before any work.
@@ -42,18 +47,32 @@ CHURN_ALGORITHMS = ("ddp", "local-sgd", "diloco", "streaming-diloco")
 
 @dataclass(frozen=True)
 class Away:
-    """Worker `worker` is away for steps ``leave <= s < join`` (``join`` None: for good)."""
+    """Worker `worker` is away from `leave` until `join` (None: for good). An int is a step; a
+    float is a virtual time in seconds (the config's ``'30s'``)."""
 
     worker: int
-    leave: int
-    join: int | None = None
+    leave: int | float
+    join: int | float | None = None
 
-    def covers(self, step: int) -> bool:
-        return self.leave <= step and (self.join is None or step < self.join)
+    @property
+    def timed(self) -> bool:
+        return isinstance(self.leave, float) or isinstance(self.join, float)
+
+    def away(self, step: int, clocks: list[float] | None) -> bool:
+        """Away at `step`? `clocks`: every worker's clock at the end of step - 1 (timed windows)."""
+        if isinstance(self.leave, float):
+            left = clocks[self.worker] >= self.leave  # its own clock when it finished the previous step
+        else:
+            left = step >= self.leave
+        if self.join is None:
+            return left
+        joined = max(clocks) >= self.join if isinstance(self.join, float) else step >= self.join  # the run's time
+        return left and not joined
 
 
 class Churn:
-    """The schedule: which workers are live at each step (a pure function of the step)."""
+    """The schedule: which workers are live at each step. With steps only, a pure function of the
+    step; with a time, of the step and the workers' clocks at the end of the previous one."""
 
     def __init__(self, windows: list[Away], world_size: int):
         self.windows = list(windows)
@@ -62,24 +81,35 @@ class Churn:
             if not 1 <= w.worker < world_size:
                 raise ValueError(f"churn worker must be in [1, {world_size - 1}] (worker 0 logs, evaluates and "
                                  f"checkpoints and does not churn), got {w.worker}")
-            if w.leave < 1:
+            for name, v in (("leave", w.leave), ("join", w.join)):
+                if isinstance(v, bool) or not (v is None or isinstance(v, (int, float))):
+                    raise ValueError(f"churn {name} must be a step (int) or a virtual time in seconds (float), got {v!r}")
+            if isinstance(w.leave, int) and w.leave < 1:
                 raise ValueError(f"churn leave must be a step >= 1, got {w.leave}")
-            if w.join is not None and w.join <= w.leave:
-                raise ValueError(f"churn join must be a step after leave ({w.leave}), got {w.join}")
+            if isinstance(w.leave, float) and w.leave < 0:
+                raise ValueError(f"churn leave must be a time >= 0 s, got {w.leave}")
+            if w.join is not None and type(w.join) is type(w.leave) and w.join <= w.leave:
+                raise ValueError(f"churn join must be after leave ({w.leave}), got {w.join}")
         for i, a in enumerate(self.windows):
             for b in self.windows[i + 1:]:
-                if a.worker == b.worker and _overlap(a, b):
+                if a.worker != b.worker:
+                    continue
+                if a.timed or b.timed:
+                    raise ValueError(f"churn: worker {a.worker} has a window given in time and another one; a worker "
+                                     "with a time window has only that one")
+                if _overlap(a, b):
                     raise ValueError(f"churn windows of worker {a.worker} overlap: {a} and {b}")
 
-    def away(self, worker: int, step: int) -> bool:
-        return any(w.worker == worker and w.covers(step) for w in self.windows)
+    @property
+    def timed(self) -> bool:
+        """Some window is given in virtual time: the workers' clocks decide (gathered every step)."""
+        return any(w.timed for w in self.windows)
 
-    def live(self, step: int) -> tuple[int, ...]:
-        return tuple(r for r in range(self.world_size) if not self.away(r, step))
+    def away(self, worker: int, step: int, clocks: list[float] | None = None) -> bool:
+        return any(w.worker == worker and w.away(step, clocks) for w in self.windows)
 
-    def joining(self, step: int) -> tuple[int, ...]:
-        """Workers that come back at `step` (away at ``step - 1``, live at `step`)."""
-        return tuple(r for r in range(self.world_size) if self.away(r, step - 1) and not self.away(r, step))
+    def live(self, step: int, clocks: list[float] | None = None) -> tuple[int, ...]:
+        return tuple(r for r in range(self.world_size) if not self.away(r, step, clocks))
 
 
 def _overlap(a: Away, b: Away) -> bool:

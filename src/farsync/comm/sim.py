@@ -128,7 +128,8 @@ class SimCluster:
         self.stats = [CommStats() for _ in range(n)]
         self.steps_done = [0.0] * n  # inner steps each worker has computed in this run (progress)
         self.step_of = [1] * n  # churn: the inner step each worker is in
-        self.away = [self.churn is not None and self.churn.away(r, 1) for r in range(n)]  # churn: away at its step
+        self.live_at: dict[int, tuple[int, ...]] = {}  # churn: the live workers of each step, once decided
+        self.away = [self.churn is not None and r not in self._live(1) for r in range(n)]  # churn: away at its step
         self._state_fns: list[tuple[Callable, Callable] | None] = [None] * n  # churn: Communicator.register_state
         self._link_free = [0.0] * n
         lock = threading.RLock()
@@ -403,11 +404,22 @@ class SimCluster:
         if self.churn is not None and kind != "p2p":  # a ring over the live workers; a bystander books nothing
             if self.away[rank]:
                 return nbytes
-            live = self.churn.live(self.step_of[rank])
+            live = self._live(self.step_of[rank])
             n, pos, src = len(live), live.index(rank), live.index(src) if src in live else 0
         sent, received = wire_bytes(kind, nbytes, n, pos, src)
         self.stats[rank].record(sent, received, nbytes)
         return nbytes
+
+    def _live(self, step: int) -> tuple[int, ...]:
+        """Churn: the live workers of `step` (decided at the end of step - 1 when a window is in
+        time: `SimCommunicator.end_step`; all clocks are 0 before step 1)."""
+        if step not in self.live_at:
+            clocks = [0.0] * self.world_size if self.churn.timed else None
+            if self.churn.timed and step > 1:
+                raise RuntimeError(f"churn: the live workers of step {step} were not decided (a timed window needs "
+                                   "every worker's end_step)")
+            self.live_at[step] = self.churn.live(step, clocks)
+        return self.live_at[step]
 
     # ------------------------------------------------------------------ any-source receive
     def _first_arrival(self, rank: int) -> tuple[float, int] | None:
@@ -624,7 +636,7 @@ class SimCommunicator(Communicator):
     def _enter_step(self, step: int) -> None:
         c = self.cluster
         c.step_of[self.rank] = step
-        c.away[self.rank] = c.churn.away(self.rank, step)
+        c.away[self.rank] = self.rank not in c._live(step)
 
     def begin_step(self, step: int) -> None:
         if self.cluster.churn is not None:
@@ -639,9 +651,12 @@ class SimCommunicator(Communicator):
         c = self.cluster
         if c.churn is None:
             return
-        joiners = c.churn.joining(step + 1)
+        if c.churn.timed:  # every worker's clock decides the next step's live workers (control plane, free)
+            clocks = self._object_op("all_gather_object", c.stats[self.rank].clock_s, None)
+            c.live_at.setdefault(step + 1, c.churn.live(step + 1, clocks))
+        joiners = [r for r in c._live(step + 1) if r not in c._live(step)]
         if joiners:
-            src = c.churn.live(step)[0]
+            src = c._live(step)[0]
             fns = c._state_fns[self.rank]
             if fns is None:
                 raise RuntimeError("churn: a returning worker heals from a live worker's state, which nobody registered "
@@ -672,7 +687,10 @@ class SimCommunicator(Communicator):
     def gather_metrics(self, values):
         c = self.cluster
         if c.churn is not None:  # which rows count (churn.py): was it away in the step just completed?
-            values = {**values, "away": c.churn.away(self.rank, max(1, c.step_of[self.rank] - 1))}
+            done = max(1, c.step_of[self.rank] - 1)
+            values = {**values, "away": self.rank not in c._live(done)}
+            if c.churn.timed:  # the steps it was live in (the loop's token count; no resume with timed churn)
+                values["live_steps"] = sum(self.rank in c._live(t) for t in range(1, done + 1))
         return self.all_gather_object(dict(values))
 
     @contextmanager
