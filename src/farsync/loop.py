@@ -147,7 +147,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         ctx.step = start
 
     tokens_per_step = task.tokens_per_batch(t.batch_size * k) * comm.world_size
-    churn = cfg.cluster.churn_schedule()  # None without churn; the workers away process no tokens
+    churn = cfg.cluster.churn_schedule()  # None without churn
     loss_sum, loss_n, first_bad = 0.0, 0, math.inf
     prior_wall = ctx.log.records[-1]["wall_time_s"] if (rank0 and ctx.log and ctx.log.records) else 0.0
     wall0 = time.perf_counter() - prior_wall
@@ -184,9 +184,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
             ctx.last_rows = rows
             rec = {
                 "step": step,
-                "tokens": step * tokens_per_step if churn is None else (
-                    sum(r["live_steps"] for r in rows) if churn.timed else sum(len(churn.live(s)) for s in range(1, step + 1))
-                ) * tokens_per_step // comm.world_size,
+                "tokens": tokens_so_far(step, tokens_per_step // comm.world_size, comm.world_size, churn, rows),
                 "sim_time_s": max(r["clock_s"] for r in rows),
                 "bytes_sent": sum(r["bytes_sent"] for r in rows),
                 "bytes_received": sum(r["bytes_received"] for r in rows),
@@ -217,33 +215,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "rng": torch.get_rng_state(),
                 "stats": comm.stats.as_dict(),
             }
-            error, extra = None, {}
-            if t.checkpoint_format == "sharded":  # every process writes its own worker's state (DCP)
-                from .checkpoint_shards import manifest, save_shards, shard_dir
-
-                path = shard_dir(ctx.checkpoints, step)
-                try:
-                    save_shards(path, comm.rank if group is None or group.rank == 0 else None, state)
-                except Exception as err:  # noqa: BLE001 - DCP raises on every rank when one failed
-                    error = f"{type(err).__name__} while writing {path}: {err}"
-                if rank0 and error is None:
-                    extra = {"shards": path.name, "manifest": manifest(path)}
-            else:
-                gathered = comm.gather_object(_to_cpu(state)) if group is None or group.rank == 0 else None  # members hold one state
-                extra = {"workers": gathered}
-            if rank0 and error is None:
-                payload = {"config": cfg.to_dict(), "step": step, **extra, "metrics": list(ctx.log.records)}
-                if ctx.transfers is not None:
-                    payload["transfers"] = ctx.transfers()
-                try:
-                    save_checkpoint(ctx.run_dir, payload)
-                except RunWriteError as err:  # e.g. a full disk: every rank stops with rank 0's message
-                    error = str(err)
-            errors = comm.all_gather_object(error)  # commit: nobody goes on until the checkpoint is on disk
-            if group is not None:
-                errors = group.from_member0(errors)
-            if errors[0] is not None:
-                raise RunWriteError(errors[0])
+            write_checkpoint(cfg, ctx, comm, rank0, step, state)
         if stop:
             raise Terminated(stop)
 
@@ -259,6 +231,50 @@ def evaluate(algo, task: Task, ctx: RunContext, rank0: bool, rec: dict | None, e
             rec["eval_loss"] = task.evaluate(m)
         if rank0 and final:
             ctx.final_model = _to_cpu(m.state_dict())
+
+
+def tokens_so_far(step: int, per_worker: int, workers: int, churn: Any, rows: list[dict]) -> int:
+    """Tokens trained on after `step` steps: every worker's batches, or only the live ones' under
+    churn (a window in time: each row counts its live steps)."""
+    if churn is None:
+        return step * per_worker * workers
+    if churn.timed:
+        return sum(r["live_steps"] for r in rows) * per_worker
+    return sum(len(churn.live(s)) for s in range(1, step + 1)) * per_worker
+
+
+def write_checkpoint(cfg: Config, ctx: RunContext, comm: Communicator, rank0: bool, step: int, state: dict) -> None:
+    """Every rank: save this step's checkpoint (`state`: this worker's) and wait until it is on disk.
+    Full format: the states gathered to rank 0, which writes one file. Sharded: each process writes
+    its own part (`checkpoint_shards`), then rank 0 the small file naming and checksumming them. A
+    write error stops every rank with rank 0's message."""
+    group = ctx.group
+    error, parts = None, {}
+    if cfg.train.checkpoint_format == "sharded":
+        from .checkpoint_shards import manifest, save_shards, shard_dir
+
+        path = shard_dir(ctx.checkpoints, step)
+        try:
+            save_shards(path, comm.rank if group is None or group.rank == 0 else None, state)
+        except Exception as err:  # noqa: BLE001 - DCP raises on every rank when one failed
+            error = f"{type(err).__name__} while writing {path}: {err}"
+        if rank0 and error is None:
+            parts = {"shards": path.name, "manifest": manifest(path)}
+    else:
+        parts = {"workers": comm.gather_object(_to_cpu(state)) if group is None or group.rank == 0 else None}  # members hold one state
+    if rank0 and error is None:
+        payload = {"config": cfg.to_dict(), "step": step, **parts, "metrics": list(ctx.log.records)}
+        if ctx.transfers is not None:
+            payload["transfers"] = ctx.transfers()
+        try:
+            save_checkpoint(ctx.run_dir, payload)
+        except RunWriteError as err:  # e.g. a full disk: every rank stops with rank 0's message
+            error = str(err)
+    errors = comm.all_gather_object(error)  # commit: nobody goes on until the checkpoint is on disk
+    if group is not None:
+        errors = group.from_member0(errors)
+    if errors[0] is not None:
+        raise RunWriteError(errors[0])
 
 
 def resume_states(ckpt: dict[str, Any], workers: int) -> list[dict[str, Any]]:
