@@ -1,6 +1,6 @@
 """torchft's cost per synchronization against plain gloo (issue 23): quorum + all-reduce + commit.
 
-    pip install torchft==0.2.0                       # the optional engine (farsync's `ft` extra)
+    pip install -e '.[ft]'                           # torchft==0.2.0, the optional engine
     python benchmarks/torchft_overhead.py [--profile cpu|quick] [--out DIR] [--set sizes=[1000000]]
 
 R replicas (processes on loopback; a Lighthouse in this process) each all-reduce a float32 buffer of
@@ -86,7 +86,7 @@ def run_one(job: dict) -> dict:
     try:
         from torchft.coordination import LighthouseServer
     except ImportError:
-        raise SystemExit("torchft is not installed: pip install torchft==0.2.0 (farsync's `ft` extra)") from None
+        raise SystemExit("torchft is not installed: pip install -e '.[ft]' (torchft==0.2.0)") from None
     import torch.multiprocessing as mp
 
     c = job["config"]
