@@ -18,12 +18,12 @@ and 3 replicas on this machine. Skips (exit 0 with a message) when torchft is no
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import time
 from datetime import timedelta
 
 import harness
+from farsync.launch import free_port
 
 PROFILES = {"cpu": {}, "quick": {"params": {"sizes": [10_000], "repeats": 3}}}
 PARAMS = {"sizes": [1_000_000, 10_000_000], "replicas": 3, "repeats": 10}
@@ -36,12 +36,6 @@ def jobs(args) -> list[dict]:
     p = args.params
     return [{"run": f"{n:,} floats", "seed": None, "config": {"size": n, "replicas": p["replicas"], "repeats": p["repeats"]}}
             for n in p["sizes"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _replica(rank: int, world: int, size: int, repeats: int, plain_port: int, lighthouse: str, out) -> None:
@@ -95,7 +89,7 @@ def run_one(job: dict) -> dict:
     try:
         with mp.Manager() as m:
             out = m.dict()
-            mp.spawn(_replica, args=(c["replicas"], c["size"], c["repeats"], _free_port(), lighthouse.address(), out),
+            mp.spawn(_replica, args=(c["replicas"], c["size"], c["repeats"], free_port(), lighthouse.address(), out),
                      nprocs=c["replicas"], join=True)
             out = dict(out)
     finally:

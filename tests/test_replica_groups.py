@@ -7,7 +7,6 @@ simulator takes the gradient of the mean over k x b samples. Bytes and tokens ar
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from farsync.cli import main
 from farsync.comm.base import wire_bytes
 from farsync.comm.faults import FAULT_ENV
 from farsync.config import load_config
+from farsync.launch import free_port
 
 from test_distributed import CFG
 
@@ -99,12 +99,6 @@ def test_a_grouped_run_killed_mid_run_resumes_bitwise(tmp_path, monkeypatch):
     assert strip(records(tmp_path / "restarted")) == strip(records(tmp_path / "full"))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sliced_collectives(rank, world, port, out):
     from farsync.comm.groups import GroupedCommunicator, init_replica_groups
 
@@ -132,7 +126,7 @@ def _sliced_collectives(rank, world, port, out):
 
 
 def test_sliced_all_reduce_equals_the_plain_one_and_members_agree():
-    world, port = 4, _free_port()
+    world, port = 4, free_port()
     with mp.Manager() as m:
         out = m.dict()
         mp.spawn(_sliced_collectives, args=(world, port, out), nprocs=world, join=True)

@@ -23,7 +23,6 @@ size, or the simulator (a resumed run may move between them).
 from __future__ import annotations
 
 import io
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,7 +119,3 @@ def verify(ckpt_file: Path, ckpt: dict[str, Any]) -> None:
             raise CheckpointError(f"checkpoint {ckpt_file}: shard {f} is missing")
         if sha256_file(f) != want:
             raise CheckpointError(f"checkpoint {ckpt_file}: shard {f} is corrupted (its SHA-256 differs from the manifest)")
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

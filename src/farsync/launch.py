@@ -22,6 +22,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,8 +57,7 @@ def group_commands(groups: int, nproc_per_group: int, max_restarts: int, worker_
 
 
 def free_port() -> int:
-    import socket
-
+    """A free TCP port on loopback (the rendezvous of a run on this machine)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -163,9 +163,9 @@ def run_torchrun(cmds: list[list[str]], run_dir: Path, cfg) -> int:
 
     previous = {s: signal.signal(s, forward) for s in SIGNALS}
     try:
-        group = (lambda g: {}) if len(procs) == 1 else (lambda g: {"group": g})  # noqa: E731
-        write_processes(run_dir, [this_process("launcher", "-"),
-                                  *({**this_process("torchrun", "-"), "pid": p.pid, **group(g)} for g, p in enumerate(procs))])
+        rows = [{**this_process("torchrun", "-"), "pid": p.pid, **({"group": g} if len(procs) > 1 else {})}
+                for g, p in enumerate(procs)]
+        write_processes(run_dir, [this_process("launcher", "-"), *rows])
         code = wait_all(procs, send)
     finally:
         for s, h in previous.items():

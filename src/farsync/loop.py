@@ -240,7 +240,7 @@ def tokens_so_far(step: int, per_worker: int, workers: int, churn: Any, rows: li
         return step * per_worker * workers
     if churn.timed:
         return sum(r["live_steps"] for r in rows) * per_worker
-    return sum(len(churn.live(s)) for s in range(1, step + 1)) * per_worker
+    return churn.live_worker_steps(step) * per_worker
 
 
 def write_checkpoint(cfg: Config, ctx: RunContext, comm: Communicator, rank0: bool, step: int, state: dict) -> None:

@@ -111,6 +111,12 @@ class Churn:
     def live(self, step: int, clocks: list[float] | None = None) -> tuple[int, ...]:
         return tuple(r for r in range(self.world_size) if not self.away(r, step, clocks))
 
+    def live_worker_steps(self, steps: int) -> int:
+        """Worker-steps in steps 1..`steps` of the live workers (windows in steps only: those of
+        one worker do not overlap, so the away steps are the windows' overlaps with 1..steps)."""
+        away = sum(max(0, min(steps + 1, w.join if w.join is not None else steps + 1) - w.leave) for w in self.windows)
+        return self.world_size * steps - away
+
 
 def _overlap(a: Away, b: Away) -> bool:
     a_end = a.join if a.join is not None else float("inf")
