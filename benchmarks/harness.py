@@ -387,7 +387,10 @@ def _scalars(d: dict) -> dict:
 
 def _run_job(item: tuple[str, dict, dict]) -> tuple[dict, dict]:
     name, job, git = item
-    metrics = load(name).run_one(job)
+    try:
+        metrics = load(name).run_one(job)
+    except StopIteration as err:  # it would end the map over the jobs silently, dropping this row and the rest
+        raise RuntimeError(f"{name}: run {job.get('run')!r} raised StopIteration (a next() found nothing)") from err
     return metrics, provenance(job_device(job), git)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import shutil
 import sys
@@ -57,6 +58,10 @@ def _cmd_launch(args) -> int:
 def _cmd_worker(args) -> int:
     from .runner import run_distributed_worker
 
+    if os.environ.get("REPLICA_GROUP_ID") is not None and os.environ.get("TORCHFT_LIGHTHOUSE"):  # cluster.backend: torchft
+        from .ft_worker import run_ft_worker
+
+        return run_ft_worker(args.config, args.set, args.out, unset=args.unset)
     result = run_distributed_worker(args.config, args.set, args.out, resume=args.resume, unset=args.unset)
     return 0 if result is None or result.status == "completed" else 1
 

@@ -112,12 +112,39 @@ class ChurnConfig(_Strict):
         return Away(self.worker, as_comm(self.leave), None if self.join is None else as_comm(self.join))
 
 
+class FTConfig(_Strict):
+    """cluster.backend: torchft - the Lighthouse's and the Managers' settings (comm/fault_tolerant.py).
+
+    The defaults avoid torchft's split-quorum pitfall: ``join_timeout`` (how long a quorum waits for
+    a live replica that has not reached the synchronization yet) well above the skew between
+    replicas, ``quorum_timeout`` above a whole round plus that skew."""
+
+    heartbeat_timeout: str | float = Field("5s", description="a replica silent this long is dead: it leaves the quorum")
+    join_timeout: str | float = Field("60s", description="how long a quorum waits for the live replicas to join it")
+    quorum_timeout: str | float = Field("300s", description="how long a replica waits for its quorum")
+    timeout: str | float = Field("60s", description="a collective, a commit, a heal's state transfer")
+    min_replicas: int = Field(1, ge=1, description="fewest live replicas that may form a quorum and commit")
+    host: str = Field("127.0.0.1", description="the address this machine's replicas advertise (their store and "
+                      "Manager); the launcher's Lighthouse binds it too. Another machine's address for a multi-node run")
+
+    @field_validator("heartbeat_timeout", "join_timeout", "quorum_timeout", "timeout")
+    @classmethod
+    def _duration(cls, v):
+        parse_duration(v)  # raises ValueError naming the bad value
+        return v
+
+    def seconds(self, name: str) -> float:
+        return parse_duration(getattr(self, name))
+
+
 class ClusterConfig(_Strict):
     """The cluster the run is simulated on (or runs on)."""
 
-    backend: Literal["sim", "torch"] = Field(
-        "sim", description="sim: in-process simulated cluster; torch: torch.distributed processes (farsync launch)"
+    backend: Literal["sim", "torch", "torchft"] = Field(
+        "sim", description="sim: in-process simulated cluster; torch: torch.distributed processes (farsync launch); "
+        "torchft: fault-tolerant replica groups on torchft, survivors go on without restart (pip install farsync[ft])"
     )
+    ft: FTConfig = Field(default_factory=FTConfig, description="cluster.backend: torchft - timeouts and quorum size")
     device: Literal["cpu", "cuda"] = Field("cpu", description="cuda: one GPU per process (LOCAL_RANK), NCCL")
     timeout: str | float = Field("300s", description="torch backend: timeout of a collective / the rendezvous")
     workers: int = Field(4, ge=1, description="number of workers (data-parallel replicas)")
@@ -193,6 +220,11 @@ class ClusterConfig(_Strict):
         if self.parallel > 1 and self.backend != "sim":
             raise ValueError(f"cluster.parallel ({self.parallel}) spreads simulated workers over processes; on "
                              "cluster.backend: torch every worker is a process already: remove cluster.parallel")
+        if self.backend == "torchft" and self.group_size > 1:
+            raise ValueError(f"cluster.group_size ({self.group_size}) with cluster.backend: torchft is not built yet (a "
+                             "replica group is one process there); use cluster.group_size: 1")
+        if self.backend == "torchft" and self.ft.min_replicas > self.workers:
+            raise ValueError(f"cluster.ft.min_replicas ({self.ft.min_replicas}) exceeds cluster.workers ({self.workers})")
         if self.group_size > 1 and self.backend != "torch":
             raise ValueError(f"cluster.group_size ({self.group_size}) makes each worker a group of processes on "
                              "cluster.backend: torch (farsync launch --groups R --nproc-per-group k); on the simulator a "
@@ -385,6 +417,19 @@ class Config(_Strict):
             if self.cluster.churn_schedule().timed and self.train.checkpoint_every:
                 raise ValueError("cluster.churn with a window in time cannot be checkpointed yet (a resumed run would "
                                  "need each worker's away flag): give the window in steps, or set train.checkpoint_every: 0")
+        if self.cluster.backend == "torchft":
+            from .comm.fault_tolerant import FT_ALGORITHMS
+
+            if self.algorithm.name not in FT_ALGORITHMS:
+                raise ValueError(f"cluster.backend: torchft runs {', '.join(FT_ALGORITHMS)} (a round of all-reduces "
+                                 f"that commits or is discarded); {self.algorithm.name!r} is not supported there yet")
+            why = ("algorithm.compress (error-feedback residuals and gathered payloads are not fault-tolerant yet)"
+                   if getattr(self.algorithm, "compress", None) is not None else
+                   "train.checkpoint_every (a replica coming back heals from a live peer; checkpoints of a torchft run "
+                   "are not built yet): set train.checkpoint_every: 0" if self.train.checkpoint_every else
+                   "cluster.churn (churn is simulated; on torchft replicas really die)" if self.cluster.churn else None)
+            if why is not None:
+                raise ValueError(f"cluster.backend: torchft does not take {why}")
         if self.train.checkpoint_format == "sharded" and self.cluster.backend != "torch":
             raise ValueError("train.checkpoint_format: sharded is written by each process of cluster.backend: torch "
                              "(farsync launch); the simulator's workers share one process: use full (a sharded "
@@ -496,6 +541,19 @@ def load_config(
 ) -> Config:
     """Build a validated `Config` from a YAML path, a dict or a Config, minus the `unset` keys,
     plus overrides. An empty file is refused (it would silently start the defaults' long run)."""
+    tree = config_tree(source, overrides, unset)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def config_tree(
+    source: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | None = None,
+    unset: list[str] | None = None,
+) -> dict[str, Any]:
+    """The config tree `load_config` validates: the source minus `unset`, plus `overrides`."""
     if isinstance(source, Config):
         tree = source.to_dict()
     elif isinstance(source, dict):
@@ -516,10 +574,6 @@ def load_config(
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections (task, cluster, algorithm, train)")
     try:
-        tree = apply_overrides(remove_keys(tree, unset), overrides)
+        return apply_overrides(remove_keys(tree, unset), overrides)
     except YAMLSyntaxError as err:
         raise ConfigError(str(err)) from None
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None

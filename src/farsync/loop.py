@@ -26,6 +26,7 @@ from .algorithms.options import takes
 from .api import build_algorithm as api_build_algorithm
 from .checkpoint import RunWriteError, save_checkpoint
 from .comm import Communicator
+from .comm.base import cpu_clone as _to_cpu
 from .config import Config
 from .optim import build_optimizer
 from .stopping import STOP, Terminated
@@ -300,13 +301,3 @@ def follow_schedule(sched: torch.optim.lr_scheduler.LambdaLR) -> None:
     for group, lr in zip(sched.optimizer.param_groups, lrs):
         group["lr"] = lr
     sched._last_lr = lrs
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj

@@ -57,13 +57,17 @@ class DiLoCo(CollectiveAlgorithm):
             self.sync()
 
     def sync(self) -> None:
-        """One outer step: average the pseudo-gradients, step phi, reset theta to phi."""
+        """One outer step: average the pseudo-gradients, step phi, reset theta to phi. A round that
+        is not committed (torchft: a peer failed during it) leaves phi as it was: its inner steps
+        are discarded, theta is reset to phi all the same (as torchft's DiLoCo)."""
+        self.comm.begin_sync()  # torchft: the quorum; a replica coming back heals here
         delta = self._mean(pseudo_gradient(self.global_params, self.params))  # through the compressor, if any
-        outer_step(self.outer_optimizer, self.global_params, delta)
+        self.buffers.average()
+        if self.comm.commit():
+            outer_step(self.outer_optimizer, self.global_params, delta)
         with torch.no_grad():
             for p, g in zip(self.params, self.global_params):
                 p.copy_(g)
-        self.buffers.average()
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:

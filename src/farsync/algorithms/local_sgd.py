@@ -49,23 +49,28 @@ class LocalSGD(CollectiveAlgorithm):
 
     def _step(self) -> None:
         if self.local_step < self.options.ddp_steps:
+            self.comm.begin_sync()
             self._average_gradients()
-            self._optimizer_step()
-            self.buffers.broadcast_from_rank0()
+            if self.comm.commit():  # torchft: an uncommitted step is skipped
+                self._optimizer_step()
+                self.buffers.broadcast_from_rank0()
             with torch.no_grad():
                 for a, p in zip(self.averaged, self.params):
                     a.copy_(p)
             return
         self._optimizer_step()
         if self._sync_due():
+            self.comm.begin_sync()  # torchft: the quorum; a replica coming back heals here
             if not self.reducer.compressed:
                 flat = self._mean(flatten([p.detach() for p in self.params]))
             else:  # compress the update since the last average, not the parameters
                 last = flatten(self.averaged)
                 flat = last + self._mean(flatten([p.detach() for p in self.params]) - last)
+            self.buffers.average()
+            if not self.comm.commit():  # torchft: a round not committed keeps the local parameters
+                return
             unflatten_into(flat, self.params)
             unflatten_into(flat, self.averaged)
-            self.buffers.average()
             if self.options.reset_inner_state:
                 self.optimizer.state.clear()
 

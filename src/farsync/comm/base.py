@@ -9,6 +9,7 @@ group is a thin adapter. Every call records the bytes it puts on the wire (see `
 from __future__ import annotations
 
 import abc
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -173,6 +174,17 @@ class Communicator(abc.ABC):
         """`Algorithm.step` finished inner step `step`. Nothing by default; on the simulator with
         ``cluster.churn`` a returning worker heals here (`churn.py`)."""
 
+    def begin_sync(self) -> None:
+        """A synchronization starts: the data-plane calls up to `commit` are one round. Nothing by
+        default; on torchft (`comm/torchft.py`) the replicas form a quorum here, rank and world
+        size may change, and a replica coming back heals (its registered state is loaded)."""
+
+    def commit(self) -> bool:
+        """The round's calls are done: True if its result may be applied on this worker, False if
+        it must be discarded (torchft: a peer failed during the round, or too few replicas).
+        Always True by default."""
+        return True
+
     def register_state(self, save: Any, load: Any) -> None:
         """The worker's shared state, as fault tolerance copies it into a returning replica:
         ``save()`` gives it, ``load(state)`` installs it (torchft's ``register_state_dict_fn``).
@@ -216,6 +228,50 @@ class Communicator(abc.ABC):
     def _check_op(self, op: str) -> None:
         if op not in REDUCE_OPS:
             raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(REDUCE_OPS)}")
+
+
+class WallClock:
+    """Real time, for backends over real processes (mixed in before `Communicator`): ``compute()``
+    books the wall time since the previous mark as compute, `_book_blocked` a call's duration as
+    blocked time; ``clock_s`` is the wall time since start (plus a checkpoint's clock after a resume)."""
+
+    def _start_clock(self) -> None:
+        self._stats = CommStats()
+        self._t0 = self._last_mark = time.perf_counter()
+        self._clock_offset = 0.0
+
+    def _book_blocked(self, seconds: float) -> None:
+        self._stats.blocked_time_s += seconds
+        self._last_mark = time.perf_counter()
+
+    def compute(self, steps: float = 1.0) -> None:
+        now = time.perf_counter()
+        self._stats.compute_time_s += now - self._last_mark
+        self._last_mark = now
+
+    @property
+    def stats(self) -> CommStats:
+        self._stats.clock_s = self._clock_offset + time.perf_counter() - self._t0
+        return self._stats
+
+    def restore_stats(self, stats: dict[str, Any]) -> None:
+        for k, v in stats.items():
+            if k != "clock_s":
+                setattr(self._stats, k, v)
+        self._clock_offset = stats.get("clock_s", 0.0)
+        self._t0 = self._last_mark = time.perf_counter()
+
+
+def cpu_clone(obj: Any) -> Any:
+    """A copy of `obj` with every tensor detached, on the CPU and cloned (dicts, lists, tuples
+    walked): a state to send or save while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: cpu_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_clone(v) for v in obj)
+    return obj
 
 
 class CommunicatorWrapper(Communicator):
@@ -264,6 +320,12 @@ class CommunicatorWrapper(Communicator):
 
     def end_step(self, step):
         return self.inner.end_step(step)
+
+    def begin_sync(self):
+        return self.inner.begin_sync()
+
+    def commit(self):
+        return self.inner.commit()
 
     def register_state(self, save, load):
         return self.inner.register_state(save, load)

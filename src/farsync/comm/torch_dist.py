@@ -18,7 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from .base import CommStats, Communicator, Work, tensor_nbytes, wire_bytes
+from .base import Communicator, WallClock, Work, tensor_nbytes, wire_bytes
 
 
 class _TorchWork(Work):
@@ -39,7 +39,7 @@ class _TorchWork(Work):
         return self._done or self._work.is_completed()
 
 
-class TorchCommunicator(Communicator):
+class TorchCommunicator(WallClock, Communicator):
     """A worker of a torch.distributed process group (the default group unless `group` is given)."""
 
     def __init__(self, group=None):
@@ -48,10 +48,7 @@ class TorchCommunicator(Communicator):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
-        self._stats = CommStats()
-        self._t0 = time.perf_counter()
-        self._clock_offset = 0.0
-        self._last_mark = self._t0
+        self._start_clock()
 
     def _g(self, rank: int) -> int:
         """The global rank of `rank` of this communicator's group (what torch.distributed's src/dst take)."""
@@ -61,10 +58,6 @@ class TorchCommunicator(Communicator):
     def _record(self, kind: str, nbytes: int, src: int = 0) -> None:
         sent, received = wire_bytes(kind, nbytes, self.world_size, self.rank, src)
         self._stats.record(sent, received, nbytes)
-
-    def _book_blocked(self, seconds: float) -> None:
-        self._stats.blocked_time_s += seconds
-        self._last_mark = time.perf_counter()
 
     def _run(self, fn, async_op: bool, after=None) -> Work | None:
         t0 = time.perf_counter()
@@ -144,19 +137,3 @@ class TorchCommunicator(Communicator):
         out = [None]
         dist.scatter_object_list(out, objs if self.rank == src else None, src=self._g(src), group=self.group)
         return out[0]
-
-    # ------------------------------------------------------------------ time
-    def compute(self, steps: float = 1.0) -> None:
-        now = time.perf_counter()
-        self._stats.compute_time_s += now - self._last_mark
-        self._last_mark = now
-
-    @property
-    def stats(self) -> CommStats:
-        self._stats.clock_s = self._clock_offset + time.perf_counter() - self._t0
-        return self._stats
-
-    def restore_stats(self, stats):
-        super().restore_stats({k: v for k, v in stats.items() if k != "clock_s"})
-        self._clock_offset = stats.get("clock_s", 0.0)
-        self._t0 = self._last_mark = time.perf_counter()

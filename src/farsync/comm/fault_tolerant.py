@@ -1,0 +1,205 @@
+"""The torchft backend (``cluster.backend: torchft``): a `Communicator` over torchft's Manager.
+
+Each worker is a replica group (one process here: ``cluster.group_size`` 1) with its own
+`torchft.Manager` and fault-tolerant gloo process group; a Lighthouse (started by `farsync launch`)
+forms a quorum of the live replicas at every synchronization. A synchronization is a round::
+
+    comm.begin_sync()    # Manager.start_quorum() (synchronous): the live replicas agree; rank and
+                         # world size are this quorum's; a replica behind the quorum's step heals:
+                         # the registered shared state of a live peer is loaded into it
+    comm.all_reduce(x)   # Manager.allreduce of [w x, w]: a SUM, then / sum(w) for a mean
+    comm.commit()        # Manager.should_commit(): False if a peer failed during the round
+
+The algorithm applies the round's result only if `commit` is True (ddp, local-sgd, diloco do).
+
+- Weights: w = 0 for a replica that healed at this round's quorum (its own contribution was computed
+  on the state it had before the heal, work nobody should count), 1 otherwise. So the mean is
+  over the replicas that did the round's work (torchft's AVG would divide by every participant).
+- Rank and world size: ``Manager.participating_rank()`` and ``num_participants()`` of the
+  current quorum (the fault-tolerant process group's own rank is always 0); before the first
+  quorum the replica id and the configured number of replicas.
+- Only all-reduces, and only between `begin_sync` and `commit`: the other collectives and a call
+  outside a round raise (the algorithms accepted here make none). The control plane is this
+  replica's alone: every replica logs and evaluates for itself (`ft_worker.py`).
+- Faults for tests (``FARSYNC_FAULT``): ``ID:STEP`` kills replica ID (SIGKILL, as ``kill -9``) at
+  the start of inner step STEP; ``ID:STEP:allreduce`` kills it during the all-reduce of that
+  step's synchronization, after the peers entered it. A replacement process (torchrun restarted
+  it) is never killed again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import torch
+
+from .base import Communicator, WallClock, Work, cpu_clone, tensor_nbytes, wire_bytes
+from .faults import FAULT_ENV
+
+FT_ALGORITHMS = ("ddp", "local-sgd", "diloco")  # their every data-plane call is an all-reduce inside a round
+
+
+class _Done(Work):
+    def wait(self) -> None:
+        pass
+
+    def is_completed(self) -> bool:
+        return True
+
+
+def parse_ft_fault(value: str | None) -> tuple[int, int, str] | None:
+    """(replica, step, when) from ``ID:STEP`` or ``ID:STEP:allreduce``; None if unset."""
+    if not value:
+        return None
+    parts = value.split(":")
+    when = parts.pop() if len(parts) == 3 else "step"
+    try:
+        replica, step = (int(x) for x in parts)
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV} must look like ID:STEP or ID:STEP:allreduce (e.g. 2:7), got {value!r}") from None
+    if when not in ("step", "allreduce") or replica < 0 or step < 1:
+        raise ValueError(f"{FAULT_ENV} needs ID >= 0, STEP >= 1 and an optional ':allreduce', got {value!r}")
+    return replica, step, when
+
+
+class FTCommunicator(WallClock, Communicator):
+    """One replica group's communicator on a torchft `manager` (built by `ft_worker.py`)."""
+
+    def __init__(self, manager: Any, replica: int, replicas: int, fault: tuple[int, int, str] | None = None):
+        self.manager = manager
+        self.replica = replica  # the stable replica-group id (its data shard, its log)
+        self.rank, self.world_size = replica, replicas  # until the first quorum
+        self.fault = fault if fault is not None and fault[0] == replica else None
+        self._start_clock()
+        self._in_round = False
+        self._healed = False  # this round's quorum loaded a peer's state into this replica
+        self.heals: list[int] = []  # the committed step at each heal
+        self.participants = 0  # replicas in the last quorum
+        self.rounds: list[tuple[float, int, int, bool]] = []  # (unix time of the commit, committed step, participants, committed)
+        self.step = 0  # the inner step in progress
+        self._fns: tuple[Any, Any] | None = None
+        self.killed_at_path = None  # where `_die` notes the time (set by ft_worker)
+        self._registered = False
+
+    # ------------------------------------------------------------------ rounds
+    def register_state(self, save, load) -> None:
+        self._fns = (save, load)
+
+    def begin_step(self, step: int) -> None:
+        self.step = step
+        if self.fault is not None and self.fault[1:] == (step, "step"):
+            self._die()
+
+    def begin_sync(self) -> None:
+        if self._fns is None:
+            raise RuntimeError("torchft: nothing registered the shared state (Communicator.register_state) "
+                               "that a replica coming back heals from")
+        if not self._registered:  # the latest registration (the loop's, with the LR schedule) is the one served
+            save, load = self._fns
+            # a copy: the HTTP transport serves it by reference while training goes on
+            self.manager.register_state_dict_fn("farsync", self._load, lambda: cpu_clone(save()))
+            self._registered = True
+        self._healed = False
+        t0 = time.perf_counter()
+        self.manager.start_quorum()  # synchronous (use_async_quorum=False): a heal is applied before it returns
+        self._book_blocked(time.perf_counter() - t0)
+        rank = self.manager.participating_rank()
+        self.rank = rank if rank is not None else self.replica
+        self.world_size = self.participants = self.manager.num_participants()
+        self._in_round = True
+
+    def _load(self, state: Any) -> None:
+        self._fns[1](state)
+        self._healed = True
+        self.heals.append(self.manager.current_step())
+
+    def commit(self) -> bool:
+        if not self._in_round:
+            raise RuntimeError("torchft: commit() without begin_sync()")
+        self._in_round = False
+        t0 = time.perf_counter()
+        ok = self.manager.should_commit()
+        self._book_blocked(time.perf_counter() - t0)
+        self.rounds.append((time.time(), self.manager.current_step(), self.participants, ok))
+        return ok
+
+    def _die(self) -> None:
+        """The injected fault: note the time and the committed step (``killed_at`` in the replica's
+        directory, for the recovery benchmark) and SIGKILL this process."""
+        if self.killed_at_path is not None:
+            self.killed_at_path.write_text(f"{time.time()!r} {self.manager.current_step()}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @property
+    def committed_step(self) -> int:
+        """Rounds committed by the quorums this replica took part in (or healed into)."""
+        return self.manager.current_step()
+
+    # ------------------------------------------------------------------ the data plane
+    def all_reduce(self, tensor, op="sum", async_op=False):
+        self._check_op(op)
+        if not self._in_round:
+            raise RuntimeError("torchft: an all-reduce outside a synchronization (begin_sync ... commit); "
+                               f"on cluster.backend: torchft only {', '.join(FT_ALGORITHMS)} are supported")
+        from torch.distributed import ReduceOp
+
+        w = 0.0 if self._healed else 1.0
+        buf = torch.empty(tensor.numel() + 1, dtype=tensor.dtype, device=tensor.device)
+        self._stats.record(*wire_bytes("all_reduce", tensor_nbytes(buf), self.world_size, self.rank), tensor_nbytes(buf))
+        buf[:-1].copy_(tensor.reshape(-1)).mul_(w)
+        buf[-1] = w
+        if self.fault is not None and self.fault[1:] == (self.step, "allreduce"):
+            self._die()  # in the quorum, the peers' ring waits for this replica: it dies there
+        t0 = time.perf_counter()
+        work = self.manager.allreduce(buf, reduce_op=ReduceOp.SUM)
+        work.wait()  # errors are swallowed by the Manager: then commit() is False
+        self._book_blocked(time.perf_counter() - t0)
+        total = buf[:-1].view_as(tensor)
+        if op == "mean":
+            total = total / buf[-1] if float(buf[-1]) > 0 else total
+        tensor.copy_(total)
+        return _Done() if async_op else None
+
+    def _unsupported(self, what: str):
+        raise RuntimeError(f"torchft: {what} is not fault-tolerant here; cluster.backend: torchft runs "
+                           f"{', '.join(FT_ALGORITHMS)} (every data-plane call an all-reduce)")
+
+    def all_gather(self, tensor_list, tensor, async_op=False):
+        self._unsupported("all_gather")
+
+    def all_to_all(self, output_list, input_list, async_op=False):
+        self._unsupported("all_to_all")
+
+    def broadcast(self, tensor, src, async_op=False):
+        self._unsupported("broadcast")
+
+    def send(self, tensor, dst):
+        self._unsupported("send")
+
+    def recv(self, tensor, src):
+        self._unsupported("recv")
+
+    def isend(self, tensor, dst):
+        self._unsupported("isend")
+
+    def irecv(self, tensor, src):
+        self._unsupported("irecv")
+
+    def barrier(self):
+        self._unsupported("barrier")
+
+    # ------------------------------------------------------------------ control plane: this replica's own
+    def all_gather_object(self, obj):
+        return [obj]
+
+    def gather_object(self, obj, dst=0):
+        return [obj]
+
+    def scatter_object(self, objs, src=0):
+        return objs[0] if objs else None
+
+    def broadcast_state(self, tensors, src=0):
+        """Nothing: every replica builds the same initial model from the run's seed (init_sync off)."""
