@@ -88,6 +88,24 @@ def test_kill9_for_good_survivors_equal_simulated_churn(tmp_path, monkeypatch):
     assert (a - sim_model(tmp_path, "plain")).abs().max() > 1e-6  # the kill changed the trajectory
 
 
+def test_streaming_diloco_kill9_for_good_equals_simulated_churn(tmp_path, monkeypatch):
+    """The all-reduce overlapping tau = 2 inner steps (H = 5, mixing alpha = 0.5): the round spans
+    steps, begin_sync at its start and commit where it is applied. (The quadratic's one tensor
+    allows one fragment; fragments are tested on the simulator.)"""
+    algo = {"name": "streaming-diloco", "sync_every": 5, "delay": 2, "alpha": 0.5}
+    cfg = {**json.loads(json.dumps(CFG)), "algorithm": algo}
+    monkeypatch.setenv(FAULT_ENV, "2:101")
+    monkeypatch.setenv(PACE_ENV, "0.005")
+    run = tmp_path / "ft"
+    assert main(["launch", str(cfg_file(tmp_path, cfg)), "--out", str(run)]) == 1
+    a, b = replica(run, 0, "model.pt"), replica(run, 1, "model.pt")
+    assert torch.equal(a, b) and replica(run, 0)["committed_step"] == 200 // 5  # a round every 5 steps
+    monkeypatch.delenv(FAULT_ENV)
+    sim = {**cfg, "cluster": {"workers": 3, "churn": [{"worker": 2, "leave": 101}]}}
+    assert main(["run", str(cfg_file(tmp_path, sim)), "--out", str(tmp_path / "churn")]) == 0
+    torch.testing.assert_close(a, torch.load(tmp_path / "churn" / "model.pt", weights_only=True)["x"], rtol=0, atol=1e-12)
+
+
 def test_kill9_replacement_heals_to_the_committed_step(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "2:51")
     monkeypatch.setenv(PACE_ENV, "0.02")
@@ -123,7 +141,8 @@ def test_kill_during_the_all_reduce_discards_the_round(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"algorithm": {"name": "dsgd"}}, "torchft runs ddp, local-sgd, diloco"),
+    ({"algorithm": {"name": "dsgd"}}, "torchft runs ddp, local-sgd, diloco, streaming-diloco"),
+    ({"algorithm": {"name": "streaming-diloco", "sync_every": 5, "overlap": "eager"}}, "overlap: eager"),
     ({"algorithm": {"name": "diloco", "compress": {"name": "int8"}}}, "algorithm.compress"),
     ({"train": {"steps": 20, "log_every": 5, "checkpoint_every": 10}}, "train.checkpoint_every"),
     ({"cluster": {"backend": "torchft", "workers": 3, "group_size": 2}}, "group_size"),

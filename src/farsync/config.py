@@ -423,7 +423,10 @@ class Config(_Strict):
             if self.algorithm.name not in FT_ALGORITHMS:
                 raise ValueError(f"cluster.backend: torchft runs {', '.join(FT_ALGORITHMS)} (a round of all-reduces "
                                  f"that commits or is discarded); {self.algorithm.name!r} is not supported there yet")
-            why = ("algorithm.compress (error-feedback residuals and gathered payloads are not fault-tolerant yet)"
+            overlap = getattr(self.algorithm.options(), "overlap", "tau")
+            why = (f"streaming-diloco with overlap: {overlap} (its all-reduce spans rounds, so quorums; use overlap: tau)"
+                   if overlap != "tau" else
+                   "algorithm.compress (error-feedback residuals and gathered payloads are not fault-tolerant yet)"
                    if getattr(self.algorithm, "compress", None) is not None else
                    "train.checkpoint_every (a replica coming back heals from a live peer; checkpoints of a torchft run "
                    "are not built yet): set train.checkpoint_every: 0" if self.train.checkpoint_every else

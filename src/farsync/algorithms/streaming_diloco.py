@@ -17,6 +17,8 @@ all-reduce was in flight survive only through alpha (alpha = 0 replaces them). T
 optimizer's state is never reset. These are the semantics of torchft's ``DiLoCo``
 (``fragment_sync_delay`` = tau, ``fragment_update_alpha`` = alpha), which our spec confirmed by
 running it. Reduction: F = 1, tau = 0, alpha = 0 is ``diloco`` exactly. Evaluation point: phi.
+A fragment's round that is not committed (torchft: a peer failed during it) leaves phi_f as it was;
+theta_f is mixed with it all the same.
 
 ``overlap: eager`` - the eager-updates paper's "Streaming DiLoCo with 1-outer-step overlap"
 (Kale, Douillard, Donchev, arXiv 2502.12996; `eager.py`): fragment f's all-reduce overlaps a whole
@@ -142,6 +144,7 @@ class StreamingDiLoCo(CollectiveAlgorithm):
             self._apply()
 
     def _start(self, fragment: int, apply_at: int) -> None:
+        self.comm.begin_sync()  # torchft: the quorum of this fragment's round; a replica coming back heals here
         frag = self.fragments[fragment]
         delta = pseudo_gradient([self.global_params[i] for i in frag], [self.params[i] for i in frag])
         self.pending = (fragment, apply_at, self._start_mean(delta, frag, self.reducers[fragment]))
@@ -150,7 +153,9 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         fragment, _, reduction = self.pending
         self.pending = None
         frag = self.fragments[fragment]
-        outer_step(self.outer_optimizers[fragment], [self.global_params[i] for i in frag], reduction.wait())
+        mean = reduction.wait()
+        if self.comm.commit():  # torchft: a round not committed leaves phi_f as it was
+            outer_step(self.outer_optimizers[fragment], [self.global_params[i] for i in frag], mean)
         alpha = self.options.alpha
         with torch.no_grad():
             for i in frag:

@@ -10,7 +10,8 @@ forms a quorum of the live replicas at every synchronization. A synchronization 
     comm.all_reduce(x)   # Manager.allreduce of [w x, w]: a SUM, then / sum(w) for a mean
     comm.commit()        # Manager.should_commit(): False if a peer failed during the round
 
-The algorithm applies the round's result only if `commit` is True (ddp, local-sgd, diloco do).
+The algorithm applies the round's result only if `commit` is True (ddp, local-sgd, diloco and
+streaming-diloco do; Streaming DiLoCo's round spans the tau inner steps its all-reduce overlaps).
 
 - Weights: w = 0 for a replica that healed at this round's quorum (its own contribution was computed
   on the state it had before the heal, work nobody should count), 1 otherwise. So the mean is
@@ -39,15 +40,27 @@ import torch
 from .base import Communicator, WallClock, Work, cpu_clone, tensor_nbytes, wire_bytes
 from .faults import FAULT_ENV
 
-FT_ALGORITHMS = ("ddp", "local-sgd", "diloco")  # their every data-plane call is an all-reduce inside a round
+FT_ALGORITHMS = ("ddp", "local-sgd", "diloco", "streaming-diloco")  # every data-plane call an all-reduce inside a round
 
 
-class _Done(Work):
+class _FTWork(Work):
+    """A fault-tolerant all-reduce in flight: ``wait()`` waits for the Manager's work (which never
+    raises: an error makes `commit` False) and then writes the sum or mean into the tensor."""
+
+    def __init__(self, comm: FTCommunicator, work: Any, finish: Any):
+        self._comm, self._work, self._finish, self._done = comm, work, finish, False
+
     def wait(self) -> None:
-        pass
+        if self._done:
+            return
+        t0 = time.perf_counter()
+        self._work.wait()
+        self._finish()
+        self._done = True
+        self._comm._book_blocked(time.perf_counter() - t0)
 
     def is_completed(self) -> bool:
-        return True
+        return self._done
 
 
 def parse_ft_fault(value: str | None) -> tuple[int, int, str] | None:
@@ -153,15 +166,17 @@ class FTCommunicator(WallClock, Communicator):
         buf[-1] = w
         if self.fault is not None and self.fault[1:] == (self.step, "allreduce"):
             self._die()  # in the quorum, the peers' ring waits for this replica: it dies there
-        t0 = time.perf_counter()
-        work = self.manager.allreduce(buf, reduce_op=ReduceOp.SUM)
-        work.wait()  # errors are swallowed by the Manager: then commit() is False
-        self._book_blocked(time.perf_counter() - t0)
-        total = buf[:-1].view_as(tensor)
-        if op == "mean":
-            total = total / buf[-1] if float(buf[-1]) > 0 else total
-        tensor.copy_(total)
-        return _Done() if async_op else None
+        def finish() -> None:
+            total = buf[:-1].view_as(tensor)
+            if op == "mean" and float(buf[-1]) > 0:
+                total = total / buf[-1]
+            tensor.copy_(total)
+
+        work = _FTWork(self, self.manager.allreduce(buf, reduce_op=ReduceOp.SUM), finish)
+        if async_op:
+            return work
+        work.wait()
+        return None
 
     def _unsupported(self, what: str):
         raise RuntimeError(f"torchft: {what} is not fault-tolerant here; cluster.backend: torchft runs "
