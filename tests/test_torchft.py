@@ -12,6 +12,11 @@ Manager, on loopback gloo. Faults are real: FARSYNC_FAULT makes a replica SIGKIL
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -161,3 +166,26 @@ def test_launch_refuses_process_counts(tmp_path, capsys):
         assert main(["launch", *extra, str(cfg_file(tmp_path)), "--out", str(tmp_path / "x")]) == 2
         assert "one process per replica" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_sigterm_to_the_launcher_stops_every_replica_with_its_summary(tmp_path):
+    run = tmp_path / "ft"
+    env = {**os.environ, PACE_ENV: "0.02", "RUST_LOG": "warn"}
+    proc = subprocess.Popen([sys.executable, "-m", "farsync.cli", "launch", str(cfg_file(tmp_path, steps=2000)),
+                             "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((run / "replicas" / str(g) / "metrics.jsonl").is_file() and
+                      (run / "replicas" / str(g) / "metrics.jsonl").read_text().count("\n") >= 2 for g in range(3)):
+            assert time.monotonic() < deadline and proc.poll() is None, "the replicas did not start logging"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for g in range(3):
+        s = replica(run, g)
+        assert s["status"].startswith("failed: terminated by SIGTERM at step ") and 0 < s["step"] < 2000
+        assert replica(run, g, "metrics.jsonl")  # its metrics so far are kept
+    assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: 0 of 3 replicas completed")

@@ -19,13 +19,16 @@ What a replica keeps as its own and what it copies when it heals (the issue's sp
 Every replica logs and evaluates on its own: there is no cross-replica control plane that a
 failure could block. The launcher (`launch.py`) starts the Lighthouse and one torchrun per replica;
 ``--max-restarts K`` makes torchrun start a replacement when a replica dies, which heals from a
-live one at its first synchronization. The other replicas never stop.
+live one at its first synchronization. The other replicas never stop. A signal (SIGTERM, SIGINT,
+SIGHUP; the launcher forwards its own to every replica) stops a replica at once: its metrics so far,
+and a summary naming the signal and the step.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +39,7 @@ import torch
 from .config import Config, ConfigError, load_config
 from .loop import NonFiniteLoss, build_algorithm, same_batch_closure
 from .rundir import MetricsLog, read_metrics, write_json_atomic
+from .stopping import Terminated, exit_code, stop_on_signals, stop_status
 from .tasks import Task
 
 READY_FILE = "ready"
@@ -97,9 +101,13 @@ def run_ft_worker(config: str | Path | None, overrides: list[str] | None, out: s
     try:
         if attempt == 0:
             wait_for_replicas(out, replica, replicas, ft.seconds("join_timeout"))
-        final_eval = train_replica(comm, cfg, task, rdir, attempt)
+        with stop_on_signals(graceful=False):  # a signal stops this replica at once, with its summary
+            final_eval = train_replica(comm, cfg, task, rdir, attempt)
     except NonFiniteLoss as err:
         status, code = f"diverged: {err}", 1
+    except (Terminated, KeyboardInterrupt) as err:
+        status = stop_status(err.signum if isinstance(err, Terminated) else signal.SIGINT, comm.step)
+        code = exit_code(err)
     except BaseException as err:
         status, code = f"failed: {type(err).__name__}: {err}", 1
         raise
