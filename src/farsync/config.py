@@ -169,6 +169,9 @@ class ClusterConfig(_Strict):
         "threads; algorithms that use collectives only)")
     threads: int | None = Field(
         None, ge=1, description="simulator: torch threads per process (default: this machine's torch threads / parallel)")
+    batched: bool = Field(
+        False, description="simulator: run the identical workers as one stacked model (torch.func.vmap; ddp, local-sgd, "
+        "diloco, dsgd with sgd / adam / adamw; the same metrics, clock by replay: sim_batched.py)")
     churn: list[ChurnConfig] = Field(
         default_factory=list, description="simulator: workers that leave and come back, e.g. [{worker: 2, leave: 40, "
         "join: 80}] (comm/churn.py)")
@@ -217,6 +220,12 @@ class ClusterConfig(_Strict):
                 given = ", ".join(f"cluster.{k}" for k in both)
                 raise ValueError(f"cluster.time_model replaces {given}: give the step time and the timed model's size "
                                  "in time_model (e.g. {params: 1e9, layers: 24, step_time: 0.1s}), not both")
+        if self.batched and self.backend != "sim":
+            raise ValueError(f"cluster.batched runs simulated workers as one stacked model; on cluster.backend: "
+                             f"{self.backend} every worker is a process: remove cluster.batched")
+        if self.batched and self.parallel > 1:
+            raise ValueError(f"cluster.batched runs the workers as one program; cluster.parallel ({self.parallel}) "
+                             "spreads threaded workers over processes: use one of them")
         if self.parallel > 1 and self.backend != "sim":
             raise ValueError(f"cluster.parallel ({self.parallel}) spreads simulated workers over processes; on "
                              "cluster.backend: torch every worker is a process already: remove cluster.parallel")

@@ -197,11 +197,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 rec["participants"] = [i for i, r in enumerate(rows) if not r["away"]]
         evaluate(algo, task, ctx, rank0, rec, do_eval and not failed, step == t.steps)
         if rank0:
-            rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
-            if ctx.log is not None:
-                ctx.log.write(rec)
-            if ctx.bar is not None:
-                ctx.bar.update(step, rec)
+            write_row(ctx, rec, wall0)
         if failed:
             comm.all_gather_object(None)  # every rank stops only after rank 0 has logged this step
             raise NonFiniteLoss(f"non-finite loss at step {int(bad)}")
@@ -219,6 +215,15 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
             write_checkpoint(cfg, ctx, comm, rank0, step, state)
         if stop:
             raise Terminated(stop)
+
+
+def write_row(ctx: RunContext, rec: dict, wall0: float) -> None:
+    """Rank 0: stamp the metrics row with the wall time since `wall0`, write it, show it."""
+    rec["wall_time_s"] = round(time.perf_counter() - wall0, 3)
+    if ctx.log is not None:
+        ctx.log.write(rec)
+    if ctx.bar is not None:
+        ctx.bar.update(rec["step"], rec)
 
 
 def evaluate(algo, task: Task, ctx: RunContext, rank0: bool, rec: dict | None, eval_loss: bool, final: bool) -> None:

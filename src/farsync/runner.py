@@ -423,6 +423,13 @@ def run(
     model = initial_model(cfg, task)
     n_params = check_model(cfg, model)
     check_memory(cfg, model)
+    if cfg.cluster.batched:
+        from .sim_batched import check_config
+
+        try:
+            check_config(cfg, model)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     cluster = build_cluster(cfg, task, model)
     del model
     run_dir, ckpt, lock = prepare_run_dir(cfg, resume if resume is not None else out, resume is not None)
@@ -446,11 +453,17 @@ def run(
     try:
         ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
         write_processes(run_dir, [this_process("simulator", "all")])
-        with stop_on_signals(graceful=not server_based(cfg)), ctx.bar:
-            logs = cluster.run(lambda comm: train(comm, cfg, task, ctx))
-        if ctx.comm_log is not None:
-            ctx.comm_log = logs
-        ctx.last_rows = [{**s.as_dict(), "role": "worker"} for s in cluster.stats]
+        if cfg.cluster.batched:  # every worker at once (sim_batched.py): it fills ctx's rows and comm log
+            from .sim_batched import train_batched
+
+            with stop_on_signals(graceful=True), ctx.bar:
+                train_batched(cfg, task, ctx, cluster)
+        else:
+            with stop_on_signals(graceful=not server_based(cfg)), ctx.bar:
+                logs = cluster.run(lambda comm: train(comm, cfg, task, ctx))
+            if ctx.comm_log is not None:
+                ctx.comm_log = logs
+            ctx.last_rows = [{**s.as_dict(), "role": "worker"} for s in cluster.stats]
         if server_based(cfg):
             ctx.last_rows[0]["role"] = "server"
     except RunWriteError as exc:

@@ -116,6 +116,7 @@ class SimCluster:
         if churn is not None and parallel > 1:
             raise ValueError("churn needs parallel: 1 (a returning worker copies a live worker's state in memory)")
         self.churn = churn if churn is not None and churn.windows else None  # workers away and back (churn.py)
+        self.worker_rng = True  # False: no RNG state per worker (a replay of communication logs draws nothing)
         self.bucket_transfers = False  # True: `transfers` gets one row per bucket (tests), else one per call
         self.network = network or NetworkModel()
         self.time_model = time_model or TimeModel(step_time_s=0.0)
@@ -242,12 +243,12 @@ class SimCluster:
 
     def _enter(self, rank: int) -> None:
         """`rank` takes the baton: its RNG state becomes torch's."""
-        if self.parallel == 1:  # with parallel, the ranks' hosts keep their RNG states (proxies draw nothing)
+        if self.parallel == 1 and self.worker_rng:  # with parallel, the ranks' hosts keep their RNG states (proxies draw nothing)
             torch.set_rng_state(self._rng[rank])
 
     def _leave(self, rank: int) -> None:
         """`rank` gives the baton away: keep torch's RNG state as its own."""
-        if self.parallel == 1:
+        if self.parallel == 1 and self.worker_rng:
             self._rng[rank] = torch.get_rng_state()
 
     def _handoff(self, rank: int) -> None:
