@@ -19,6 +19,7 @@ from .runner import RunResult, run
 from .planner import Plan, plan
 from .retime import retime
 from .tasks import TASKS, DataMissingError, Task, get_task, register_task
+from .tracking import Tracking
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "Straggler",
     "StreamingDiLoCo",
     "TimeModel",
+    "Tracking",
     "compare",
     "default_communicator",
     "get_algorithm",

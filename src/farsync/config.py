@@ -394,6 +394,9 @@ class Config(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    logging: list[Literal["tensorboard", "csv", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="trackers that get a copy of metrics.jsonl (tracking.py): tensorboard, csv, "
+        "wandb (offline), mlflow (local store); all write inside the run directory")
 
     @model_validator(mode="after")
     def _fits(self):

@@ -157,9 +157,24 @@ def train_replica(comm, cfg: Config, task: Task, rdir: Path, attempt: int) -> fl
     sched = torch.optim.lr_scheduler.LambdaLR(algo.optimizer, t.lr_schedule.lr_lambda(t.steps))
     comm.register_state(lambda: {**algo.shared_state(), "lr_scheduler": sched.state_dict()},
                         lambda s: (algo.load_shared_state(s), sched.load_state_dict(s["lr_scheduler"])))
-    sampler, drawn = task.sampler(comm.replica, t.batch_size), 0
     path = rdir / "metrics.jsonl"
-    log = MetricsLog(path, read_metrics(path) if path.is_file() else None)  # a replacement appends
+    history = read_metrics(path) if path.is_file() else None  # a replacement appends
+    tracking = None
+    if cfg.logging:  # this replica's trackers, in its own directory
+        from .tracking import Tracking
+
+        tracking = Tracking(rdir, cfg.logging, config=cfg.to_dict(), history=history or (), name=f"{cfg.name}-replica{comm.replica}")
+    log = MetricsLog(path, history, tracking=tracking)
+    try:
+        return _train(comm, cfg, task, rdir, attempt, model, algo, sched, log)
+    finally:
+        log.close()
+
+
+def _train(comm, cfg, task, rdir, attempt, model, algo, sched, log) -> float | None:
+    """The replica's loop, driven by the committed step; returns its final evaluation loss."""
+    t = cfg.train
+    sampler, drawn = task.sampler(comm.replica, t.batch_size), 0
     loss_sum, loss_n, heals_logged, wall0, final_eval = 0.0, 0, 0, time.perf_counter(), None
     pace = float(os.environ.get(PACE_ENV, "0"))
     while algo.local_step < t.steps:

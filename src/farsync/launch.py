@@ -33,7 +33,7 @@ import yaml
 from .checkpoint import load_latest
 from .config import ConfigError, config_tree, load_config
 from .rundir import LOCK_ENV, RunDirLock, check_new_run_dir, read_metrics, write_json_atomic, write_text_atomic
-from .runner import build_task, check_model, check_resume, default_run_dir, initial_model, resume_config, summarize, this_process, world_size, write_processes
+from .runner import build_task, check_logging, check_model, check_resume, default_run_dir, initial_model, resume_config, summarize, this_process, world_size, write_processes
 from .stopping import SIGNALS, stop_status
 
 
@@ -102,6 +102,7 @@ def launch(
         check_resume(ckpt, cfg, path)
     for note in cfg.notes():
         print(note, file=sys.stderr)
+    check_logging(cfg)
     check_model(cfg, initial_model(cfg, build_task(cfg)))
     need = world_size(cfg)
     if groups is not None and (cfg.cluster.workers, cfg.cluster.group_size) != (groups, nproc_per_group):
@@ -163,6 +164,7 @@ def launch_ft(config: str, overrides: list[str], out: str | None, max_restarts: 
 
     for note in cfg.notes():
         print(note, file=sys.stderr)
+    check_logging(cfg)
     model = initial_model(cfg, build_task(cfg))
     check_model(cfg, model)
     check_ft_model(model)

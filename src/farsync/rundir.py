@@ -137,8 +137,9 @@ class MetricsLog:
     """metrics.jsonl: rewritten from `records` (a resumed run's history, via a temporary file),
     then appended one whole line per record and flushed."""
 
-    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None):
+    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None, tracking: Any = None):
         self.path = path
+        self.tracking = tracking  # tracking.Tracking: gets a copy of every line (it has the history already)
         self.records: list[dict[str, Any]] = []
         if records:
             write_text_atomic(path, "".join(dumps(strict(r)) + "\n" for r in records))
@@ -158,12 +159,17 @@ class MetricsLog:
         except OSError as err:
             raise write_error(err, self.path) from None
         self.records.append(record)
+        if self.tracking is not None:
+            self.tracking.write(record)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Close the file and the trackers (they get the run's `summary`)."""
         try:
             self._fh.close()
         except OSError:
             pass
+        if self.tracking is not None:
+            self.tracking.close(summary)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

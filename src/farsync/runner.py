@@ -46,7 +46,7 @@ from .deployment import resolve
 from .retime import CommRecorder, write_log
 
 # Keys a resumed run may change: none of them changes what a finished step computed.
-RESUMABLE_KEYS = ("name", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
+RESUMABLE_KEYS = ("name", "logging", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
                   "cluster.backend", "cluster.device", "cluster.timeout", "cluster.parallel", "cluster.threads",
                   "train.checkpoint_format")
 # a replica group may change its size on resume when its batch stays: group_size x batch_size
@@ -331,7 +331,6 @@ def write_transfers(path: Path, transfers: list[tuple[float, float, int, int]]) 
 def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, transfers=None) -> RunResult:
     """Write transfers.csv, model.pt and summary.json (as much as the disk allows: a write error
     is printed and the summary names it), then release the run directory."""
-    ctx.log.close()
     try:
         if transfers is not None:
             write_transfers(ctx.run_dir / "transfers.csv", transfers)
@@ -360,9 +359,31 @@ def _finish(cfg, ctx: RunContext, status: str, wall0: float, n_params: int, tran
         write_json_atomic(ctx.run_dir / "summary.json", summary)
     except RunWriteError as err:
         print(f"farsync: error: {err} (the run's status: {status})", file=sys.stderr)
+    ctx.log.close(summary)  # metrics.jsonl, then the trackers with the summary
     if ctx.lock is not None:
         ctx.lock.release()
     return RunResult(ctx.run_dir, summary, ctx.log.records)
+
+
+def check_logging(cfg: Config) -> None:
+    """Before any work: every tracker of ``logging`` can be built (its package is installed)."""
+    from .tracking import check_trackers
+
+    try:
+        check_trackers(cfg.logging)
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
+
+
+def open_metrics(cfg: Config, run_dir: Path, ckpt: dict | None) -> MetricsLog:
+    """metrics.jsonl (a resumed run's history first) and the config's trackers beside it."""
+    history = ckpt["metrics"] if ckpt else None
+    tracking = None
+    if cfg.logging:
+        from .tracking import Tracking
+
+        tracking = Tracking(run_dir, cfg.logging, config=cfg.to_dict(), history=history or (), name=cfg.name)
+    return MetricsLog(run_dir / "metrics.jsonl", history, tracking=tracking)
 
 
 def _status(exc: BaseException, ctx: RunContext | None = None) -> str:
@@ -419,6 +440,7 @@ def run(
             raise ConfigError("cluster.backend is 'torch': start it with `farsync launch --nproc N CONFIG` (or torchrun)")
     for note in cfg.notes():
         print(note, file=sys.stderr)
+    check_logging(cfg)
     task = build_task(cfg)
     model = initial_model(cfg, task)
     n_params = check_model(cfg, model)
@@ -451,7 +473,7 @@ def run(
     ctx.transfers = lambda: earlier + list(cluster.transfers)
     status, wall0 = "completed", time.perf_counter()
     try:
-        ctx.log = MetricsLog(run_dir / "metrics.jsonl", ckpt["metrics"] if ckpt else None)
+        ctx.log = open_metrics(cfg, run_dir, ckpt)
         write_processes(run_dir, [this_process("simulator", "all")])
         if cfg.cluster.batched:  # every worker at once (sim_batched.py): it fills ctx's rows and comm log
             from .sim_batched import train_batched
@@ -534,6 +556,7 @@ def run_distributed_worker(
     cfg = resume_config(out, overrides, backend="torch") if resume else load_config(config, overrides, unset)
     if cfg.cluster.backend != "torch":
         raise ConfigError(f"farsync launch needs cluster.backend: torch (got {cfg.cluster.backend!r}); add --set cluster.backend=torch")
+    check_logging(cfg)
     device = torch.device("cpu")
     if cfg.cluster.device == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -558,7 +581,7 @@ def run_distributed_worker(
                     for f in ("metrics.jsonl", "summary.json"):
                         (Path(out) / f).unlink(missing_ok=True)
                 ctx.run_dir, ctx.resume, ctx.lock = prepare_run_dir(cfg, out, do_resume)
-                ctx.log = MetricsLog(ctx.run_dir / "metrics.jsonl", ctx.resume["metrics"] if ctx.resume else None)
+                ctx.log = open_metrics(cfg, ctx.run_dir, ctx.resume)
             except Exception as exc:  # noqa: BLE001 - every rank must learn about it
                 error = f"{type(exc).__name__}: {exc}"
         me = this_process("worker", world.rank)
