@@ -1,4 +1,4 @@
-"""Command line: ``farsync run | launch | worker | compare | sweep | list | demo``."""
+"""Command line: ``farsync run | launch | worker | compare | sweep | list | explain | demo``."""
 
 from __future__ import annotations
 
@@ -89,21 +89,18 @@ def _cmd_list(args) -> int:
     from .optim import OPTIMIZERS, SCHEDULES, WRAPPERS
     from .tasks import TASKS
 
-    if args.algorithm:  # one algorithm's config section: its Options, defaults and descriptions
+    name = args.options or args.algorithm
+    if name:  # one algorithm's config section: its Options, defaults and descriptions
+        from .explain import option_lines
+
         try:
-            cls = get_algorithm(args.algorithm)
+            cls = get_algorithm(name)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{cls.name}: {cls.summary}")
-        print(f"algorithm.* keys (the update rule: python -c 'import farsync; help(farsync.algorithms.{cls.__name__})'):")
-        print(f"  {'inner':18s} the inner (local) optimizer (default {{name: adamw, lr: 0.001}})")
-        for key, field in cls.Options.model_fields.items():
-            if key == "topology":
-                print(f"  {'(cluster.topology)':18s} {field.description}")
-                continue
-            default = field.get_default(call_default_factory=True)
-            print(f"  {key:18s} {field.description or ''} (default {default!r})")
+        print(f"algorithm.* keys (the update rule and a one-line config: farsync explain {cls.name}):")
+        print("\n".join(option_lines(name)))
         return 0
 
     print("tasks:")
@@ -123,6 +120,17 @@ def _cmd_list(args) -> int:
 
     print("compressors (algorithm.compress.name): " + ", ".join([*COMPRESSORS, "powersgd"]))
     print("error feedback (algorithm.compress.error_feedback): " + ", ".join(ERROR_FEEDBACK))
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from .explain import explain
+
+    try:
+        print(explain(args.algorithm), end="")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -230,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="available tasks, algorithms and optimizers; with ALGORITHM: its config keys")
     ls.add_argument("algorithm", nargs="?", help="show this algorithm's keys, defaults and descriptions")
+    ls.add_argument("--options", metavar="ALGORITHM", help="the same as `farsync list ALGORITHM`")
     ls.set_defaults(func=_cmd_list)
+
+    ex = sub.add_parser("explain", help="an algorithm's update rule, its options with defaults, and a one-line config")
+    ex.add_argument("algorithm", help="an algorithm name (farsync list shows them)")
+    ex.set_defaults(func=_cmd_explain)
 
     rt = sub.add_parser("retime", help="re-time a finished simulated run under other network settings (no training)")
     rt.add_argument("run", help="run directory (a completed simulated run of a synchronous algorithm)")
