@@ -26,7 +26,8 @@ import torch
 
 from .comm import Communicator
 from .config import Config
-from .loop import NonFiniteLoss, RunContext, _to_cpu, build_algorithm, same_batch_closure, to_device
+from .loop import NonFiniteLoss, RunContext, _to_cpu, build_algorithm, to_device
+from .microbatch import MicroBatches, grad_scaler
 from .tasks import Task
 
 
@@ -41,6 +42,13 @@ def train_async(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) ->
         failed = _serve(algo, cfg, task, ctx, schedule)
     else:
         sampler = task.sampler(comm.rank - 1, t.batch_size)
+        scaler = grad_scaler(t.precision, ctx.device, t.loss_scale)  # fp16 (microbatch.py)
+        if scaler is not None:
+            algo.use_grad_scaler(scaler)
+        micro = MicroBatches(t.precision, ctx.device, scaler)
+
+        def loss_fn(batch):
+            return task.loss(model, batch)
         base_lrs = [g["lr"] for g in algo.optimizer.param_groups]
         while True:
             steps, progress = algo.pull()
@@ -50,10 +58,11 @@ def train_async(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) ->
                 g["lr"] = lr * schedule(int(progress))
             loss_sum, finite = 0.0, True
             for _ in range(steps):
-                batch = to_device(sampler.next_batch(), ctx.device)
-                loss = task.loss(model, batch)
-                loss.backward()
-                algo.step(loss.detach(), closure=same_batch_closure(task, model, batch))
+                batches = [to_device(sampler.next_batch(), ctx.device) for _ in range(t.grad_accum)]
+                loss = micro.backward(loss_fn, batches)
+                if t.grad_accum > 1:
+                    comm.compute(t.grad_accum - 1)
+                algo.step(loss, closure=micro.closure(loss_fn, model, batches))
                 algo.zero_grad()
                 value = loss.item()
                 finite = finite and math.isfinite(value)
@@ -70,7 +79,7 @@ def _serve(algo, cfg: Config, task: Task, ctx: RunContext, schedule) -> bool:
     """The server's side; returns True if a worker reported a non-finite loss."""
     t, comm, n = cfg.train, algo.comm, algo.n_workers
     budget = t.steps * n
-    tokens_per_step = task.tokens_per_batch(t.batch_size)
+    tokens_per_step = task.tokens_per_batch(t.batch_size) * t.grad_accum
     assigned = done = 0
     worker_bytes = {w: (0, 0) for w in range(1, n + 1)}
     loss_sum = loss_n = staleness = arrivals = 0

@@ -377,6 +377,13 @@ class TrainConfig(_Strict):
         "full", description="full: rank 0 writes every worker's state (gathered); sharded: torch backend, every process "
         "writes its own with torch.distributed.checkpoint (checkpoint_shards.py)")
     lr_schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="forward and loss under torch.autocast to this dtype (parameters, gradients, optimizer "
+        "state, payloads and evaluation stay fp32); fp16 adds dynamic loss scaling (torch.amp.GradScaler): microbatch.py")
+    loss_scale: float = Field(2.0**16, gt=0, description="fp16: the initial loss scale (halved and the step skipped on "
+                              "an inf/NaN gradient, doubled after 2000 clean steps)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches of batch_size per step, their gradients averaged: one "
+                            "optimizer step and synchronization per k micro-batches, charged k steps of compute")
 
     @model_validator(mode="after")
     def _ckpt(self):
@@ -385,6 +392,15 @@ class TrainConfig(_Strict):
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every ({self.log_every})"
             )
         return self
+
+
+def innermost_optimizer(inner: dict[str, Any]) -> str:
+    """The name of the optimizer that takes the gradients (a wrapper's ``base``, recursively)."""
+    from .optim import WRAPPERS
+
+    while inner.get("name") in WRAPPERS and isinstance(inner.get("base"), dict):
+        inner = inner["base"]
+    return inner.get("name", "")
 
 
 class Config(_Strict):
@@ -397,6 +413,39 @@ class Config(_Strict):
     logging: list[Literal["tensorboard", "csv", "wandb", "mlflow"]] = Field(
         default_factory=list, description="trackers that get a copy of metrics.jsonl (tracking.py): tensorboard, csv, "
         "wandb (offline), mlflow (local store); all write inside the run directory")
+
+    def _check_precision(self, cls) -> None:
+        """train.precision and train.grad_accum against the algorithm, optimizer and engine (microbatch.py)."""
+        t = self.train
+        if self.cluster.batched and (t.precision != "fp32" or t.grad_accum > 1):
+            raise ValueError("cluster.batched runs fp32 with one batch per step (train.precision: fp32, train.grad_accum: "
+                             "1); remove cluster.batched for mixed precision or gradient accumulation")
+        if t.precision != "fp16":
+            return
+        from .algorithms import ALGORITHMS
+        from .optim import get_optimizer_class
+        from .optim.stats import GlobalStats
+
+        if not cls.grad_scaler_ok:
+            ok = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.grad_scaler_ok))
+            raise ValueError(f"train.precision: fp16 scales the loss, and {self.algorithm.name} reads the gradients "
+                             f"beyond its inner optimizer's step (they would arrive scaled); fp16 works with {ok}; "
+                             "use train.precision: bf16 (no loss scaling)")
+        name = innermost_optimizer(self.algorithm.inner)
+        try:
+            opt_cls = get_optimizer_class(name)
+        except ValueError:
+            return  # the inner optimizer's own check names it
+        if issubclass(opt_cls, GlobalStats):
+            raise ValueError(f"train.precision: fp16 cannot take the inner optimizer {name!r}: its step size comes from "
+                             "statistics of the gradients or the loss, which fp16 loss scaling changes (and a skipped "
+                             "step would skip its averaging); use train.precision: bf16")
+        compressed_grads = self.algorithm.name == "ddp" or (self.algorithm.name == "local-sgd"
+                                                            and getattr(self.algorithm, "ddp_steps", 0))
+        if compressed_grads and getattr(self.algorithm, "compress", None) is not None:
+            raise ValueError(f"train.precision: fp16 with {self.algorithm.name}'s algorithm.compress: the compressor's "
+                             "error feedback would keep loss-scaled gradient residuals across a change of scale; use "
+                             "train.precision: bf16, or no compression")
 
     @model_validator(mode="after")
     def _fits(self):
@@ -445,6 +494,7 @@ class Config(_Strict):
                    "cluster.churn (churn is simulated; on torchft replicas really die)" if self.cluster.churn else None)
             if why is not None:
                 raise ValueError(f"cluster.backend: torchft does not take {why}")
+        self._check_precision(cls)
         if self.train.checkpoint_format == "sharded" and self.cluster.backend != "torch":
             raise ValueError("train.checkpoint_format: sharded is written by each process of cluster.backend: torch "
                              "(farsync launch); the simulator's workers share one process: use full (a sharded "

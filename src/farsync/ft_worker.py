@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from .config import Config, ConfigError, load_config
-from .loop import NonFiniteLoss, build_algorithm, same_batch_closure
+from .loop import NonFiniteLoss, build_algorithm
+from .microbatch import MicroBatches, grad_scaler
 from .rundir import MetricsLog, read_metrics, write_json_atomic
 from .stopping import Terminated, exit_code, stop_on_signals, stop_status
 from .tasks import Task
@@ -154,6 +155,9 @@ def train_replica(comm, cfg: Config, task: Task, rdir: Path, attempt: int) -> fl
     torch.manual_seed(cfg.seed)  # identical initial model on every replica
     model = task.build_model()
     algo = build_algorithm(cfg, model, comm)
+    scaler = grad_scaler(t.precision, torch.device("cpu"), t.loss_scale)  # fp16 (microbatch.py); healed with the algorithm
+    if scaler is not None:
+        algo.use_grad_scaler(scaler)
     sched = torch.optim.lr_scheduler.LambdaLR(algo.optimizer, t.lr_schedule.lr_lambda(t.steps))
     comm.register_state(lambda: {**algo.shared_state(), "lr_scheduler": sched.state_dict()},
                         lambda s: (algo.load_shared_state(s), sched.load_state_dict(s["lr_scheduler"])))
@@ -177,21 +181,25 @@ def _train(comm, cfg, task, rdir, attempt, model, algo, sched, log) -> float | N
     sampler, drawn = task.sampler(comm.replica, t.batch_size), 0
     loss_sum, loss_n, heals_logged, wall0, final_eval = 0.0, 0, 0, time.perf_counter(), None
     pace = float(os.environ.get(PACE_ENV, "0"))
+    micro = MicroBatches(t.precision, torch.device("cpu"), algo.grad_scaler)
+
+    def loss_fn(batch):
+        return task.loss(model, batch)
+
     while algo.local_step < t.steps:
         step = algo.local_step + 1
         if drawn != step - 1:  # healed to another step: this replica's batches from there
             sampler, drawn = task.sampler(comm.replica, t.batch_size), 0
-            for _ in range(step - 1):
+            for _ in range((step - 1) * t.grad_accum):
                 sampler.next_batch()
         comm.begin_step(step)
         lr = sched.get_last_lr()[0]
-        batch = sampler.next_batch()
+        batches = [sampler.next_batch() for _ in range(t.grad_accum)]
         drawn = step
-        loss = task.loss(model, batch)
-        loss.backward()
+        loss = micro.backward(loss_fn, batches)
         if pace:
             time.sleep(pace)
-        algo.step(loss.detach(), closure=same_batch_closure(task, model, batch))
+        algo.step(loss, closure=micro.closure(loss_fn, model, batches))
         algo.zero_grad()
         sched.step()
         value = loss.item()

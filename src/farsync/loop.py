@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .checkpoint import RunWriteError, save_checkpoint
 from .comm import Communicator
 from .comm.base import cpu_clone as _to_cpu
 from .config import Config
+from .microbatch import MicroBatches, grad_scaler
 from .optim import build_optimizer
 from .stopping import STOP, Terminated
 from .tasks import Task
@@ -78,27 +80,23 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def same_batch_closure(task: Task, model: torch.nn.Module, batch: Any) -> Callable[[], torch.Tensor]:
     """Recompute the loss and gradients on `batch` at the model's current parameters (for
     optimizers that compare two points on one batch, e.g. AdGD)."""
-
-    def closure() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        loss = task.loss(model, batch)
-        loss.backward()
-        return loss.detach()
-
-    return closure
+    return MicroBatches().closure(lambda b: task.loss(model, b), model, [batch])
 
 
-def add_initial_batches(task: Task, model: torch.nn.Module, sampler: Any, b0: int, device: torch.device,
-                        comm: Communicator) -> None:
-    """Turn the first batch's gradients (already in ``.grad``) into the mean gradient over `b0`
-    mini-batches: b0 - 1 more from the sampler, charged b0 - 1 steps of compute. The logged
-    loss and the token count stay those of the one batch of step 1."""
+def add_initial_batches(loss_fn: Callable[[Any], torch.Tensor], model: torch.nn.Module, draw: Callable[[], list],
+                        micro: MicroBatches, b0: int, comm: Communicator) -> None:
+    """Turn the first step's gradients (already in ``.grad``) into the mean gradient over `b0`
+    steps' batches: b0 - 1 more from `draw` (each a step's k micro-batches), charged their
+    compute. The logged loss and the token count stay those of the one step."""
+    k = 0
     for _ in range(b0 - 1):
-        task.loss(model, to_device(sampler.next_batch(), device)).backward()
+        batches = draw()
+        micro.backward(loss_fn, batches)
+        k = len(batches)
     for p in model.parameters():
         if p.grad is not None:
             p.grad.div_(b0)
-    comm.compute(b0 - 1)
+    comm.compute((b0 - 1) * k)
 
 
 def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -> None:
@@ -108,6 +106,10 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     torch.manual_seed(cfg.seed)  # identical initial model on every worker
     model = task.build_model().to(ctx.device)
     algo = build_algorithm(cfg, model, comm)
+    scaler = grad_scaler(t.precision, ctx.device, t.loss_scale)  # fp16 only (microbatch.py)
+    if scaler is not None:
+        algo.use_grad_scaler(scaler)  # before a resume loads the algorithm's state: the scaler's is in it
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")  # a skipped fp16 step
     sched = torch.optim.lr_scheduler.LambdaLR(algo.optimizer, t.lr_schedule.lr_lambda(t.steps))
     k = 1 if group is None else group.size
     sampler = task.sampler(comm.rank, t.batch_size * k)  # a replica group draws one worker's batch of k x b
@@ -117,6 +119,13 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
 
         sampler = SliceSampler(sampler, group.rank, k)
         forward = torch.nn.parallel.DistributedDataParallel(model, process_group=group.pg)
+    micro = MicroBatches(t.precision, ctx.device, scaler, no_sync=forward.no_sync if group is not None else None)
+
+    def loss_fn(batch: Any) -> torch.Tensor:
+        return group_loss(task, forward, batch) if group is not None else task.loss(model, batch)
+
+    def draw() -> list:  # one step's micro-batches
+        return [to_device(sampler.next_batch(), ctx.device) for _ in range(t.grad_accum)]
 
     def shared_state() -> dict[str, Any]:  # what a worker coming back copies (churn): the algorithm's and the schedule
         return {**algo.shared_state(), "lr_scheduler": sched.state_dict()}
@@ -147,7 +156,7 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     if rank0:
         ctx.step = start
 
-    tokens_per_step = task.tokens_per_batch(t.batch_size * k) * comm.world_size
+    tokens_per_step = task.tokens_per_batch(t.batch_size * k) * t.grad_accum * comm.world_size
     churn = cfg.cluster.churn_schedule()  # None without churn
     loss_sum, loss_n, first_bad = 0.0, 0, math.inf
     prior_wall = ctx.log.records[-1]["wall_time_s"] if (rank0 and ctx.log and ctx.log.records) else 0.0
@@ -155,12 +164,13 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     for step in range(start + 1, t.steps + 1):
         comm.begin_step(step)
         lr = sched.get_last_lr()[0]
-        batch = to_device(sampler.next_batch(), ctx.device)
-        loss = group_loss(task, forward, batch) if group is not None else task.loss(model, batch)
-        loss.backward()
+        batches = draw()
+        loss = micro.backward(loss_fn, batches)
         if step == 1 and algo.initial_batches > 1:
-            add_initial_batches(task, forward, sampler, algo.initial_batches, ctx.device, comm)
-        algo.step(loss.detach(), closure=same_batch_closure(task, forward, batch))
+            add_initial_batches(loss_fn, model, draw, micro, algo.initial_batches, comm)
+        if t.grad_accum > 1:
+            comm.compute(t.grad_accum - 1)  # the step's other micro-batches (the step itself charges one)
+        algo.step(loss, closure=micro.closure(loss_fn, model, batches))
         algo.zero_grad()
         sched.step()
         value = loss.item()
@@ -193,6 +203,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "lr": lr,
                 **extra,
             }
+            if scaler is not None:  # fp16: rank 0's loss scale and the steps it skipped on an overflow
+                rec["loss_scale"], rec["skipped_steps"] = scaler.get_scale(), algo.skipped_steps
             if "away" in rows[0]:
                 rec["participants"] = [i for i, r in enumerate(rows) if not r["away"]]
         evaluate(algo, task, ctx, rank0, rec, do_eval and not failed, step == t.steps)

@@ -59,6 +59,7 @@ class AsyncOptions(ServerRoundsOptions):
 
 
 class AsyncLocalSGD(ParameterServerAlgorithm):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     name = "async-local-sgd"
     summary = "parameter server (rank 0), workers push pseudo-gradients when done; delayed Nesterov, DyLU"
     Options = AsyncOptions

@@ -37,6 +37,7 @@ from ..comm import Communicator
 from ..comm.timing import spans_of
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import OptimizerWrapper, build_optimizer, set_stats_reducer, step_kwargs
+from ..optim.stats import GlobalStats, innermost
 from .flat import flatten, unflatten_into
 from .options import AlgorithmOptions, Compressible, EveryStep, validate_options
 from .replicas import Buffers
@@ -59,6 +60,7 @@ class Algorithm:
     no_compress: ClassVar[str | None] = None  # why ``compress`` is refused, in the algorithm's words
     checkpointable: ClassVar[bool] = True  # False: refused by declaration (train.checkpoint_every)
     one_worker_is_inner: ClassVar[bool] = False  # with one worker it is its inner optimizer, bit for bit (tested)
+    grad_scaler_ok: ClassVar[bool] = False  # its only use of .grad is the inner optimizer's step: fp16 loss scaling works
     timing_dependent: ClassVar[str | None] = None  # why its trajectory depends on timing (refused by `farsync retime`)
 
     def __init_subclass__(cls, **kwargs):
@@ -98,6 +100,8 @@ class Algorithm:
         self.local_step = 0  # inner steps taken by this worker
         self._loss: torch.Tensor | None = None
         self._closure: Callable[[], torch.Tensor] | None = None
+        self.grad_scaler: torch.amp.GradScaler | None = None  # fp16 (`use_grad_scaler`)
+        self.skipped_steps = 0  # fp16: inner steps skipped on an inf/NaN gradient
         comm.register_state(self.shared_state, self.load_shared_state)  # churn / fault tolerance: what a returning worker copies
 
     # ------------------------------------------------------------------ checks (before training)
@@ -147,6 +151,22 @@ class Algorithm:
         accumulates them before the first ``step()``; DoCoM-SGT's large initial batch b0)."""
         return 1
 
+    def use_grad_scaler(self, scaler: torch.amp.GradScaler) -> None:
+        """fp16 loss scaling (`farsync.microbatch`): gradients arrive multiplied by the scale s
+        (``scaler.scale(loss).backward()``); the inner optimizer step unscales them (after DDP's
+        all-reduce), clips, skips the step on inf/NaN and updates s. Its state is in ``state_dict``."""
+        if not self.grad_scaler_ok:
+            from . import ALGORITHMS
+
+            ok = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.grad_scaler_ok))
+            raise ValueError(f"{self.name} uses the gradients beyond its inner optimizer's step, so fp16 loss scaling "
+                             f"would reach them scaled; train.precision: fp16 works with {ok} (bf16 needs no scaler)")
+        opt = innermost(self.optimizer)
+        if getattr(opt, "step_needs", ()) or isinstance(opt, GlobalStats):
+            raise ValueError(f"{type(opt).__name__} computes its step size from statistics of the gradients (or a "
+                             "closure); it cannot take fp16-scaled gradients: use train.precision: bf16")
+        self.grad_scaler = scaler
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
@@ -164,9 +184,19 @@ class Algorithm:
         return [p.grad for p in self.params]
 
     def _optimizer_step(self) -> None:
+        scaler = self.grad_scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # .grad / s; notes an inf/NaN
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step(**step_kwargs(self.optimizer, self._loss, self._closure))
+        kwargs = step_kwargs(self.optimizer, self._loss, self._closure)
+        if scaler is None:
+            self.optimizer.step(**kwargs)
+            return
+        scale = scaler.get_scale()
+        scaler.step(self.optimizer, **kwargs)  # skipped if an inf/NaN was found
+        scaler.update()
+        self.skipped_steps += scaler.get_scale() < scale  # dynamic scaling lowers s exactly when it skipped
 
     def _agree_on_optimizer_stats(self) -> None:
         """Parameter-free step sizes (`farsync.optim.stats`) average their scalar statistics over
@@ -205,16 +235,23 @@ class Algorithm:
         self.load_state_dict(state["algorithm"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "local_step": self.local_step,
             "optimizer": self.optimizer.state_dict(),
             "buffers": self.buffers.state_dict(),
         }
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = {**self.grad_scaler.state_dict(), "skipped_steps": self.skipped_steps}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.local_step = state["local_step"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffers.load_state_dict(state.get("buffers"))
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            scaler_state = dict(state["grad_scaler"])
+            self.skipped_steps = scaler_state.pop("skipped_steps")
+            self.grad_scaler.load_state_dict(scaler_state)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

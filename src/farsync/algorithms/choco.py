@@ -125,6 +125,7 @@ class CompressedGossip(Decentralized):
 
 
 class ChocoSGD(CompressedGossip):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     one_worker_is_inner = True
     name = "choco-sgd"
     summary = "CHOCO-SGD: decentralized SGD with compressed gossip (algorithm.compress) and public model copies"

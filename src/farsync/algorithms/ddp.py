@@ -20,6 +20,7 @@ from .base import CollectiveAlgorithm
 
 
 class DDP(CollectiveAlgorithm):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     one_worker_is_inner = True
     name = "ddp"
     summary = "all-reduce of gradients every step (baseline)"

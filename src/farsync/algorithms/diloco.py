@@ -33,6 +33,7 @@ class DiLoCoOptions(Periodic, OuterOptimized, Compressible):
 
 
 class DiLoCo(CollectiveAlgorithm):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     name = "diloco"
     summary = "inner optimizer for H steps, outer optimizer on the averaged pseudo-gradient"
     Options = DiLoCoOptions

@@ -35,6 +35,7 @@ class DSGDOptions(GossipOptions):
 
 
 class DSGD(Decentralized):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     one_worker_is_inner = True
     name = "dsgd"
     summary = "decentralized SGD: gossip with graph neighbours (cluster.topology), no all-reduce"

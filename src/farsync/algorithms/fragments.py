@@ -10,7 +10,14 @@
 error that names ``algorithm.fragments`` and the blocks found: silently cutting the model another
 way would run a different experiment. Ask for ``fragment_rule: contiguous`` to get that split.
 
-Both return, per fragment, the indices into ``params`` (the model's trainable parameters in
+- by name: ``fragments: [[transformer.h.0, transformer.h.2], [transformer.h.1, ...], ...]``, a
+  list of module names per fragment (as torchft's StreamingDiLoCo takes lists of modules):
+  fragment k holds the parameters of its modules (``model.get_submodule(name)``; a parameter's own
+  dotted name works too). Every trainable parameter must be in exactly one fragment: a parameter
+  in none or in two, a name that is not in the model, or an empty fragment is an error that names
+  them, before any work starts.
+
+All return, per fragment, the indices into ``params`` (the model's trainable parameters in
 ``model.parameters()`` order), each list sorted, every index in exactly one fragment.
 """
 
@@ -22,7 +29,10 @@ from torch import nn
 RULES = ("strided", "contiguous")
 
 
-def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int, rule: str = "strided") -> list[list[int]]:
+def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int | list[list[str]],
+                         rule: str = "strided") -> list[list[int]]:
+    if not isinstance(n, int):
+        return fragments_by_name(model, params, n)
     if rule not in RULES:
         raise ValueError(f"unknown fragment rule {rule!r}; valid choices: {', '.join(RULES)}")
     if not 1 <= n <= len(params):
@@ -39,6 +49,49 @@ def split_into_fragments(model: nn.Module, params: list[torch.Tensor], n: int, r
                          f"algorithm.fragments ({n}) needs blocks to stride over, but the model has {what}; "
                          "set algorithm.fragment_rule: contiguous to cut the parameters in model order")
     return _strided(blocks, params, n)
+
+
+def fragments_by_name(model: nn.Module, params: list[torch.Tensor], names: list[list[str]]) -> list[list[int]]:
+    """The fragments given by module (or parameter) names; see the module docstring."""
+    index = {id(p): i for i, p in enumerate(params)}
+    param_names = {id(p): name for name, p in model.named_parameters()}
+    owner: dict[int, int] = {}  # parameter index -> fragment
+    twice: dict[str, list[int]] = {}
+    frags: list[list[int]] = []
+    for k, group in enumerate(names):
+        if not group:
+            raise ValueError(f"algorithm.fragments[{k}] is empty: give each fragment at least one module name")
+        mine: set[int] = set()
+        for name in group:
+            try:
+                sub = model.get_submodule(name)
+                tensors = list(sub.parameters())
+            except AttributeError:
+                try:
+                    tensors = [model.get_parameter(name)]
+                except AttributeError:
+                    tops = ", ".join(n for n, _ in model.named_children())
+                    raise ValueError(f"algorithm.fragments[{k}]: {name!r} is not a module or parameter of the model "
+                                     f"(its top-level modules: {tops}; all: print(model))") from None
+            mine |= {index[id(t)] for t in tensors if id(t) in index}
+        for i in sorted(mine):
+            if i in owner and owner[i] != k:
+                twice.setdefault(param_names.get(id(params[i]), f"#{i}"), [owner[i]]).append(k)
+            owner.setdefault(i, k)
+        frags.append(sorted(mine))
+    if twice:
+        listed = "; ".join(f"{n} in fragments {ks}" for n, ks in list(twice.items())[:8])
+        raise ValueError(f"algorithm.fragments: every parameter must be in exactly one fragment, but {len(twice)} are "
+                         f"in more than one ({listed}); a tensor shared by two modules (tied embeddings) goes in one fragment: list one "
+                         "of its modules only")
+    missing = [param_names.get(id(p), f"#{i}") for i, p in enumerate(params) if i not in owner]
+    if missing:
+        raise ValueError(f"algorithm.fragments: every parameter must be in exactly one fragment, but {len(missing)} are "
+                         f"in none: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''} (add their modules to a fragment)")
+    if any(not f for f in frags):
+        k = next(k for k, f in enumerate(frags) if not f)
+        raise ValueError(f"algorithm.fragments[{k}] ({names[k]}) holds no trainable parameter")
+    return frags
 
 
 def largest_block_list(model: nn.Module) -> nn.ModuleList | None:

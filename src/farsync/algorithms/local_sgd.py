@@ -30,6 +30,7 @@ class LocalSGDOptions(Periodic, Compressible):
 
 
 class LocalSGD(CollectiveAlgorithm):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     one_worker_is_inner = True
     name = "local-sgd"
     summary = "average parameters every H local steps (FedAvg / post-local SGD)"

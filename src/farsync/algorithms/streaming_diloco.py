@@ -62,7 +62,9 @@ from .fragments import split_into_fragments
 
 
 class StreamingOptions(Periodic, OuterOptimized, Compressible):
-    fragments: int = Field(1, ge=1, description="F: fragments, synced in turn (sync_every must be a multiple of F)")
+    fragments: int | list[list[str]] = Field(
+        1, description="F: fragments, synced in turn (sync_every must be a multiple of F); or F lists of module names, "
+        "e.g. [[transformer.h.0, transformer.h.2], [transformer.h.1, transformer.h.3, wte]], every parameter in exactly one")
     delay: int = Field(0, ge=0, description="tau: inner steps between starting a fragment's all-reduce and applying it (< sync_every/F)")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="on arrival theta = alpha * theta_local + (1 - alpha) * phi")
     fragment_rule: Literal["strided", "contiguous"] = Field("strided", description="how parameters are split (fragments.py)")
@@ -70,26 +72,33 @@ class StreamingOptions(Periodic, OuterOptimized, Compressible):
         "tau", description="tau: the all-reduce overlaps `delay` steps (torchft); eager: a whole round of the fragment, "
         "with the eager proxy (Kale et al. 2025); eager-2: two rounds")
 
+    @property
+    def n_fragments(self) -> int:
+        return self.fragments if isinstance(self.fragments, int) else len(self.fragments)
+
     @model_validator(mode="after")
     def _rounds(self):
+        if self.n_fragments < 1:
+            raise ValueError(f"fragments must be >= 1 (or a non-empty list of module-name lists), got {self.fragments!r}")
         every = self.sync_every
         if not isinstance(every, int):
             raise ValueError("streaming-diloco needs an integer sync_every (QSR is for local-sgd and diloco)")
-        if every % self.fragments:
-            raise ValueError(f"sync_every ({every}) must be a multiple of fragments ({self.fragments})")
+        if every % self.n_fragments:
+            raise ValueError(f"sync_every ({every}) must be a multiple of fragments ({self.n_fragments})")
         if self.overlap != "tau":
             if self.delay or self.alpha:
                 raise ValueError(f"overlap: {self.overlap} overlaps whole rounds of a fragment; delay and alpha apply to "
                                  f"overlap: tau only (got delay={self.delay}, alpha={self.alpha})")
             if self.compress is not None:
                 check_own_term_compressor(f"streaming-diloco with overlap: {self.overlap}", self.compress)
-        elif self.delay >= every // self.fragments:
-            raise ValueError(f"delay must be < sync_every / fragments = {every // self.fragments}, got {self.delay} "
+        elif self.delay >= every // self.n_fragments:
+            raise ValueError(f"delay must be < sync_every / fragments = {every // self.n_fragments}, got {self.delay} "
                              "(overlap: eager overlaps a whole round)")
         return self
 
 
 class StreamingDiLoCo(CollectiveAlgorithm):
+    grad_scaler_ok = True  # .grad is read only by the inner optimizer step (fp16: microbatch.py)
     name = "streaming-diloco"
     summary = "DiLoCo with fragments synced in turn, overlapped all-reduce (tau), mixing alpha"
     Options = StreamingOptions
@@ -112,13 +121,13 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         params = [p for p in model.parameters() if p.requires_grad]
         frags = split_into_fragments(model, params, options.fragments, options.fragment_rule)
         size = [sum(params[i].numel() * params[i].element_size() for i in f) for f in frags]
-        period = options.sync_every // options.fragments
+        period = options.sync_every // options.n_fragments
         return [("all_reduce", size[(k - 1) % len(frags)]) for k in range(1, (steps + options.delay) // period + 1)]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.options
-        self.period = self.sync_every // o.fragments  # S
+        self.period = self.sync_every // o.n_fragments  # S
         if isinstance(self.reducer, PowerSGD):
             raise ValueError("streaming-diloco does not support compress: powersgd (its plan is per model, not per fragment)")
         outer = o.outer
