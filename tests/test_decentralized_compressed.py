@@ -184,6 +184,7 @@ def test_initial_batches_give_the_mean_gradient_and_cost_their_compute():
     the worker's sampler, and the worker's clock advances by b0 - 1 step times."""
     from farsync.comm import TimeModel
     from farsync.loop import add_initial_batches
+    from farsync.microbatch import MicroBatches
 
     task, b0 = het_quadratic(workers=1), 3
     torch.manual_seed(0)
@@ -200,7 +201,7 @@ def test_initial_batches_give_the_mean_gradient_and_cost_their_compute():
         model.zero_grad(set_to_none=True)
         sampler = task.sampler(0, 2)
         task.loss(model, sampler.next_batch()).backward()
-        add_initial_batches(task, model, sampler, b0, torch.device("cpu"), comm)
+        add_initial_batches(lambda b: task.loss(model, b), model, lambda: [sampler.next_batch()], MicroBatches(), b0, comm)
         return torch.cat([p.grad.reshape(-1) for p in model.parameters()]), comm.stats.clock_s
 
     cluster = SimCluster(1, time_model=TimeModel(step_time_s=1.0))
@@ -214,7 +215,7 @@ def test_docom_b0_reaches_the_loop(tmp_path, monkeypatch):
 
     seen = []
     real = farsync.loop.add_initial_batches
-    monkeypatch.setattr(farsync.loop, "add_initial_batches", lambda *a: (seen.append(a[3]), real(*a)))
+    monkeypatch.setattr(farsync.loop, "add_initial_batches", lambda *a: (seen.append(a[4]), real(*a)))
     cfg = gossip_cfg("docom-sgt", steps=5, compress=INT8, b0=4)
     b4 = farsync.run(cfg, out=tmp_path / "b4", progress=False)
     assert seen == [4] * 4  # once per worker, at step 1 only

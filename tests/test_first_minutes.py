@@ -340,7 +340,7 @@ def test_legends_name_the_keys_that_differ():
         "tiny (algorithm=diloco, sync_every=3)", "tiny (algorithm=ddp, sync_every=1)",
         "tiny (algorithm=diloco, sync_every=6)"]
     bw = load_config(TINY, ["cluster.bandwidth=1Gbps"]).to_dict()
-    assert run_labels(["a", "b"], [base, bw]) == ["a (bandwidth=100Mbps)", "b (bandwidth=1Gbps)"]
+    assert run_labels(["a", "b"], [base, bw]) == ["a (bandwidth=100 Mbps)", "b (bandwidth=1 Gbps)"]
     assert run_labels(["a", "b"], [base, ddp]) == ["a (algorithm=diloco)", "b (algorithm=ddp)"]  # its own defaults
 
 

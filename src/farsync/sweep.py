@@ -10,7 +10,7 @@ when the algorithm's trajectory does not depend on timing: they are re-timed fro
 communication log (`farsync retime`), which gives what training them would (tested). Each run lands in OUT/<config name>/<key=value
 ...>; a completed run already there is reused. OUT/sweep.jsonl holds one line per run, OUT/report.md
 a table (final eval loss, bytes, simulated time, compute utilization, simulated time until the eval
-loss first reaches --target-loss); with one grid key, OUT/utilization.png and OUT/time_to_target.png
+loss first reaches --target-loss; in the units of `farsync compare`, from `farsync.units`); with one grid key, OUT/utilization.png and OUT/time_to_target.png
 plot those against it (log axis for bandwidths).
 """
 
@@ -27,7 +27,7 @@ from .config import ConfigError, load_config
 from .retime import check_retimeable, is_timing_key, retime
 from .report import run_labels
 from .rundir import read_metrics
-from .units import format_loss, parse_bandwidth, parse_duration
+from .units import format_bytes, format_loss, format_seconds_column, format_utilization, parse_bandwidth, parse_duration
 
 
 def split_values(text: str) -> list[str]:
@@ -147,13 +147,16 @@ def sweep(configs: list[str], grid_items: list[str], overrides: list[str] | None
 
 
 def write_report(rows: list[dict], keys: list[str], out: Path, target: float | None) -> Path:
-    fmt = lambda x, spec: "-" if x is None else format(x, spec)
-    head = ["config", *keys, "final eval loss", "bytes sent", "sim time (s)", "compute util.", f"time to loss {target} (s)",
+    """OUT/report.md: one row per run, in the units `farsync compare` uses (`farsync.units`: bytes
+    in kB / MB / GB, times of a column in one unit, utilization in percent)."""
+    head = ["config", *keys, "final eval loss", "bytes sent", "sim time", "compute util.", f"time to loss {target}",
             "status", "trained or re-timed"]
     lines = ["# Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["config"], *[str(r[k]) for k in keys], format_loss(r["final_eval_loss"]), f"{r['bytes_sent_total']:,}",
-                 fmt(r["sim_time_s"], ".2f"), fmt(r["compute_utilization"], ".4f"), fmt(r["time_to_target_s"], ".2f"), r["status"],
+    times = format_seconds_column([r["sim_time_s"] for r in rows])
+    to_target = format_seconds_column([r["time_to_target_s"] for r in rows])
+    for r, time, reach in zip(rows, times, to_target):
+        cells = [r["config"], *[str(r[k]) for k in keys], format_loss(r["final_eval_loss"]), format_bytes(r["bytes_sent_total"]),
+                 time, format_utilization(r["compute_utilization"]), reach, r["status"],
                  "re-timed" if r.get("retimed") else "trained"]
         lines.append("| " + " | ".join(cells) + " |")
     models = list(dict.fromkeys(r.get("time_model") or "not recorded" for r in rows))
@@ -166,32 +169,39 @@ def write_report(rows: list[dict], keys: list[str], out: Path, target: float | N
 
 
 def plot_sweep(rows: list[dict], key: str, out: Path, target: float | None) -> None:
+    """OUT/utilization.png and OUT/time_to_target.png against the one grid key (bandwidths on a
+    log axis in Mbps / Gbps; utilization in percent; times in the unit of the longest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .report import bandwidth_axis, percent_axis, time_axis
 
     values = list(dict.fromkeys(r[key] for r in rows))
     nums = [_numeric(key, v) for v in values]
     xs = nums if all(n is not None for n in nums) else list(range(len(values)))
     xpos = dict(zip(values, xs))
     for field, ylabel, fname in [("compute_utilization", "compute utilization", "utilization.png"),
-                                 ("time_to_target_s", f"simulated time to eval loss {target} (s)", "time_to_target.png")]:
+                                 ("time_to_target_s", f"simulated time to eval loss {target}", "time_to_target.png")]:
         if field == "time_to_target_s" and target is None:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
+        scale = 1.0
+        if field == "time_to_target_s":
+            scale = time_axis(ax, "y", [r[field] for r in rows], ylabel, log=True)
+        else:
+            ax.set_ylabel(ylabel)
+            percent_axis(ax, "y")
         for name in dict.fromkeys(r.get("label", r["config"]) for r in rows):
-            pts = [(xpos[r[key]], r[field]) for r in rows if r.get("label", r["config"]) == name and r[field] is not None]
+            pts = [(xpos[r[key]], r[field] / scale) for r in rows if r.get("label", r["config"]) == name and r[field] is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name)
         if xs is not nums:
             ax.set_xticks(xs, values)
         elif "bandwidth" in key:
-            ax.set_xscale("log")
-        if field == "time_to_target_s":
-            ax.set_yscale("log")
-        ax.set_xlabel(key + (" (bits/s)" if "bandwidth" in key and xs is nums else ""))
-        ax.set_ylabel(ylabel)
+            bandwidth_axis(ax, "x")
+        ax.set_xlabel(key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -1,4 +1,5 @@
-"""Parsing of human-readable quantities: bandwidth, durations, FLOP rates.
+"""Human-readable quantities: parsing bandwidth, durations, FLOP rates and sizes; formatting times,
+bytes, bandwidths, losses and utilization for reports (`farsync compare` and `farsync sweep` share these).
 
 Bandwidth is in bits per second ("1Gbps", "100 Mbit/s"), or bytes per second with a capital B
 ("125MB/s"). Prefixes are decimal (k=1e3, M=1e6, G=1e9, T=1e12), as network vendors use them.
@@ -74,15 +75,53 @@ def format_bandwidth(bps: float) -> str:
     return f"{bps:.4g} bps"
 
 
-def format_seconds(seconds: float) -> str:
-    """A time with its unit for reports: '0.1 s', '10 ms', '50 us', '3.2 min', '2.5 h'."""
+_TIME_UNITS = (("h", 3600.0, 3600.0), ("min", 60.0, 60.0), ("s", 1.0, 0.1), ("ms", 1e-3, 1e-3), ("us", 1e-6, 0.0))
+
+
+def time_unit(seconds: float, whole: bool = False) -> tuple[str, float]:
+    """The unit a time of `seconds` reads best in, and its length in seconds: ('ms', 1e-3) for
+    0.0123, ('s', 1.0) from 0.1 s on (a step time of 0.1 s), ('min', 60.0) for 90, ('h', 3600.0)
+    from an hour on; ('s', 1.0) for 0. With `whole`, the largest unit the time is at least one of
+    (0.15 s -> ms: an axis up to 0.15 s ticks 0, 50, 100, 150 ms)."""
     s = abs(seconds)
-    if s == 0:
+    if s == 0 or s != s:
+        return "s", 1.0
+    return next((unit, scale) for unit, scale, lo in _TIME_UNITS if s >= (max(lo, scale) if whole else lo) or unit == "us")
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A time with its unit for reports and tables, 3 significant digits: '12.3 ms', '0.343 us',
+    '0.1 s', '45.7 s', '1.5 min', '2.5 h'; '-' for none. `farsync compare`, `farsync sweep` and the demo use it."""
+    if seconds is None:
+        return "-"
+    if seconds == 0:
         return "0 s"
-    for unit, scale, lo in (("h", 3600.0, 3600.0 * 3), ("min", 60.0, 60.0 * 3), ("s", 1.0, 0.1), ("ms", 1e-3, 1e-3), ("us", 1e-6, 0.0)):
-        if s >= lo:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds:.3g} s"
+    unit, scale = time_unit(seconds)
+    return f"{seconds / scale:.3g} {unit}"
+
+
+def format_seconds_column(values: list[float | None]) -> list[str]:
+    """Times of one table column in one unit, the unit of the shortest nonzero time, so that they
+    compare at a glance ('50.5 ms', '151 ms' rather than '50.5 ms', '0.151 s'); 3 significant
+    digits, whole numbers from 100 on ('2500 ms'). Per value (`format_seconds`) when the longest
+    would need more than 5 digits in that unit; '-' for none."""
+    nonzero = [abs(v) for v in values if v]
+    if not nonzero:
+        return [format_seconds(v) for v in values]
+    unit, scale = time_unit(min(nonzero))
+    if max(nonzero) / scale >= 1e5:
+        return [format_seconds(v) for v in values]
+    num = lambda x: f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"  # noqa: E731
+    return ["-" if v is None else "0 s" if v == 0 else f"{num(v / scale)} {unit}" for v in values]
+
+
+def format_utilization(x: float | None) -> str:
+    """Compute utilization as a percentage with 2 decimals ('98.71%'), 2 significant digits below
+    1% ('0.0082%'), so runs close to each other stay apart; '-' for none."""
+    if x is None:
+        return "-"
+    pct = 100.0 * x
+    return f"{pct:.2f}%" if pct == 0 or abs(pct) >= 1 else f"{pct:.2g}%"
 
 
 def format_count(n: float) -> str:
@@ -93,12 +132,15 @@ def format_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def format_bytes(n: float) -> str:
-    """Human-readable byte count with binary-free decimal prefixes (kB, MB, GB)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+def format_bytes(n: float | None, digits: int | None = None) -> str:
+    """Human-readable byte count with decimal prefixes (kB, MB, GB, TB): '65.41 kB' (2 decimals);
+    with `digits`, that many significant digits ('100 kB', '2.5 MB': axis ticks); '-' for none."""
+    if n is None:
+        return "-"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
+            return f"{n / scale:.2f} {unit}" if digits is None else f"{n / scale:.{digits}g} {unit}"
+    return f"{n:.0f} B" if digits is None else f"{n:.{digits}g} B"
 
 
 def format_loss(x: float | None) -> str:
