@@ -247,3 +247,21 @@ def test_streaming_diloco_with_named_fragments_equals_the_same_split_by_rule():
     assert by_name.status == "completed"
     assert without_wall_time(by_name.metrics) == without_wall_time(by_rule.metrics)
     assert by_name.summary["peak_bytes_per_sync"] == by_rule.summary["peak_bytes_per_sync"]
+
+
+@pytest.mark.parametrize("train", [{"grad_accum": 2}, {"precision": "fp16", "loss_scale": 2.0**30}])
+def test_the_async_loop_takes_the_knobs(train):
+    """async-local-sgd (server loop, async_loop.py): k micro-batches count k x the tokens and
+    k x the compute; fp16 overflow is skipped on the workers and counted."""
+    base = {**CFG, "cluster": {"workers": 2, "step_time": 0.1},
+            "algorithm": {"name": "async-local-sgd", "sync_every": 2, "inner": {"name": "adamw", "lr": 0.003}}}
+    plain, knob = run(base), run(cfg(base, **train))
+    assert knob.status == "completed"
+    if "grad_accum" in train:
+        assert knob.summary["tokens"] == 2 * plain.summary["tokens"]
+        assert sum(knob.summary["compute_time_s_per_worker"]) == pytest.approx(2 * sum(plain.summary["compute_time_s_per_worker"]))
+    else:  # every worker step overflowed and was skipped: the served model never moved
+        torch.manual_seed(base["seed"])
+        initial = build_task(load_config(base)).build_model().state_dict()
+        final = torch.load(knob.run_dir / "model.pt", weights_only=True)
+        assert all(torch.equal(final[k], initial[k]) for k in initial)
