@@ -41,7 +41,8 @@ that the benchmark's RESULTS / FIGURES name) and run ``make figures``. A row::
 ``provenance``: the git commit of the working tree when the benchmark started and whether it had
 uncommitted changes (``dirty``; null without git), torch's version, the device (``cpu`` or the CUDA
 device's name), ``torch.get_num_threads()`` at the end of the run, the date (UTC, ISO 8601), the
-Python version and the host's CPU count. Result files written before this harness (the ``*.json`` files
+Python version and the host's CPU count; ``wall_s``: the run's wall-clock seconds (rows written since
+`farsync claims` existed; older rows lack it). Result files written before this harness (the ``*.json`` files
 and the older ``*.jsonl`` rows of benchmarks/results/) are read as they are: each benchmark converts
 them into this schema when loading (``legacy_rows`` / ``legacy_row``) with ``"profile": null`` and
 ``"provenance": null`` (recorded before the harness; the commit and machine are in docs/benchmarks.md).
@@ -63,6 +64,8 @@ A benchmark module (every ``benchmarks/*.py`` except this one and ``_``-prefixed
 ``finish(rows, args)``  optional: tables and summaries from every row of the results file (also ``--report``).
 ``FIGURES``             optional ``{png in docs/img: results stem}``, drawn by ``figure(png, rows, path)`` from
                         rows of the stored results (either format), without training.
+``CLAIMS``              optional: the paper claims this study tests (``farsync.claims.Claim``; ``farsync claims``
+                        runs them under its ci / cpu / gpu profiles and writes ``claims.md``).
 
 ``make figures`` regenerates every figure of FIGURES whose results are stored; NOT_FROM_RESULTS names
 the figures of docs/img that do not come from benchmarks/results and why. ``interface_problems(module)``
@@ -82,6 +85,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -387,11 +391,12 @@ def _scalars(d: dict) -> dict:
 
 def _run_job(item: tuple[str, dict, dict]) -> tuple[dict, dict]:
     name, job, git = item
+    t0 = time.perf_counter()
     try:
         metrics = load(name).run_one(job)
     except StopIteration as err:  # it would end the map over the jobs silently, dropping this row and the rest
         raise RuntimeError(f"{name}: run {job.get('run')!r} raised StopIteration (a next() found nothing)") from err
-    return metrics, provenance(job_device(job), git)
+    return metrics, {**provenance(job_device(job), git), "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 def run_jobs(mod: ModuleType, jobs: list[dict], args: argparse.Namespace) -> list[dict]:

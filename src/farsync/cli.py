@@ -1,4 +1,4 @@
-"""Command line: ``farsync run | launch | worker | compare | sweep | list | explain | demo``."""
+"""Command line: ``farsync run | launch | worker | compare | sweep | list | explain | retime | plan | claims | demo``."""
 
 from __future__ import annotations
 
@@ -188,6 +188,19 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_claims(args) -> int:
+    from . import claims
+
+    if args.list:
+        claims.list_claims()
+        return 0
+    out = args.out or f"runs/claims/{args.profile}"
+    outcomes = claims.run_claims(args.profile, args.only, args.seeds, out, args.parallel, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"\n{len(outcomes)} claim(s); {Path(out) / 'claims.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farsync", description="Low-communication distributed training lab.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -276,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--plot", metavar="PNG", help="write the CU-vs-bandwidth plot here")
     pl.add_argument("--json", action="store_true", help="print JSON: bandwidth_for_cu, cu, settings")
     pl.set_defaults(func=_cmd_plan)
+
+    cl = sub.add_parser("claims", help="run the paper claims' studies, judge each claim, write claims.md")
+    cl.add_argument("--profile", default="cpu", choices=["ci", "cpu", "gpu"],
+                    help="ci: tiny, minutes; cpu: every claim, about 2 h on 2 cores; gpu: 10-50M parameters, one GPU (default: cpu)")
+    cl.add_argument("--only", nargs="+", metavar="NAME", help="claim names or shell patterns (default: every claim)")
+    cl.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 for every claim with seeds (default: each claim's)")
+    cl.add_argument("--parallel", type=int, default=1, help="runs at once, each in a spawned process (default 1)")
+    cl.add_argument("--out", help="claims.md, plots and runs/ (default: runs/claims/PROFILE); finished runs there are reused")
+    cl.add_argument("--dry-run", action="store_true", help="print the runs still to do, train nothing")
+    cl.add_argument("--list", action="store_true", help="list the claims and exit")
+    cl.set_defaults(func=_cmd_claims)
 
     d = sub.add_parser("demo", help="DDP vs DiLoCo on the Shakespeare GPT, 4 simulated workers")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
