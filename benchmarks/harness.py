@@ -163,6 +163,18 @@ def interface_problems(mod: ModuleType) -> list[str]:
     orphans = sorted(stem for stem in figures.values() if stem not in getattr(mod, "RESULTS", ()))
     if orphans:
         out.append(f"FIGURES drawn from {', '.join(orphans)}, which RESULTS does not name")
+    for claim in getattr(mod, "CLAIMS", ()):
+        if claim.study != mod.__name__:
+            out.append(f"claim {claim.name}: names study {claim.study!r}, not {mod.__name__!r}")
+        for name, setting in claim.settings.items():
+            if setting.profile not in profiles:
+                out.append(f"claim {claim.name}: its {name} setting runs profile {setting.profile!r}, which PROFILES lacks")
+            bad = sorted(set(setting.params) - set(getattr(mod, "PARAMS", {})))
+            if bad:
+                out.append(f"claim {claim.name}: its {name} setting sets {', '.join(bad)}, not in PARAMS")
+        missing = [p for p in ("cpu", "gpu") if p not in claim.settings]
+        if missing:
+            out.append(f"claim {claim.name}: no {' and no '.join(missing)} setting (every claim runs in the cpu and gpu profiles)")
     return out
 
 

@@ -1,6 +1,7 @@
 """Paper claims in one command: run each claim's study, measure it over seeds, judge it, write ``claims.md``.
 
     farsync claims [--profile ci|cpu|gpu] [--only NAME ...] [--seeds N] [--parallel N] [--out DIR] [--list] [--dry-run]
+                   [--publish DOCS]
 
 A :class:`Claim` is one sentence of one paper (its arXiv id) that a farsync study can test: the
 paper's own figure, the study that measures it (a module of ``benchmarks/``, run through
@@ -22,7 +23,8 @@ it), ``cpu`` (every claim, sized for about two hours on a 2-core machine), ``gpu
 Runs are resumable: each claim's rows go to ``OUT/runs/GROUP/results.jsonl`` (the harness's row
 schema, with provenance); a job whose (run, seed, config) already has a row there is not run again,
 so an interrupted ``farsync claims`` picks up where it stopped and a finished one only rewrites
-``claims.md``. Claims that share runs name the same ``Setting.group``.
+``claims.md``. Claims that share runs name the same ``Setting.group``. ``--publish docs`` copies claims.md,
+its plots and the rows behind them into the docs (docs/claims.md is the cpu profile's).
 
 The claims are collected from the ``CLAIMS`` lists of the benchmark modules in a farsync source
 checkout's ``benchmarks/`` (or ``$FARSYNC_BENCHMARKS``).
@@ -45,6 +47,7 @@ from typing import Any, Callable
 from .config import ConfigError
 
 VERDICTS = ("reproduced", "not at this scale", "contradicted")
+IMG = "img/claims"  # the plots, relative to claims.md (docs/claims.md's are in docs/img/claims)
 PROFILES = ("ci", "cpu", "gpu")
 
 
@@ -252,8 +255,7 @@ def run_claims(profile: str = "cpu", only: list[str] | None = None, seeds: int |
         o.rows = rows_of(jobs, rows)
         try:
             o.finding = c.judge(o.rows)
-            png = out / f"{c.name}.png"
-            c.plot(o.rows, png)
+            c.plot(o.rows, out / IMG / f"{c.name}.png")
         except Exception as exc:  # a judge or plot that cannot read these rows: say so in claims.md, go on
             o.error = f"{type(exc).__name__}: {exc}"
         echo(f"claims: {c.name}: {o.finding.verdict if o.finding else 'error: ' + o.error}")
@@ -311,7 +313,7 @@ def write_report(outcomes: list[Outcome], profile: str, out: Path) -> Path:
             lines.append(f"- **Why**: {f.why}" + (f" **Where the gpu profile could decide it**: {c.gpu}" if c.gpu else ""))
         if f.table:
             lines += ["", f.table.strip()]
-        lines += ["", f"![{c.name}]({c.name}.png)"]
+        lines += ["", f"![{c.name}]({IMG}/{c.name}.png)"]
     path = out / "claims.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -322,6 +324,27 @@ def write_report(outcomes: list[Outcome], profile: str, out: Path) -> Path:
             for o in outcomes if o.setting is not None]
     (out / "claims.json").write_text(json.dumps(data, indent=1) + "\n")
     return path
+
+
+def publish(out: str | Path, docs: str | Path, profile: str) -> list[Path]:
+    """Copy OUT's claims.md (as DOCS/claims.md for the cpu profile, DOCS/claims-PROFILE.md otherwise), its plots
+    (DOCS/img/claims/) and every group's rows (DOCS/claims-data/PROFILE/GROUP.jsonl, the provenance of each figure)."""
+    import shutil
+
+    out, docs = Path(out), Path(docs)
+    if not (out / "claims.md").is_file():
+        raise ConfigError(f"nothing to publish: no {out / 'claims.md'} (run farsync claims first)")
+    written = [docs / ("claims.md" if profile == "cpu" else f"claims-{profile}.md")]
+    written[0].parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "claims.md", written[0])
+    (docs / IMG).mkdir(parents=True, exist_ok=True)
+    for png in sorted((out / IMG).glob("*.png")):
+        written.append(Path(shutil.copyfile(png, docs / IMG / png.name)))
+    data = docs / "claims-data" / profile
+    data.mkdir(parents=True, exist_ok=True)
+    for results in sorted((out / "runs").glob("*/results.jsonl")):
+        written.append(Path(shutil.copyfile(results, data / f"{results.parent.name}.jsonl")))
+    return written
 
 
 def list_claims(echo=print) -> None:

@@ -198,6 +198,9 @@ def _cmd_claims(args) -> int:
     outcomes = claims.run_claims(args.profile, args.only, args.seeds, out, args.parallel, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"\n{len(outcomes)} claim(s); {Path(out) / 'claims.md'}")
+    if args.publish and not args.dry_run:
+        written = claims.publish(out, args.publish, args.profile)
+        print(f"published {written[0]} and {len(written) - 1} plot / row file(s) under {args.publish}")
     return 0
 
 
@@ -299,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--out", help="claims.md, plots and runs/ (default: runs/claims/PROFILE); finished runs there are reused")
     cl.add_argument("--dry-run", action="store_true", help="print the runs still to do, train nothing")
     cl.add_argument("--list", action="store_true", help="list the claims and exit")
+    cl.add_argument("--publish", metavar="DOCS", help="then copy claims.md, its plots and rows into DOCS (docs/claims.md: cpu)")
     cl.set_defaults(func=_cmd_claims)
 
     d = sub.add_parser("demo", help="DDP vs DiLoCo on the Shakespeare GPT, 4 simulated workers")
