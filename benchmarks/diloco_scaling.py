@@ -184,7 +184,9 @@ def plot(rows: list[dict], path) -> None:
         ys = [C.values(rows, f"{s}-{run}") for s in ss]
         ax.errorbar(xs, [C.mean(y) for y in ys], yerr=[C.sd(y) for y in ys], marker="o", capsize=3, label=label, color=f"C{i}")
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
+    ax.minorticks_off()
+    ax.set_xticks(xs, [f"{s} ({params_of(rows, s)})" for s in ss])
+    ax.set_xlabel("model size (parameters)")
     ax.set_ylabel("final eval loss")
     ax.set_title(f"equal tokens, equal global batch, H = {_h(rows)}", fontsize=9)
     ax.legend(fontsize=8)
@@ -195,7 +197,7 @@ def plot(rows: list[dict], path) -> None:
 
 
 def _settings(which: str) -> dict[str, C.Setting]:
-    cpu = ("Shakespeare char GPT at 3 sizes (S: 2 blocks x 32, M: 2 x 64, L: 4 x 128 wide; 17k-0.8M parameters), "
+    cpu = ("Shakespeare char GPT at 3 sizes (S: 2 blocks x 32, M: 2 x 64, L: 4 x 128 wide; 30k, 110k and 812k parameters), "
            "300 steps of 32 x 64 characters (equal tokens and global batch for every run), DP = one worker with the whole "
            "batch, DiLoCo M = 1, 2, 4 replicas of 32/M sequences, H = 30 (10 outer rounds), AdamW 6e-3 cosine, outer SGD "
            "0.7 Nesterov 0.9, nothing tuned per size or M.")

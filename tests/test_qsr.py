@@ -73,3 +73,28 @@ def test_qsr_rounds_grow_as_the_cosine_schedule_decays_and_survive_resume(tmp_pa
 def test_bad_sync_every_fails_before_training(algo, msg):
     with pytest.raises(farsync.ConfigError, match=msg):
         farsync.load_config({**TINY, "algorithm": {**TINY["algorithm"], **algo}})
+
+
+def test_warmup_rounds_are_base_long_and_the_last_round_is_cut_to_the_steps_left():
+    """As the authors' LocalOptimizer.adjust_h: H = H_base while step < warmup_steps (the tiny warm-up lr would
+    give one round longer than the run), min(H, steps left) after, so the run ends with an average."""
+    q = QSR(rule="qsr", base=2, alpha=0.125, warmup_steps=4, total_steps=20)
+    assert q.round_length(1e-4, start=0) == 2 and q.round_length(1e-4, start=3) == 2
+    assert q.round_length(0.03125, start=4) == 16 and q.round_length(0.03125, start=10) == 10
+    assert q.round_length(0.5, start=19) == 1
+
+
+def test_a_config_fills_warmup_and_total_steps_and_the_run_ends_synchronized(tmp_path):
+    cfg = {**TINY, "algorithm": {**TINY["algorithm"], "sync_every": {"rule": "qsr", "base": 2, "alpha": 0.5}},
+           "train": {**TINY["train"], "lr_schedule": {"name": "cosine", "warmup_steps": 6, "min_lr_ratio": 0.1}}}
+    every = farsync.load_config(cfg).algorithm.sync_every
+    assert (every["warmup_steps"], every["total_steps"]) == (6, 40)
+    own = farsync.load_config({**cfg, "algorithm": {**cfg["algorithm"], "sync_every": {
+        "rule": "qsr", "base": 2, "alpha": 0.5, "warmup_steps": 0, "total_steps": 100}}}).algorithm.sync_every
+    assert (own["warmup_steps"], own["total_steps"]) == (0, 100)  # given values are kept
+    run = farsync.run(cfg, out=tmp_path / "q", progress=False)
+    # alpha / lr >= 5 everywhere, so without the warm-up rule the first round would be >= 25 steps long; with it the
+    # workers sync every 2 steps while step < 6, then in rounds cut so that the last one ends at step 40
+    assert run.summary["bytes_sent_total"] > 0
+    fixed2 = farsync.run({**cfg, "algorithm": {**TINY["algorithm"], "sync_every": 2}}, out=tmp_path / "f", progress=False)
+    assert run.summary["bytes_sent_total"] < fixed2.summary["bytes_sent_total"]

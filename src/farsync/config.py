@@ -453,8 +453,21 @@ class Config(_Strict):
         from .algorithms.gossip import Decentralized
         from .algorithms.options import takes
 
+        from .algorithms.sync_schedule import QSR
+
         cls = get_algorithm(self.algorithm.name)
         every = getattr(self.algorithm, "sync_every", 1)
+        if isinstance(every, (QSR, dict)):  # the authors' rule: H_base during the lr warm-up, rounds cut to the steps left
+            get = every.get if isinstance(every, dict) else lambda k: getattr(every, k)
+            fill = {k: v for k, v in (("warmup_steps", self.train.lr_schedule.warmup_steps), ("total_steps", self.train.steps))
+                    if get(k) is None}
+            if fill:
+                every = every.model_copy(update=fill) if isinstance(every, QSR) else {**every, **fill}
+                extra = self.algorithm.__pydantic_extra__
+                if extra is not None and "sync_every" in extra:  # an algorithm's own option lives among the extras
+                    extra["sync_every"] = every
+                else:
+                    object.__setattr__(self.algorithm, "sync_every", every)
         if takes(cls, "sync_every") and isinstance(every, int) and every > self.train.steps:
             raise ValueError(f"algorithm.sync_every ({every}) is larger than train.steps ({self.train.steps}): the workers "
                              "would never synchronize; lower algorithm.sync_every or raise train.steps")

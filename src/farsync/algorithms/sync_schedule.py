@@ -8,6 +8,11 @@ rate decays, rounds get longer::
 
 where lr_s is the inner optimizer's learning rate (its first param group) at the first step of
 round s, read when that step is taken. A round of H_s steps then ends with a synchronization.
+As in the authors' code (github.com/hmgxr128/QSR, ``LocalOptimizer.adjust_h``): rounds that start
+during the learning-rate warm-up (step < ``warmup_steps``) are H_base long, whatever the small
+warm-up lr would give; and a round is cut to the steps left (``total_steps``), so the run ends with
+an average. A config fills both from ``train.lr_schedule.warmup_steps`` and ``train.steps`` unless
+unset (None); ``farsync.wrap`` users pass them in the dict (default: no warm-up rule, no cap).
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ class QSR(BaseModel):
     rule: Literal["qsr"] = Field(description="qsr: the Quadratic Synchronization Rule")
     base: int = Field(ge=1, description="H_base: the shortest round, in inner steps")
     alpha: float = Field(gt=0, description="growth coefficient: H = (alpha / lr)^2 once that exceeds base")
+    warmup_steps: int | None = Field(None, ge=0, description="rounds starting before this step are base long (lr "
+                                                            "warm-up; a config fills in train.lr_schedule.warmup_steps)")
+    total_steps: int | None = Field(None, ge=1, description="rounds are cut to the steps left, so the run ends with an "
+                                                            "average (a config fills in train.steps)")
 
-    def round_length(self, lr: float) -> int:
-        if lr <= 0:
-            return self.base
-        return max(self.base, math.floor((self.alpha / lr) ** 2))
+    def round_length(self, lr: float, start: int = 0) -> int:
+        """The length of a round whose first step is step `start` + 1, at learning rate `lr`."""
+        n = self.base if lr <= 0 or start < (self.warmup_steps or 0) else max(self.base, math.floor((self.alpha / lr) ** 2))
+        return n if self.total_steps is None else max(1, min(n, self.total_steps - start))
 
 
 SyncEvery = int | QSR
@@ -60,7 +69,7 @@ class RoundClock:
         if not isinstance(self.sync_every, QSR):
             return step % self.sync_every == 0
         if self.length is None:  # the first step of a round
-            self.start, self.length = step - 1, self.sync_every.round_length(lr)
+            self.start, self.length = step - 1, self.sync_every.round_length(lr, step - 1)
         if step - self.start < self.length:
             return False
         self.length = None
