@@ -37,6 +37,7 @@ from types import SimpleNamespace
 import torch
 
 import harness
+from farsync import claims as C
 from farsync.algorithms import get_algorithm
 from farsync.comm import SimCluster
 from farsync.optim import build_optimizer
@@ -46,7 +47,10 @@ from farsync.topology import build_topology
 SETTINGS = ("steps", "eval_every", "batch", "hidden", "lr", "decay_t0", "eps")  # what a run's config records
 
 PROFILES = {"full": {}, "8k": {"params": {"steps": 8000, "eval_every": 20}},
-            "quick": {"params": {"ns": [4, 8], "steps": 40}, "seeds": [0]}}
+            "quick": {"params": {"ns": [4, 8], "steps": 40}, "seeds": [0]},
+            # the claim dsgd-transient-time (CLAIMS): two ring sizes, long enough for T_0.005(8) (about 250 steps) to settle
+            "claims-cpu": {"params": {"ns": [4, 8], "steps": 800, "eps": [0.005, 0.01]}},
+            "claims-gpu": {"params": {"ns": [4, 8, 16], "steps": 8000, "eval_every": 20, "eps": [0.005, 0.01]}}}
 PARAMS = {"ns": [4, 8, 16], "steps": 1000, "eval_every": 5, "batch": 8, "hidden": 32, "lr": 0.3, "decay_t0": 10.0,
           "eps": [0.005, 0.01, 0.02, 0.03]}
 SEEDS = [0, 1, 2]
@@ -240,6 +244,120 @@ def plot(steps, res, args, path: Path) -> None:
     fig.tight_layout()
     harness.save(fig, path, 100)
 
+
+
+# ---------------------------------------------------------------- claims
+
+EPS = 0.005  # the claim's gap: DSGD within 0.5% of centralized SGD's objective
+TIGHT = 2.0  # tolerance: the measured growth of T within a factor 2 of the predicted n^(2/3) / rho^(8/3)
+
+
+def _growth(rows: list[dict]):
+    eps = rows[0]["config"]["eps"]
+    steps, res = transients(rows, eps)
+    ns = list(res)
+    rho = {n: res[n]["rho"] for n in ns}
+    pred = {n: (n ** (2 / 3) / rho[n] ** (8 / 3)) / (ns[0] ** (2 / 3) / rho[ns[0]] ** (8 / 3)) for n in ns}
+    pred43 = {n: (n ** (4 / 3) / rho[n] ** (8 / 3)) / (ns[0] ** (4 / 3) / rho[ns[0]] ** (8 / 3)) for n in ns}
+    sc = {n: (math.sqrt(n) / rho[n]) / (math.sqrt(ns[0]) / rho[ns[0]]) for n in ns}
+    return steps, res, ns, rho, pred, pred43, sc
+
+
+def judge_transient(rows: list[dict]) -> C.Finding:
+    steps, res, ns, rho, pred, pred43, sc = _growth(rows)
+    cfg = rows[0]["config"]
+    seeds = sorted({r["seed"] for r in rows})
+    T = {n: res[n]["T"][EPS] for n in ns}
+    n0, n1 = ns[0], ns[-1]
+    resolved = T[n0] is not None and T[n0] > steps[0] and all(T[n] is not None for n in ns)
+    meas = T[n1] / T[n0] if resolved else math.nan
+    a = math.log(meas) / math.log(n1 / n0) if resolved else math.nan
+    a_pred = math.log(pred[n1]) / math.log(n1 / n0)
+    a_sc = math.log(sc[n1]) / math.log(n1 / n0)
+    per_seed = {n: res[n]["T_per_seed"][EPS] for n in ns}
+    never = "> " + str(cfg["steps"])
+    ours = (f"T_{EPS:g}(n) (seed-mean gap; seeds {', '.join(map(str, seeds))}; per seed in brackets): "
+            + ", ".join(f"n = {n}: {T[n] if T[n] is not None else never} {per_seed[n]}" for n in ns)
+            + (f"; growth {n0} -> {n1}: {meas:.1f}x, i.e. T ~ n^{a:.2f} on the ring, against n^(2/3)/rho^(8/3): "
+               f"{pred[n1]:.0f}x (n^{a_pred:.1f}) and the strongly convex sqrt(n)/rho: {sc[n1]:.1f}x (n^{a_sc:.1f})"
+               if resolved else f"; not resolved (T({n0}) <= the first evaluation or T({n1}) never settles)")
+            + "; peak gap " + ", ".join(f"{100 * res[n]['max_gap']:.2f}%" for n in ns) + ".")
+    table = C.table(["n", "rho", "peak gap (step)", "final gap"] + [f"T_{e:g} (per seed)" for e in cfg["eps"]]
+                    + ["T_0.005 / T(n0)", "n^(2/3)/rho^(8/3)", "n^(4/3)/rho^(8/3)", "sqrt(n)/rho"],
+                    [[n, f"{rho[n]:.5f}", f"{100 * res[n]['max_gap']:.2f}% ({res[n]['argmax_gap']})",
+                      f"{100 * res[n]['final_gap']:+.2f}%"]
+                     + [f"{res[n]['T'][e] if res[n]['T'][e] is not None else '> ' + str(cfg['steps'])} {res[n]['T_per_seed'][e]}"
+                        for e in cfg["eps"]]
+                     + [f"{T[n] / T[n0]:.2f}" if resolved else "-", f"{pred[n]:.1f}", f"{pred43[n]:.1f}", f"{sc[n]:.2f}"]
+                     for n in ns])
+    if not resolved:
+        return C.Finding("not at this scale", ours, table,
+                         why=f"the transient is not resolved in {cfg['steps']} steps (or is shorter than one evaluation).")
+    if meas <= 1.0 or meas > TIGHT * pred[n1]:
+        return C.Finding("contradicted", ours, table,
+                         why="the transient does not grow with n, or grows faster than the bound allows, at a setting "
+                             "(iid split: similar local Hessians) where the analysis applies.")
+    if meas >= pred[n1] / TIGHT:
+        return C.Finding("reproduced", ours, table)
+    return C.Finding("not at this scale", ours, table,
+                     why=f"the transient grows with n ({meas:.1f}x from n = {n0} to {n1}) but {pred[n1] / meas:.0f}x less than "
+                         "n^(2/3)/rho^(8/3): an upper bound for large n; at n <= 8 the growth follows the strongly convex "
+                         "sqrt(n)/rho; the ring of 16, where the bound's rho^(-8/3) should show, is left out of the cpu profile "
+                         "because its transient at 0.5% takes thousands of iterations (about 5,200 in the earlier 8,000-step "
+                         "study of docs/benchmarks.md, not rerun here).")
+
+
+def plot_transient(rows: list[dict], path) -> None:
+    """T_eps(n) against n (log-log), every eps, per-seed dots, with the predictions normalised at the smallest n."""
+    steps, res, ns, rho, pred, pred43, sc = _growth(rows)
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for i, e in enumerate(rows[0]["config"]["eps"]):
+        xs = [n for n in ns if res[n]["T"][e] is not None]
+        ax.plot(xs, [res[n]["T"][e] for n in xs], "o-", color=f"C{i}", label=f"measured T, gap <= {100 * e:g}% (seed mean; "
+                f"T = {steps[0]}: never above)")
+        for n in ns:
+            ts = [t for t in res[n]["T_per_seed"][e] if t is not None]
+            ax.plot([n] * len(ts), ts, ".", color=f"C{i}", alpha=0.5)
+    t0 = res[ns[0]]["T"][EPS] or steps[0]
+    for f, lab, st in ((pred, "n^(2/3)/rho^(8/3) (non-convex)", "k--"), (pred43, "n^(4/3)/rho^(8/3) (conference version)", "k:"),
+                       (sc, "sqrt(n)/rho (strongly convex)", "k-.")):
+        ax.plot(ns, [t0 * f[n] for n in ns], st, lw=0.9, label=f"{lab}, from T_{EPS:g}({ns[0]})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("ring size n")
+    ax.set_ylabel("transient time T (iterations)")
+    ax.set_title(f"DSGD vs centralized SGD, digits MLP, iid, {rows[0]['config']['steps']} steps", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_SET = ("logreg on digits with one hidden tanh layer of 32 (2-layer MLP, 2,410 parameters, non-convex), iid split "
+        "(similar local Hessians), batch 8 per worker, DSGD on a ring (MH weights) vs centralized SGD on the same "
+        "concatenated batches and initial model, lr_t = 0.3 / sqrt(1 + t/10); ")
+CLAIMS = [
+    C.Claim("dsgd-transient-time", "2409.04092",
+            "Tighter Analysis for Decentralized Stochastic Gradient Method: Impact of Data Homogeneity",
+            "With similar local Hessians, DSGD needs a transient of O(n^(2/3) / rho^(8/3)) iterations (non-convex) before "
+            "it matches centralized SGD, so on a ring (rho ~ 1/n^2) the transient grows steeply with n.",
+            "O(n^(2/3)/rho^(8/3)) non-convex and O(sqrt(n)/rho) strongly convex (the journal version, arXiv 2409.04092; "
+            "read from the authors' code README and second-hand summaries, not the paper's PDF); the conference version "
+            "(arXiv 2208.13162) states O(n^(4/3)/rho^(8/3)), improved from O(n^2/rho^4). The paper's experiments use a "
+            "fixed n = 25, so no figure of T against n is compared.",
+            "dsgd_transient",
+            {"cpu": C.Setting(_SET + "rings of n = 4 and 8 (rho 0.667, 0.195), 800 iterations evaluated every 5, 3 seeds; "
+                              f"T_eps: first evaluation after which the seed-mean gap stays <= eps. Tolerance: growth of "
+                              f"T_{EPS:g} within x{TIGHT:g} of n^(2/3)/rho^(8/3).", "claims-cpu", seeds=3),
+             "gpu": C.Setting(_SET + "rings of n = 4, 8, 16, 8,000 iterations evaluated every 20, 3 seeds (CPU-bound "
+                              "simulator: the 'gpu' profile is the long run, unrun here).", "claims-gpu", seeds=3)},
+            judge_transient, plot_transient,
+            gpu="n = 16 over 8,000 iterations (rho = 0.05), where the rho^(-8/3) factor should show."),
+]
 
 if __name__ == "__main__":
     raise SystemExit(harness.script(__file__))

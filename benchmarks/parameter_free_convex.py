@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import harness
+from farsync import claims as C
 from farsync.algorithms.base import evaluation_point
 from farsync.optim import build_optimizer, step_kwargs
 from farsync.tasks.classification import LogReg, LogRegParams
@@ -44,7 +45,10 @@ METHODS = {
 }
 LEGACY_STEPS = 3000  # the --steps of the stored results (the default then; the JSON does not record it)
 
-PROFILES = {"full": {}, "quick": {"params": {"steps": 30, "datasets": ["breast_cancer"]}}}
+CLAIM_RUNS = ["* sgd lr=*", "* adam lr=*", "* prodigy", "* dowg"]  # the runs of the parameter-free-vs-tuned claim
+PROFILES = {"full": {}, "quick": {"params": {"steps": 30, "datasets": ["breast_cancer"]}},
+            "claims": {"params": {"steps": 300}, "only": CLAIM_RUNS},
+            "claims-long": {"params": {"steps": 1000}, "only": CLAIM_RUNS}}
 PARAMS = {"steps": 3000, "datasets": ["breast_cancer", "digits", "mushroom"]}
 SEEDS = None  # full batch from a zero start: deterministic
 CONFIG_OVERRIDES = False
@@ -206,6 +210,115 @@ def figure(png: str, rows: list[dict], path: Path) -> None:
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     harness.save(fig, path, 110)
+
+
+# ---------------------------------------------------------------- the claim (farsync claims)
+
+PF = {"prodigy": "Prodigy", "dowg": "DoWG"}
+CLAIM_TOL = 1.0  # percent: the untuned method's final training loss may exceed the best tuned grid point's by this much
+
+
+def loss_at(m: dict, steps: int) -> float:
+    """f(x) after `steps` gradient evaluations, read off the thinned curve (its last point at or before `steps`)."""
+    return m["f_star"] + [y for x, y in m["curve"] if x <= steps][-1]
+
+
+def claim_gaps(rows: list[dict], steps: int | None = None) -> dict[str, dict]:
+    """dataset -> {"best": best grid label, "loss": its loss, method: (loss, gap in percent)} at `steps` (default the end)."""
+    out = {}
+    for ds, res in by_dataset(rows).items():
+        n = steps or max(r["config"]["steps"] for r in rows if r["config"]["dataset"] == ds)
+        grid = {k: loss_at(m, n) for k, m in res.items() if k.split(" ")[0] in GRIDS}
+        if not grid:
+            continue
+        best = min(grid, key=grid.get)
+        out[ds] = {"best": best, "loss": grid[best], "steps": n,
+                   **{k: (loss_at(res[k], n), C.rel(loss_at(res[k], n), grid[best])) for k in PF if k in res}}
+    return out
+
+
+def claim_table(rows: list[dict]) -> str:
+    final = max(r["config"]["steps"] for r in rows)
+    budgets = sorted({b for b in (30, 100, final) if b <= final})
+    cells = []
+    for n in budgets:
+        for ds, g in claim_gaps(rows, n).items():
+            res = by_dataset(rows)[ds]
+            ref = min((m["evals_to_1e-4"] for k, m in res.items() if k.split(" ")[0] in GRIDS and m["evals_to_1e-4"]),
+                      default=None)
+            evals = [f"{res[k]['evals_to_1e-4'] or 'no'}" + (f" ({res[k]['evals_to_1e-4'] / ref:.2f}x)"
+                                                             if ref and res[k]['evals_to_1e-4'] else "") for k in PF]
+            cells.append([n, ds, f"{g['loss']:.6f} ({g['best']})"]
+                         + [f"{g[k][0]:.6f} ({g[k][1]:+.3f}%)" for k in PF]
+                         + ([f"{ref or 'no'}"] + evals if n == final else ["", "", ""]))
+    return C.table(["steps", "data set", "best tuned grid point: loss", "Prodigy: loss (gap)", "DoWG: loss (gap)",
+                    "best tuned: evals to 1e-4", "Prodigy", "DoWG"], cells)
+
+
+def judge_vs_tuned(rows: list[dict]) -> C.Finding:
+    g = claim_gaps(rows)
+    n = next(iter(g.values()))["steps"]
+    worst = {k: max(v[k][1] for v in g.values()) for k in PF}
+    ours = (f"after {n} full-batch steps, untuned, on {', '.join(g)}: "
+            + "; ".join(f"{PF[k]}'s final training loss is {', '.join(f'{v[k][1]:+.3f}%' for v in g.values())} vs the best of "
+                        f"the 14-point tuned SGD/Adam grid (worst {worst[k]:+.3f}%)" for k in PF)
+            + f". Tolerance: {CLAIM_TOL:g}% on every data set (the table's earlier budgets are read off the stored thinned "
+              "curves, to within 5% of the suboptimality). Deterministic (full batch, zero start): one run each, no seeds.")
+    ok = {k: w <= CLAIM_TOL for k, w in worst.items()}
+    if all(ok.values()):
+        return C.Finding("reproduced", ours, claim_table(rows))
+    bad = [PF[k] for k, v in ok.items() if not v]
+    return C.Finding("not at this scale", ours, claim_table(rows),
+                     why=f"{' and '.join(bad)} trail{'s' if len(bad) == 1 else ''} the best grid point by more than {CLAIM_TOL:g}% "
+                         f"after {n} steps: the budget is short of what the method needs to grow its step from its "
+                         "initial estimate (1e-6); the gpu profile's 1000 steps would show whether the gap closes.")
+
+
+def plot_vs_tuned(rows: list[dict], path: Path) -> None:
+    """Training loss gap to the best tuned grid point (per budget), per data set and method."""
+    plt = C.pyplot()
+    res = by_dataset(rows)
+    fig, axes = plt.subplots(1, len(res), figsize=(4.2 * len(res), 3.6), squeeze=False)
+    for ax, (ds, r) in zip(axes[0], res.items()):
+        steps = max(m["curve"][-1][0] for m in r.values())
+        xs = sorted({x for m in r.values() for x, _ in m["curve"]})
+        best = [min(loss_at(m, x) for k, m in r.items() if k.split(" ")[0] in GRIDS) for x in xs]
+        for base, style in (("sgd", "--"), ("adam", ":")):
+            k, _ = best_baseline(r, base)
+            ax.plot(*zip(*r[k]["curve"]), "k" + style, lw=1, label=f"best {k} (by evals to 1e-4)")
+        for i, k in enumerate(PF):
+            if k in r:
+                ax.plot(*zip(*r[k]["curve"]), color=f"C{i}", label=f"{PF[k]} (untuned)")
+        ax.plot(xs, [b - r[next(iter(r))]["f_star"] for b in best], color="grey", lw=3, alpha=0.35,
+                label="best grid point at each step")
+        ax.set(xscale="log", yscale="log", ylim=(1e-12, 10), xlim=(1, steps), title=ds, xlabel="gradient evaluations (steps)",
+               ylabel="f(x) - f*")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("untuned Prodigy / DoWG vs a 7-point lr grid of SGD and of Adam (logistic regression, full batch)", fontsize=9)
+    fig.tight_layout()
+    harness.save(fig, path, 110)
+
+
+CLAIMS = [
+    C.Claim("parameter-free-vs-tuned", "2306.06101", "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
+            "Untuned parameter-free methods (Prodigy; DoWG, arXiv 2305.16284) reach, on convex logistic regression, a final "
+            "training loss within a small gap (here 1%) of the best hand-tuned baseline (SGD or Adam, the best of a learning-rate grid).",
+            "Prodigy's abstract (arxiv.org/html/2306.06101v4): on 12 logistic-regression benchmark data sets and deep networks it "
+            "'consistently outperforms D-Adaptation and reaches test accuracy values close to that of hand-tuned Adam'. DoWG's "
+            "abstract (arXiv 2305.16284): it matches 'the convergence rate of optimally tuned gradient descent in convex "
+            "optimization up to a logarithmic factor without tuning any parameters'. The per-data-set numbers of their "
+            "figures: unverified (not read).",
+            "parameter_free_convex",
+            {"ci": C.Setting("smoke test: breast_cancer only, 30 steps (not a result)", "quick", only=tuple(CLAIM_RUNS)),
+             "cpu": C.Setting("logistic regression (l2 1e-3, float64, full batch, zero start) on breast_cancer, digits, mushroom; "
+                              "300 steps; Prodigy and DoWG with their defaults (d0 = 1e-6, lr 1, constant) vs the best of SGD lr "
+                              "{0.1 ... 100} and Adam lr {0.01 ... 10} (7 points each) at the same step; the paper uses 12 LIBSVM "
+                              "data sets and, for the deep nets, tuned Adam with schedules.", "claims", group="parameter-free-convex"),
+             "gpu": C.Setting("unrun: the same at 1000 steps (float64 on the host's CPU, about 75 s on one core: a convex "
+                              "full-batch study needs no GPU)", "claims-long", group="parameter-free-convex")},
+            judge_vs_tuned, plot_vs_tuned,
+            gpu="the 1000-step run of the same study (cheap on any machine) shows whether a gap at 300 steps closes."),
+]
 
 
 if __name__ == "__main__":

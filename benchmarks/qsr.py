@@ -90,19 +90,20 @@ def judge(rows: list[dict]) -> C.Finding:
     ours = (f"QSR {C.ms(q)}, constant H_base {C.ms(hb)}, constant H_long {C.ms(hl)}, data-parallel {C.ms(dp)}; QSR sends "
             f"{bq / bb:.2f}x the bytes of constant H_base.")
     noise = max(C.sd(q), C.sd(hb), C.sd(hl), C.sd(dp))
-    best = min(C.mean(hb), C.mean(hl), C.mean(dp))
-    if C.mean(q) < best and bq < bb:
+    const = min(C.mean(hb), C.mean(hl))
+    if C.mean(q) < min(const, C.mean(dp)) and bq < bb:
         return C.Finding("reproduced", ours, _table(rows))
-    worse = C.mean(q) - best
-    if worse > 3 * noise and worse > 0.01:
+    vs_const, vs_dp = C.mean(q) - const, C.mean(q) - C.mean(dp)
+    if vs_const > 3 * noise and vs_const > 0.01:  # the rule's own claim: better than the constant periods it replaces
         return C.Finding("contradicted", ours, _table(rows),
-                         why=f"QSR ends {worse:.3f} above the best baseline, more than 3 seed sd ({noise:.3f}), under the decaying "
-                             "schedule the rule is designed for; but this is a 4-worker character LM over 400 steps, not ImageNet "
-                             "classification over hundreds of epochs, so the paper's generalization mechanism may not be at work.")
+                         why=f"QSR ends {vs_const:.3f} above the better constant period, more than 3 seed sd ({noise:.3f}), "
+                             "under the decaying schedule the rule is designed for (a 4-worker character LM over 400 steps, "
+                             "not ImageNet classification over hundreds of epochs).")
     return C.Finding("not at this scale", ours, _table(rows),
-                     why=f"QSR's final eval loss is not below every baseline, and it is within 3 seed sd ({noise:.3f}) of the "
-                         "best; the paper's gains (about 1% top-1) appear after hundreds of ImageNet epochs, a generalization "
-                         "effect a 400-step character-LM run does not reach.")
+                     why=f"QSR is within 3 seed sd ({noise:.3f}) of the better constant period ({vs_const:+.3f}) with "
+                         f"{bq / bb:.2f}x its bytes, but every Local AdamW run trails data-parallel by far (QSR {vs_dp:+.3f}): "
+                         "400 steps of 4 workers leave local steps no time to pay off, while the paper's gains (about 1% "
+                         "top-1 over DP) appear after hundreds of ImageNet epochs.")
 
 
 def plot(rows: list[dict], path) -> None:

@@ -62,7 +62,8 @@ def test_ci_profile_end_to_end_then_reused(tmp_path, capsys):
     assert json.loads((out / "claims.json").read_text()) == data
     docs = tmp_path / "docs"
     assert main(["claims", "--profile", "ci", "--out", str(out), "--publish", str(docs)]) == 0
-    assert (docs / "claims-ci.md").read_text().split("\n", 3)[3] == (out / "claims.md").read_text().split("\n", 3)[3]
+    published = (docs / "claims-ci.md").read_text()
+    assert "claims-data/ci/GROUP.jsonl" in published and published.split("\n", 3)[3] == (out / "claims.md").read_text().split("\n", 3)[3]
     assert {p.name for p in (docs / C.IMG).iterdir()} == {f"{c.name}.png" for c in ci}
     assert (docs / "claims-data" / "ci" / "diloco-scaling.jsonl").read_text() == rows["diloco-equal-tokens"]
 

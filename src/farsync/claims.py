@@ -336,7 +336,9 @@ def publish(out: str | Path, docs: str | Path, profile: str) -> list[Path]:
         raise ConfigError(f"nothing to publish: no {out / 'claims.md'} (run farsync claims first)")
     written = [docs / ("claims.md" if profile == "cpu" else f"claims-{profile}.md")]
     written[0].parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "claims.md", written[0])
+    text = (out / "claims.md").read_text().replace("Rows: `runs/GROUP/results.jsonl` of the output directory.",
+                                                   f"Rows: `claims-data/{profile}/GROUP.jsonl` (each with its provenance).")
+    written[0].write_text(text)
     (docs / IMG).mkdir(parents=True, exist_ok=True)
     for png in sorted((out / IMG).glob("*.png")):
         written.append(Path(shutil.copyfile(png, docs / IMG / png.name)))
