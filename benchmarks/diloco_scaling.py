@@ -26,9 +26,9 @@ PARAMS = {"sizes": {"S": [2, 32], "M": [2, 64], "L": [4, 128]}, "replicas": [1, 
           "steps": 300, "sync_every": 30, "eval_every": 30, "lr": 0.006, "block_size": 64, "eval_windows": 128}
 PROFILES = {
     "cpu": {},
-    # 3M / 11M / 25M parameters (n_embd 256 / 384 / 512), 2,000 steps of 64 x 256 characters, bf16 on one GPU
-    "gpu": {"params": {"sizes": {"S": [4, 256], "M": [6, 384], "L": [8, 512]}, "global_batch": 64, "steps": 2000,
-                       "sync_every": 50, "eval_every": 250, "lr": 0.003, "block_size": 256, "eval_windows": 256},
+    # 3M / 11M / 25M parameters (n_embd 256 / 384 / 512), 600 steps of 64 x 256 characters (20 rounds), bf16 on one GPU
+    "gpu": {"params": {"sizes": {"S": [4, 256], "M": [6, 384], "L": [8, 512]}, "global_batch": 64, "steps": 600,
+                       "sync_every": 30, "eval_every": 60, "lr": 0.003, "block_size": 256, "eval_windows": 256},
             "set": harness.GPU + ["train.precision=bf16"]},
     "quick": {"params": {"sizes": {"S": [1, 16], "L": [2, 32]}, "replicas": [1, 2], "global_batch": 8, "steps": 24,
                          "sync_every": 6, "eval_every": 12, "eval_windows": 8, "block_size": 32}},
@@ -201,8 +201,8 @@ def _settings(which: str) -> dict[str, C.Setting]:
            "300 steps of 32 x 64 characters (equal tokens and global batch for every run), DP = one worker with the whole "
            "batch, DiLoCo M = 1, 2, 4 replicas of 32/M sequences, H = 30 (10 outer rounds), AdamW 6e-3 cosine, outer SGD "
            "0.7 Nesterov 0.9, nothing tuned per size or M.")
-    gpu = ("the same at 3M / 11M / 25M parameters (4 x 256, 6 x 384, 8 x 512), 2,000 steps of 64 x 256 characters, H = 50, "
-           "AdamW 3e-3, bf16 autocast, on one GPU.")
+    gpu = ("the same at 3M / 11M / 25M parameters (4 x 256, 6 x 384, 8 x 512), 600 steps of 64 x 256 characters, H = 30 "
+           "(20 rounds), AdamW 3e-3, bf16 autocast, on one GPU.")
     out = {"cpu": C.Setting(cpu, "cpu", group="diloco-scaling"), "gpu": C.Setting(gpu, "gpu", group="diloco-scaling")}
     if which == "ci":
         out["ci"] = C.Setting("smoke test: 1-2 blocks of 16-32 wide, 24 steps, M = 1, 2 (not a result)", "quick", seeds=2,
@@ -218,19 +218,19 @@ CLAIMS = [
             "C4, 150M-parameter transformer, 8 replicas, H = 500: DiLoCo's perplexity is below the data-parallel baseline "
             "with 8x batch (Table 2 / Figure 2 of the paper), with 500x less communication.",
             "diloco_scaling", _settings("ci"), judge_equal_tokens, plot,
-            gpu="the gpu profile's 25M-parameter, 2,000-step runs (40 rounds) are closer to the paper's regime."),
+            gpu="the gpu profile's 25M-parameter runs of 20 rounds are closer to the paper's regime."),
     C.Claim("diloco-gap-shrinks-with-size", "2503.09799", PAPER,
             "DiLoCo's loss gap to data-parallel training (M >= 2 replicas) shrinks as the model grows.",
             "Evaluation loss of DiLoCo relative to data-parallel at 35M-2.4B parameters for M = 1, 2, 4, 8 "
             "(the paper's scaling table and Figure 3): the relative gap of every M >= 2 falls with model size.",
             "diloco_scaling", _settings("cpu"), judge_model_size, plot,
-            gpu="3M-25M parameters and 40 rounds per run: a wider span of sizes with the noise averaged over 3 seeds."),
+            gpu="3M-25M parameters and 20 rounds per run: a span of sizes closer to the paper's."),
     C.Claim("diloco-one-replica-beats-dp", "2503.09799", PAPER,
             "DiLoCo with a single replica (M = 1: inner AdamW plus the outer Nesterov step every H steps) is at least as "
             "good as data-parallel training at every model size.",
             "M = 1 has lower evaluation loss than data-parallel at every model size of the paper (35M-2.4B).",
             "diloco_scaling", _settings("cpu"), judge_one_worker, plot,
-            gpu="more outer rounds (40) at 3M-25M parameters."),
+            gpu="more outer rounds (20) at 3M-25M parameters."),
     C.Claim("diloco-gap-grows-with-replicas", "2503.09799", PAPER,
             "At a fixed model size, DiLoCo's loss grows with the number of replicas M (at equal tokens and global batch).",
             "At every model size the evaluation loss increases from M = 1 to 2, 4 and 8 (the paper's scaling table).",
