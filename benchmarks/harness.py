@@ -402,13 +402,18 @@ def _scalars(d: dict) -> dict:
 
 
 def _run_job(item: tuple[str, dict, dict]) -> tuple[dict, dict]:
+    import torch
+
     name, job, git = item
+    threads = torch.get_num_threads()  # run_one may set its own; the caller's (a test session's) is restored after
     t0 = time.perf_counter()
     try:
         metrics = load(name).run_one(job)
+        return metrics, {**provenance(job_device(job), git), "wall_s": round(time.perf_counter() - t0, 2)}
     except StopIteration as err:  # it would end the map over the jobs silently, dropping this row and the rest
         raise RuntimeError(f"{name}: run {job.get('run')!r} raised StopIteration (a next() found nothing)") from err
-    return metrics, {**provenance(job_device(job), git), "wall_s": round(time.perf_counter() - t0, 2)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_jobs(mod: ModuleType, jobs: list[dict], args: argparse.Namespace) -> list[dict]:

@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from farsync import claims as C
 from farsync.cli import main
@@ -41,7 +42,9 @@ def test_every_claim_setting_is_a_valid_run_of_its_study(tmp_path):
 
 def test_ci_profile_end_to_end_then_reused(tmp_path, capsys):
     out = tmp_path / "ci"
+    threads = torch.get_num_threads()
     assert main(["claims", "--profile", "ci", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the studies' own thread settings do not leak into the caller
     text = (out / "claims.md").read_text()
     ci = [c for c in C.registry().values() if "ci" in c.settings]
     data = json.loads((out / "claims.json").read_text())
