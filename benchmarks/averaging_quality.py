@@ -240,14 +240,11 @@ def plot_claim(names: dict[str, str]):
         plt = C.pyplot()
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         for i, (run, label) in enumerate({ref: f"AdamW {ref[6:]} (tuned)", **names}.items()):
-            series = [r["metrics"]["evals"] for r in rows if r["run"] == run]
-            if not series:
+            curve = C.mean_curve(rows, run)
+            if curve is None:
                 continue
-            n = min(len(s) for s in series)
-            x = [series[0][k][0] for k in range(n)]
-            ys = [[s[k][-1] for s in series] for k in range(n)]
-            m, d = [C.mean(y) for y in ys], [C.sd(y) for y in ys]
-            ax.plot(x, m, color=f"C{i}", label=f"{label} ({len(series)} seeds)", lw=2 if run == ref else 1.5)
+            x, m, d, seeds = curve
+            ax.plot(x, m, color=f"C{i}", label=f"{label} ({seeds} seeds)", lw=2 if run == ref else 1.5)
             ax.fill_between(x, [a - b for a, b in zip(m, d)], [a + b for a, b in zip(m, d)], color=f"C{i}", alpha=0.2)
         target = C.mean(C.values(rows, ref))
         ax.axhline(target, color="k", ls=":", lw=1, label=f"AdamW's final eval loss {target:.3f}")
@@ -261,10 +258,7 @@ def plot_claim(names: dict[str, str]):
         ax.set_ylabel("eval loss (mean ± sd over seeds)")
         ax.set_title(f"Shakespeare char GPT, one worker, {steps_of(rows)} steps", fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        C.save(fig, path)
     return plot
 
 

@@ -107,20 +107,21 @@ def judge_equal_tokens(rows: list[dict]) -> C.Finding:
                          "outer learning rates.")
 
 
-def _h(rows: list[dict]) -> int:
+def _override(rows: list[dict], key: str, default: int) -> int:
+    """The integer value of config override `key` in the first row that sets it (else `default`)."""
     for r in rows:
         for o in r["config"].get("overrides", []):
-            if o.startswith("algorithm.sync_every="):
+            if o.startswith(f"{key}="):
                 return int(o.split("=")[1])
-    return PARAMS["sync_every"]
+    return default
+
+
+def _h(rows: list[dict]) -> int:
+    return _override(rows, "algorithm.sync_every", PARAMS["sync_every"])
 
 
 def _steps(rows: list[dict]) -> int:
-    for r in rows:
-        for o in r["config"].get("overrides", []):
-            if o.startswith("train.steps="):
-                return int(o.split("=")[1])
-    return PARAMS["steps"]
+    return _override(rows, "train.steps", PARAMS["steps"])
 
 
 def _rounds(rows: list[dict]) -> int:
@@ -190,10 +191,7 @@ def plot(rows: list[dict], path) -> None:
     ax.set_ylabel("final eval loss")
     ax.set_title(f"equal tokens, equal global batch, H = {_h(rows)}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save(fig, path)
 
 
 def _settings(which: str) -> dict[str, C.Setting]:

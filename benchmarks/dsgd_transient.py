@@ -331,10 +331,7 @@ def plot_transient(rows: list[dict], path) -> None:
     ax.set_ylabel("transient time T (iterations)")
     ax.set_title(f"DSGD vs centralized SGD, digits MLP, iid, {rows[0]['config']['steps']} steps", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save(fig, path)
 
 
 _SET = ("logreg on digits with one hidden tanh layer of 32 (2-layer MLP, 2,410 parameters, non-convex), iid split "

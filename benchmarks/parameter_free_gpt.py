@@ -140,25 +140,19 @@ def plot_gpt(rows: list[dict], path: Path) -> None:
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for i, (run, lab) in enumerate({**names, "1w-prodigy": "Prodigy (untuned)"}.items()):
-        series = [r["metrics"]["evals"] for r in rows if r["run"] == run]
-        if not series:
+        curve = C.mean_curve(rows, run)
+        if curve is None:
             continue
-        n = min(len(s) for s in series)
-        x = [series[0][k][0] for k in range(n)]
-        ys = [[s[k][-1] for s in series] for k in range(n)]
-        m, d = [C.mean(y) for y in ys], [C.sd(y) for y in ys]
+        x, m, d, seeds = curve
         ax.plot(x, m, color=f"C{i}", lw=2 if run in (tuned(rows), "1w-prodigy") else 1,
-                label=f"{lab} ({len(series)} seeds)")
+                label=f"{lab} ({seeds} seeds)")
         ax.fill_between(x, [a - b for a, b in zip(m, d)], [a + b for a, b in zip(m, d)], color=f"C{i}", alpha=0.2)
     finals = [v for run in [*names, "1w-prodigy"] for v in C.values(rows, run)]
     ax.set_ylim(min(finals) - 0.05, max(finals) + 0.7)
     ax.set(xlabel="step", ylabel="eval loss (mean ± sd over seeds)")
     ax.set_title(f"Shakespeare char GPT, one worker, {_steps(rows)} steps", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save(fig, path)
 
 
 CLAIMS = [

@@ -400,6 +400,27 @@ def pyplot():
     return plt
 
 
+def save(fig, path: Path) -> Path:
+    """Lay out, write (110 dpi, creating the folder) and close a claim's figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def mean_curve(rows: list[dict], run: str, key: str = "evals"):
+    """(x, mean, sd, seeds) of metrics[key] ([[x, ..., y], ...]) over `run`'s seeds, cut to the shortest; None without
+    rows. Non-finite values are left out of each point's mean and sd."""
+    series = [r["metrics"].get(key) for r in rows if r["run"] == run and r["metrics"].get(key)]
+    if not series:
+        return None
+    n = min(len(s) for s in series)
+    ys = [[v for v in (s[k][-1] for s in series) if v is not None and math.isfinite(v)] for k in range(n)]
+    return [series[0][k][0] for k in range(n)], [mean(y) for y in ys], [sd(y) for y in ys], len(series)
+
+
 def bars(rows: list[dict], path: Path, runs: dict[str, str], key: str = "final_eval_loss", title: str = "",
          ylabel: str = "final eval loss") -> Path:
     """A bar per run (label: runs[run]) at the mean over seeds, every seed as a dot, ±sd as error bars."""
@@ -417,11 +438,7 @@ def bars(rows: list[dict], path: Path, runs: dict[str, str], key: str = "final_e
         ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9) - 0.02 * abs(lo), hi + 0.15 * (hi - lo + 1e-9) + 0.02 * abs(hi))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def curves(rows: list[dict], path: Path, runs: dict[str, str], title: str = "", key: str = "evals",
@@ -430,16 +447,12 @@ def curves(rows: list[dict], path: Path, runs: dict[str, str], title: str = "", 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for i, (run, label) in enumerate(runs.items()):
-        series = [r["metrics"].get(key) for r in rows if r["run"] == run and r["metrics"].get(key)]
-        if not series:
+        curve = mean_curve(rows, run, key)
+        if curve is None:
             continue
-        n = min(len(s) for s in series)
-        x = [series[0][k][0] for k in range(n)]
-        ys = [[s[k][-1] for s in series] for k in range(n)]
-        m = [mean([v for v in y if v is not None and math.isfinite(v)]) for y in ys]
-        d = [sd([v for v in y if v is not None and math.isfinite(v)]) for y in ys]
-        ax.plot(x, m, label=f"{label} ({len(series)} seed{'s' if len(series) != 1 else ''})", color=f"C{i % 10}")
-        if len(series) > 1:
+        x, m, d, seeds = curve
+        ax.plot(x, m, label=f"{label} ({seeds} seed{'s' if seeds != 1 else ''})", color=f"C{i % 10}")
+        if seeds > 1:
             ax.fill_between(x, [a - b for a, b in zip(m, d)], [a + b for a, b in zip(m, d)], color=f"C{i % 10}", alpha=0.2)
     if logy:
         ax.set_yscale("log")
@@ -447,8 +460,4 @@ def curves(rows: list[dict], path: Path, runs: dict[str, str], title: str = "", 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
