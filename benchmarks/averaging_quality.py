@@ -14,7 +14,7 @@ AdamW (lr 1.2e-2) for the rest, alone and under GPA. Metrics: final and best eva
 evaluation (step, eval loss); the table gives the steps to reach the best AdamW run's final eval loss.
 
 Profiles claims-cpu / claims-gpu: the runs of the claims below (CLAIMS; `farsync claims --only "gpa-*" "ema-*"`):
-AdamW, GPA and both EMA-Nesterov rows at 300 steps over 3 seeds on the CPU; at 10.8M parameters, 1,500 steps, bf16,
+AdamW, GPA and both EMA-Nesterov rows at 300 steps over 3 seeds on the CPU; at 10.8M parameters, 800 steps, bf16,
 with an AdamW sweep of 3 lrs (PARAMS lr / sweep / ema_warmup) over 2 seeds on one GPU.
 """
 
@@ -65,16 +65,16 @@ RUNS = runs()
 CLAIM_RUNS = ["adamw-*", "gpa", "ema-nesterov", "ema-nesterov-gamma0"]
 # claims-cpu: 300 steps (half the demo scale) of the same model, eval every 15 steps on 128 windows, one thread per run.
 CLAIMS_CPU = ["train.steps=300", "train.eval_every=15", "train.log_every=15", "task.eval_windows=128"]
-# claims-gpu: 10.8M parameters (6 blocks x 384, 256 characters of context), 1,500 steps of 32 sequences, bf16.
+# claims-gpu: 10.8M parameters (6 blocks x 384, 256 characters of context), 800 steps of 32 sequences, bf16 (sized for 10 min).
 CLAIMS_GPU = harness.GPU + ["train.precision=bf16", "task.n_layer=6", "task.n_embd=384", "task.n_head=6", "task.block_size=256",
-                            "train.batch_size=32", "train.steps=1500", "train.eval_every=75", "train.log_every=75",
-                            "task.eval_windows=256", "train.lr_schedule.warmup_steps=75"]
+                            "train.batch_size=32", "train.steps=800", "train.eval_every=40", "train.log_every=40",
+                            "task.eval_windows=256", "train.lr_schedule.warmup_steps=40"]
 
 PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU},
             "quick": {"set": harness.GPT_QUICK, "only": ["adamw-1.2e-2", "gpa", "schedule-free", "muon", "diloco-1worker"]},
             "claims-cpu": {"set": CLAIMS_CPU, "only": ["adamw-1.2e-2", "gpa", "ema-nesterov", "ema-nesterov-gamma0"],
                            "seeds": [0, 1, 2]},
-            "claims-gpu": {"set": CLAIMS_GPU, "params": {"lr": 3e-3, "sweep": [1.5e-3, 3e-3, 6e-3], "ema_warmup": 75},
+            "claims-gpu": {"set": CLAIMS_GPU, "params": {"lr": 3e-3, "sweep": [1.5e-3, 3e-3, 6e-3], "ema_warmup": 40},
                            "only": CLAIM_RUNS, "seeds": [0, 1]}}
 PARAMS = {"lr": BEST, "sweep": [3e-3, 6e-3, 1.2e-2, 2.4e-2], "ema_warmup": 30}
 SEEDS = [0]
@@ -269,7 +269,7 @@ def _settings() -> dict[str, C.Setting]:
            "warm-up) and its gamma = 0 one-step lookahead over that AdamW, untuned; eval every 15 steps on 128 windows; 3 seeds, "
            "one thread per run. (At the study's own 600 steps, docs/benchmarks.md, GPA ends 2.6% above this AdamW on every seed and "
            "EMA-Nesterov beats its gamma = 0 variant on every seed.)")
-    gpu = ("unrun: 10.8M parameters (6 blocks x 384, 256-character context), 1,500 steps of 32 sequences, bf16, one GPU; AdamW sweep "
+    gpu = ("unrun: 10.8M parameters (6 blocks x 384, 256-character context), 800 steps of 32 sequences, bf16, one GPU; AdamW sweep "
            "1.5e-3 / 3e-3 / 6e-3 (the best is the reference), the wrappers over AdamW 3e-3, 75 warm-up steps; 2 seeds.")
     return {"ci": C.Setting("smoke test: 24 steps of a 32-wide model (not a result)", "quick", only=("adamw-1.2e-2", "gpa"),
                             seeds=2, group="averaging-claims"),
@@ -291,7 +291,7 @@ CLAIMS = [
             "160M, 1B and 8B (7% / 25.5% on ViT). Read from the abstract (chatpaper.com, zhuanzhiai.com copies); the figure itself: "
             "not read.",
             "averaging_quality", _settings(), judge_gpa, plot_claim({"gpa": "GPA (mu_x 0.9967, mu_y 0.7)"}),
-            gpu="the claims-gpu profile (10.8M parameters, 1,500 steps, AdamW re-tuned over 3 lrs) gives the averaging a horizon "
+            gpu="the claims-gpu profile (10.8M parameters, 800 steps, AdamW re-tuned over 3 lrs) gives the averaging a horizon "
                 "that is a fifth of the run."),
     C.Claim("ema-nesterov-vs-lookahead", "2605.25395", "EMA-Nesterov: Stabilizing Nesterov's Lookahead for Accelerated Deep "
             "Learning Optimization",
@@ -303,7 +303,7 @@ CLAIMS = [
             "gamma = 0 figure: not read.",
             "averaging_quality", _ema_settings(), judge_ema,
             plot_claim({"ema-nesterov": "EMA-Nesterov (gamma 0.99)", "ema-nesterov-gamma0": "one-step lookahead (gamma 0)"}),
-            gpu="the claims-gpu profile's larger model and 1,500 steps."),
+            gpu="the claims-gpu profile's larger model and 800 steps."),
 ]
 
 

@@ -257,10 +257,7 @@ def plot_plan(rows: list[dict], path) -> None:
     ax.set_ylabel("farsync plan (Gbit/s)")
     ax.set_title("bandwidth for a target compute utilization (o 1B, s 10B, ^ 100B)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save(fig, path)
 
 
 _PLAN = ("`farsync plan` (planner.paper_table, no training): M = 2 workers, no latency, bf16 (4 bits for FP4), 25 MiB "

@@ -44,8 +44,8 @@ CLAIM_RUNS = ["ddp", "demo", "demo-lr0.002", "demo-lr0.004"]
 CLAIMS_CPU = ["cluster.workers=2", "task.n_layer=2", "task.n_embd=64", "train.steps=300", "train.eval_every=30",
               "train.log_every=30", "task.eval_windows=128", "train.lr_schedule.warmup_steps=15"]
 CLAIMS_GPU = harness.GPU + ["train.precision=bf16", "cluster.workers=2", "task.n_layer=6", "task.n_embd=256", "task.n_head=8",
-                            "task.block_size=128", "train.steps=1200", "train.eval_every=120", "train.log_every=60",
-                            "task.eval_windows=256", "train.lr_schedule.warmup_steps=60"]
+                            "task.block_size=128", "train.steps=600", "train.eval_every=60", "train.log_every=30",
+                            "task.eval_windows=256", "train.lr_schedule.warmup_steps=30"]
 PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "quick": {"set": harness.GPT_QUICK, "only": ["ddp", "ddp-int8", "demo", "diloco-int4-rs"]},
             "claims-cpu": {"set": CLAIMS_CPU, "only": CLAIM_RUNS, "params": {"claim_seeds": [0, 1, 2], "threads": 1}},
             "claims-gpu": {"set": CLAIMS_GPU, "only": CLAIM_RUNS[:3], "params": {"claim_seeds": [0, 1]}}}  # lr 4e-3: worst on cpu
@@ -168,9 +168,9 @@ CLAIMS = [
                               "and 4e-3 (the best one is judged, picked on the same seeds), no weight decay.",
                               "claims-cpu", group="demo-bytes"),
              "gpu": C.Setting("DDP and DeMo at lr 1e-3 and 2e-3 (4e-3 dropped: the worst on the cpu) at 6 blocks x 256 wide "
-                              "(4.8M parameters), block 128, 1,200 steps, bf16 autocast, 2 seeds, on one GPU (unrun so far).", "claims-gpu", group="demo-bytes")},
+                              "(4.8M parameters), block 128, 600 steps, bf16 autocast, 2 seeds, on one GPU (unrun so far).", "claims-gpu", group="demo-bytes")},
             judge_demo, plot_demo,
-            gpu="1,200 steps at 4.8M parameters test whether DeMo's gap to AdamW closes with scale and steps."),
+            gpu="600 steps at 4.8M parameters test whether DeMo's gap to AdamW closes with scale and steps."),
 ]
 
 

@@ -201,7 +201,7 @@ def _settings(which: str) -> dict[str, C.Setting]:
            "0.7 Nesterov 0.9, nothing tuned per size or M.")
     gpu = ("the same at 3M / 11M / 25M parameters (4 x 256, 6 x 384, 8 x 512), 600 steps of 64 x 256 characters, H = 30 "
            "(20 rounds), AdamW 3e-3, bf16 autocast, on one GPU.")
-    out = {"cpu": C.Setting(cpu, "cpu", group="diloco-scaling"), "gpu": C.Setting(gpu, "gpu", group="diloco-scaling")}
+    out = {"cpu": C.Setting(cpu, "cpu", group="diloco-scaling"), "gpu": C.Setting(gpu + " 2 seeds.", "gpu", seeds=2, group="diloco-scaling")}
     if which == "ci":
         out["ci"] = C.Setting("smoke test: 1-2 blocks of 16-32 wide, 24 steps, M = 1, 2 (not a result)", "quick", seeds=2,
                               group="diloco-scaling")

@@ -308,6 +308,18 @@ def run_config(job: dict):
                        overrides=cfg["overrides"] + [f"name={job.get('name', job['run'])}"] + seed, out=d, progress=False)
 
 
+def worker_steps(job: dict) -> int | None:
+    """The inner steps all simulated workers of a `config_job` take (train.steps x cluster.workers): the
+    size of the run, for sizing a profile (``farsync claims --dry-run``); None for a job that is not a config."""
+    cfg = job.get("config") or {}
+    if "base" not in cfg:
+        return None
+    from farsync.config import load_config
+
+    c = load_config(str(resources.files("farsync") / "configs" / cfg["base"]), overrides=cfg["overrides"])
+    return c.train.steps * c.cluster.workers
+
+
 def summary_and_evals(job: dict, keys: tuple[str, ...]) -> dict:
     """Train a `config_job` with one intra-op thread; the summary's `keys` and every evaluation."""
     import torch

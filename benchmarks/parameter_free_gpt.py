@@ -41,10 +41,10 @@ RUNS = {  # name: (config, overrides)
 
 # claims-cpu: 300 steps (half the study's) of the same one-worker model, eval every 30 steps on 128 windows
 CLAIMS_CPU = ["train.steps=300", "train.eval_every=30", "train.log_every=30", "task.eval_windows=128"]
-# claims-gpu: 10.8M parameters (6 blocks x 384, 256 characters of context), 1,500 steps of 32 sequences, bf16
+# claims-gpu: 10.8M parameters (6 blocks x 384, 256 characters of context), 800 steps of 32 sequences, bf16 (sized for 10 min)
 CLAIMS_GPU = harness.GPU + ["train.precision=bf16", "task.n_layer=6", "task.n_embd=384", "task.n_head=6", "task.block_size=256",
-                            "train.batch_size=32", "train.steps=1500", "train.eval_every=75", "train.log_every=75",
-                            "task.eval_windows=256", "train.lr_schedule.warmup_steps=75"]
+                            "train.batch_size=32", "train.steps=800", "train.eval_every=40", "train.log_every=40",
+                            "task.eval_windows=256", "train.lr_schedule.warmup_steps=40"]
 CLAIM_RUNS = ["1w-adamw-*", "1w-prodigy"]
 PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "quick": {"set": harness.GPT_QUICK, "only": ["1w-adamw-1.2e-2", "1w-prodigy", "diloco-adamw-6e-3", "diloco-dowg"]},
             "claims-cpu": {"set": CLAIMS_CPU, "params": {"sweep": [6e-3, 2.4e-2]}, "only": CLAIM_RUNS, "seeds": [0, 1]},
@@ -170,11 +170,11 @@ CLAIMS = [
                               "2.4e-2, the best in hindsight is the reference; Prodigy lr 1 with the same schedule, betas and wd, "
                               "safeguard_warmup; eval every 30 steps on 128 windows; 2 seeds. The paper trains a GPT on BookWiki "
                               "(its size and length: not read).", "claims-cpu", group="parameter-free-gpt"),
-             "gpu": C.Setting("unrun: 10.8M parameters (6 blocks x 384, 256-character context), 1,500 steps of 32 sequences, bf16, "
+             "gpu": C.Setting("unrun: 10.8M parameters (6 blocks x 384, 256-character context), 800 steps of 32 sequences, bf16 (sized for 10 min), "
                               "one GPU; AdamW 1.5e-3 / 3e-3 / 6e-3 / 1.2e-2 vs Prodigy; 2 seeds.", "claims-gpu",
                               group="parameter-free-gpt")},
             judge_gpt, plot_gpt,
-            gpu="the claims-gpu profile: a 23x larger model (10.8M parameters) and 1,500 steps, AdamW re-swept."),
+            gpu="the claims-gpu profile: a 23x larger model (10.8M parameters) and 800 steps, AdamW re-swept."),
 ]
 
 

@@ -45,13 +45,13 @@ RUNS = [
 
 QUICK = ["ddp", "diloco-int4-rs", "streaming-tau5-int4", "eager", "speculative"]  # a smoke test of each family
 # The claims `streaming-peak-bytes` and `streaming-4bit` (CLAIMS below): DiLoCo, Streaming (F = 4, tau = 1, alpha = 0.5)
-# in fp32 and in fp4, 2 workers; cpu: 4 blocks x 64 wide, 240 steps (10 rounds of H = 24); gpu: 4 blocks x 384, 1,200 steps.
+# in fp32 and in fp4, 2 workers; cpu: 4 blocks x 64 wide, 240 steps (10 rounds of H = 24); gpu: 4 blocks x 384, 600 steps.
 CLAIM_RUNS = ["diloco", "streaming-tau1", "streaming-tau1-fp4"]
 CLAIMS_CPU = ["cluster.workers=2", "task.n_embd=64", "train.steps=240", "train.eval_every=48", "train.log_every=24",
               "task.eval_windows=64", "train.lr_schedule.warmup_steps=12"]
 CLAIMS_GPU = harness.GPU + ["train.precision=bf16", "cluster.workers=2", "task.n_embd=384", "task.n_head=6", "task.block_size=128",
-                            "train.steps=1200", "train.eval_every=120", "train.log_every=60", "task.eval_windows=256",
-                            "train.lr_schedule.warmup_steps=60"]
+                            "train.steps=600", "train.eval_every=60", "train.log_every=30", "task.eval_windows=256",
+                            "train.lr_schedule.warmup_steps=30"]
 PROFILES = {"cpu": {}, "gpu": {"set": harness.GPU}, "quick": {"set": harness.GPT_QUICK, "only": QUICK},
             "claims-cpu": {"set": CLAIMS_CPU, "only": CLAIM_RUNS}, "claims-gpu": {"set": CLAIMS_GPU, "only": CLAIM_RUNS}}
 THREADS = {"claims-cpu": 1}  # intra-op threads per run (default 2)
@@ -209,7 +209,7 @@ CPU_SETTING = ("Shakespeare char GPT, 4 blocks x 64 wide (so the F = 4 fragments
                "workers, 240 steps of 16 x 64 characters per worker, H = 24 (10 rounds; each fragment syncs every 24 "
                "steps, one every 6), AdamW 6e-3 cosine, outer SGD Nesterov 0.9 lr 0.7; Streaming with tau = 1, alpha = 0.5; "
                "4-bit: fp4 e2m1 with a scale per block of the default size, decoded and summed in fp32.")
-GPU_SETTING = ("the same rows at 4 blocks x 384 wide (7M parameters), block 128, 1,200 steps (50 rounds), bf16 autocast, "
+GPU_SETTING = ("the same rows at 4 blocks x 384 wide (7M parameters), block 128, 600 steps (25 rounds), bf16 autocast, "
                "on one GPU (unrun so far).")
 
 
@@ -227,7 +227,7 @@ CLAIMS = [
             "by the fragment count and the 1B, 25B-token losses (Streaming 2.66 vs data-parallel 2.67, ~400x fewer bits) are "
             "second-hand (docs/specs outer-loop.md); the paper's tables could not be read here.",
             "streaming", _settings(), judge_peak, plot_peak,
-            gpu="50 rounds at 7M parameters shrink what each outer step weighs."),
+            gpu="25 rounds at 7M parameters shrink what each outer step weighs."),
     C.Claim("streaming-4bit", "2501.18512", TITLE,
             "Exchanging Streaming DiLoCo's outer gradients in 4 bits (accumulated in fp32) costs no loss.",
             "second-hand: the abstract (read) says the exchanged outer gradients are quantized; a summary "
@@ -235,7 +235,7 @@ CLAIMS = [
             "precision; the format (E3M0) and the paper's loss numbers for it are unverified (its tables could not be read "
             "here).",
             "streaming", _settings(), judge_4bit, plot_streaming,
-            gpu="50 rounds at 7M parameters shrink what each outer step weighs."),
+            gpu="25 rounds at 7M parameters shrink what each outer step weighs."),
 ]
 
 

@@ -152,3 +152,16 @@ def test_interface_problems_checks_claims():
     problems = "\n".join(harness.interface_problems(mod))
     for expected in ("names study 'other'", "runs profile 'nope'", "sets k, not in PARAMS", "no gpu setting"):
         assert expected in problems
+
+
+def test_seeds_reach_a_study_that_takes_them_from_a_parameter(tmp_path):
+    """demo-bytes' runs take their seeds from compression_pareto's `claim_seeds` parameter: --seeds N
+    replaces the setting's three seeds with 0..N-1 (4 runs per seed)."""
+    said: list[str] = []
+    C.run_claims("cpu", only=["demo-bytes"], seeds=1, out=tmp_path, dry_run=True, echo=said.append)
+    assert said[0] == "demo-bytes: 4 run(s) of benchmarks/compression_pareto.py, 0 done, 2,400 worker-steps to go"
+    assert said[-1].startswith("claims: 2,400 simulated worker-steps")  # 4 runs x 300 steps x 2 workers
+    said.clear()
+    C.run_claims("cpu", only=["demo-bytes"], out=tmp_path, dry_run=True, echo=said.append)
+    assert said[0] == "demo-bytes: 12 run(s) of benchmarks/compression_pareto.py, 0 done, 7,200 worker-steps to go"
+    assert not (tmp_path / "runs").exists()

@@ -169,13 +169,25 @@ def study_args(claim: Claim, setting: Setting, out: Path, seeds: int | None):
     if setting.only:
         argv += ["--only", *setting.only]
     n = seeds if seeds is not None else setting.seeds
-    if n is not None and h.load(claim.study).SEEDS is not None:
+    mod = h.load(claim.study)
+    if n is not None and mod.SEEDS is not None:
         argv += ["--seeds", *map(str, range(n))]
+    elif seeds is not None and "claim_seeds" in mod.PARAMS:  # a study whose runs take their seeds from a parameter
+        argv += ["--set", f"claim_seeds={json.dumps(list(range(seeds)))}"]
     try:
         return h.parse_args(claim.study, argv)
     except SystemExit as exc:  # argparse already printed what is wrong
         raise ConfigError(f"claim {claim.name}: its {setting.profile!r} setting is not a valid run of "
                           f"benchmarks/{claim.study}.py ({' '.join(argv)})") from exc
+
+
+def job_key(run: str, seed, config: dict | None) -> tuple:
+    """What identifies a run of a study: its name, seed and config (a row is reused by this key)."""
+    return run, seed, json.dumps(config or {}, sort_keys=True)
+
+
+def _job_key(j: dict) -> tuple:
+    return job_key(j["run"], j.get("seed"), j.get("config"))
 
 
 def plan(claim: Claim, setting: Setting, out: Path, seeds: int | None):
@@ -185,17 +197,21 @@ def plan(claim: Claim, setting: Setting, out: Path, seeds: int | None):
     args = study_args(claim, setting, group, seeds)
     mod = h.load(claim.study)
     jobs = h.select(mod.jobs(args), args.only)
-    results = group / "results.jsonl"
-    rows = h.read_rows(mod, results) if results.is_file() else []
-    done = {(r["run"], r["seed"], json.dumps(r["config"], sort_keys=True)) for r in rows}
-    todo = [j for j in jobs if (j["run"], j.get("seed"), json.dumps(j.get("config", {}), sort_keys=True)) not in done]
+    rows, todo = _rows_and_todo(mod, Path(args.out) / "results.jsonl", jobs)
     return args, jobs, rows, todo
 
 
+def _rows_and_todo(mod, results: Path, jobs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows in `results` and the jobs that have none there."""
+    rows = harness().read_rows(mod, results) if results.is_file() else []
+    done = {job_key(r["run"], r["seed"], r["config"]) for r in rows}
+    return rows, [j for j in jobs if _job_key(j) not in done]
+
+
 def rows_of(jobs: list[dict], rows: list[dict]) -> list[dict]:
-    """The rows of these jobs (same run, seed and config), in the jobs' order."""
-    key = {(r["run"], r["seed"], json.dumps(r["config"], sort_keys=True)): r for r in rows}
-    found = (key.get((j["run"], j.get("seed"), json.dumps(j.get("config", {}), sort_keys=True))) for j in jobs)
+    """The rows of these jobs (same run, seed and config), in the jobs' order (linear in both)."""
+    key = {job_key(r["run"], r["seed"], r["config"]): r for r in rows}
+    found = (key.get(_job_key(j)) for j in jobs)
     return [r for r in found if r is not None]
 
 
@@ -226,14 +242,20 @@ def run_claims(profile: str = "cpu", only: list[str] | None = None, seeds: int |
     chosen = select(registry(), only)
     plans = {c.name: plan(c, c.settings[profile], out, seeds) for c in chosen if profile in c.settings}
     if dry_run:
+        sized: dict[str, int] = {}  # run directory -> worker-steps still to run (claims of a group share them)
         for c in chosen:
             if c.name not in plans:
                 echo(f"{c.name}: not in profile {profile}")
                 continue
-            _, jobs, _, todo = plans[c.name]
-            echo(f"{c.name}: {len(jobs)} run(s) of benchmarks/{c.study}.py, {len(jobs) - len(todo)} done")
+            args, jobs, _, todo = plans[c.name]
+            sizes = [h.worker_steps(j) for j in todo]
+            known = sum(s for s in sizes if s is not None)
+            size = f", {known:,} worker-steps to go" if known else ""
+            echo(f"{c.name}: {len(jobs)} run(s) of benchmarks/{c.study}.py, {len(jobs) - len(todo)} done{size}")
+            sized[str(args.out)] = known
             for j in todo:
                 echo("  " + json.dumps({"run": j["run"], "seed": j.get("seed"), "config": j.get("config", {})}))
+        echo(f"claims: {sum(sized.values()):,} simulated worker-steps of farsync configs to go (train.steps x cluster.workers)")
         return []
     outcomes = []
     for c in chosen:
@@ -242,15 +264,16 @@ def run_claims(profile: str = "cpu", only: list[str] | None = None, seeds: int |
         outcomes.append(o)
         if setting is None:
             continue
-        args, jobs, rows, _ = plan(c, setting, out, seeds)  # again: an earlier claim of the group may have run them
-        todo = [j for j in jobs if not rows_of([j], rows)]
+        args, jobs, _, _ = plans[c.name]
+        mod = h.load(c.study)
+        rows, todo = _rows_and_todo(mod, Path(args.out) / "results.jsonl", jobs)  # again: an earlier claim of its group may have run some
         o.reused = len(jobs) - len(todo)
         echo(f"claims: {c.name}: {len(todo)} run(s) of benchmarks/{c.study}.py to go, {o.reused} reused")
         t0 = time.perf_counter()
         if todo:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             args.parallel = parallel
-            rows = h.run_jobs(h.load(c.study), todo, args)
+            rows = h.run_jobs(mod, todo, args)
         o.seconds, o.ran = time.perf_counter() - t0, len(todo)
         o.rows = rows_of(jobs, rows)
         try:
