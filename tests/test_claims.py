@@ -147,7 +147,7 @@ def test_interface_problems_checks_claims():
     mod = types.ModuleType("fake", "A fake benchmark.")
     mod.PROFILES, mod.PARAMS, mod.SEEDS, mod.CONFIG_OVERRIDES, mod.RESULTS = {"quick": {}}, {}, None, False, ()
     mod.jobs = mod.run_one = lambda *a: None
-    mod.CLAIMS = [C.Claim("x", "1", "t", "s", "f", "other", {"cpu": C.Setting("d", "nope", params={"k": 1})},
+    mod.CLAIMS = [C.Claim("x", "2401.00001", "t", "s", "f", "other", {"cpu": C.Setting("d", "nope", params={"k": 1})},
                           lambda rows: None, lambda rows, path: None)]
     problems = "\n".join(harness.interface_problems(mod))
     for expected in ("names study 'other'", "runs profile 'nope'", "sets k, not in PARAMS", "no gpu setting"):
@@ -165,3 +165,10 @@ def test_seeds_reach_a_study_that_takes_them_from_a_parameter(tmp_path):
     C.run_claims("cpu", only=["demo-bytes"], out=tmp_path, dry_run=True, echo=said.append)
     assert said[0] == "demo-bytes: 12 run(s) of benchmarks/compression_pareto.py, 0 done, 7,200 worker-steps to go"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_claim_names_its_paper_by_arxiv_id_or_openreview_forum():
+    assert C.paper_source("2311.08105") == ("arXiv 2311.08105", "https://arxiv.org/abs/2311.08105")
+    assert C.paper_source("openreview:stFPf3gzq1") == ("OpenReview stFPf3gzq1", "https://openreview.net/forum?id=stFPf3gzq1")
+    with pytest.raises(ValueError, match="neither an arXiv id"):
+        C.Claim("x", "arxiv 2311", "t", "s", "f", "study", {}, lambda rows: None, lambda rows, path: None)

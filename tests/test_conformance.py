@@ -55,8 +55,9 @@ DECLARED = sorted(n for n in ALGORITHMS if declared_bytes(n) is not None)
 
 
 def test_the_algorithms_that_declare_their_calls():
-    assert DECLARED == ["choco-sgd", "ddp", "delayed-diloco", "diloco", "docom-sgt", "dsgd", "eager-diloco",
-                        "gradient-tracking", "local-sgd", "speculative-diloco", "streaming-diloco", "ticopd"]
+    assert DECLARED == ["choco-sgd", "co2", "ddp", "delayed-diloco", "diloco", "docom-sgt", "dsgd", "eager-diloco",
+                        "gradient-tracking", "local-sgd", "sparta", "speculative-diloco", "streaming-diloco", "ticopd",
+                        "zo-shared"]
 
 
 @pytest.mark.parametrize("name", DECLARED)
@@ -71,7 +72,7 @@ def test_one_worker_reduces_to_its_inner_optimizer(name, tmp_path):
 
 def test_the_one_worker_reductions_declared():
     assert sorted(n for n, c in ALGORITHMS.items() if c.one_worker_is_inner) == [
-        "asgd", "choco-sgd", "ddp", "dsgd", "dude-asgd", "fspda", "local-sgd", "ticopd"]
+        "asgd", "choco-sgd", "ddp", "dsgd", "dude-asgd", "fspda", "local-sgd", "sparta", "ticopd"]
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))

@@ -107,7 +107,7 @@ def test_list_names_everything(capsys):
 
 BAD_INPUTS = [
     (["--set", "task.name=shakespear"], "unknown task 'shakespear'; valid choices: logreg, "),
-    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: asgd, async-local-sgd, choco-sgd, ddp, decoupled-momentum, delayed-diloco, diloco, docom-sgt, dsgd, dude-asgd, eager-diloco, fedbuff, fspda, gradient-tracking, local-sgd, speculative-diloco, streaming-diloco, ticopd"),
+    (["--set", "algorithm.name=dilocoo"], "unknown algorithm 'dilocoo'; valid choices: asgd, async-local-sgd, choco-sgd, co2, ddp, decoupled-momentum, delayed-diloco, diloco, docom-sgt, dsgd, dude-asgd, eager-diloco, fedbuff, fspda, gradient-tracking, local-sgd, sparta, speculative-diloco, streaming-diloco, ticopd, zo-shared"),
     (["--set", "algorithm.inner.name=adamm"], "unknown optimizer 'adamm'; valid choices:"),
     (["--set", "algorithm.inner.lrr=0.1"], "unknown option(s) ['lrr'] for optimizer 'adamw'"),
     (["--set", "train.stepz=3"], "train.stepz: unknown key 'stepz'"),

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import statistics
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class Claim:
     """One claim of one paper and how farsync tests it (see the module docstring)."""
 
     name: str
-    paper: str  # arXiv id
+    paper: str  # arXiv id (2311.08105), or openreview:FORUM_ID for a paper with none
     title: str  # the paper's title
     statement: str  # the claim in one sentence
     paper_figure: str  # the paper's own number(s) and where they are
@@ -108,6 +109,26 @@ class Claim:
         bad = sorted(set(self.settings) - set(PROFILES))
         if bad:
             raise ValueError(f"claim {self.name}: unknown profile(s) {', '.join(bad)} (valid: {', '.join(PROFILES)})")
+        paper_source(self.paper, self.name)
+
+    @property
+    def source(self) -> str:
+        """The paper as a short label: ``arXiv 2311.08105`` or ``OpenReview stFPf3gzq1``."""
+        return paper_source(self.paper, self.name)[0]
+
+    @property
+    def url(self) -> str:
+        return paper_source(self.paper, self.name)[1]
+
+
+def paper_source(paper: str, claim: str = "") -> tuple[str, str]:
+    """(label, URL) of a claim's paper: an arXiv id, or ``openreview:FORUM_ID``."""
+    if re.fullmatch(r"\d{4}\.\d{4,5}", paper):
+        return f"arXiv {paper}", f"https://arxiv.org/abs/{paper}"
+    m = re.fullmatch(r"openreview:([A-Za-z0-9_-]+)", paper)
+    if m:
+        return f"OpenReview {m.group(1)}", f"https://openreview.net/forum?id={m.group(1)}"
+    raise ValueError(f"claim {claim}: paper {paper!r} is neither an arXiv id (2311.08105) nor openreview:FORUM_ID")
 
 
 # ---------------------------------------------------------------- the registry
@@ -314,12 +335,12 @@ def write_report(outcomes: list[Outcome], profile: str, out: Path) -> Path:
              "| claim | paper | verdict | runs (reused) |", "|---|---|---|---|"]
     for o in outcomes:
         v = "not in this profile" if o.setting is None else (o.finding.verdict if o.finding else "error")
-        lines.append(f"| [{o.claim.name}](#{o.claim.name}) | arXiv {o.claim.paper} | {v} | "
-                     f"{len(o.rows)} ({o.reused}) |" if o.setting else f"| {o.claim.name} | arXiv {o.claim.paper} | {v} | - |")
+        lines.append(f"| [{o.claim.name}](#{o.claim.name}) | {o.claim.source} | {v} | "
+                     f"{len(o.rows)} ({o.reused}) |" if o.setting else f"| {o.claim.name} | {o.claim.source} | {v} | - |")
     for o in outcomes:
         c = o.claim
         lines += ["", f"<a id=\"{c.name}\"></a>", f"## {c.name}", "",
-                  f"- **Paper**: {c.title}, [arXiv {c.paper}](https://arxiv.org/abs/{c.paper}).",
+                  f"- **Paper**: {c.title}, [{c.source}]({c.url}).",
                   f"- **Claim**: {c.statement}", f"- **Paper's figure**: {c.paper_figure}"]
         if o.setting is None:
             lines.append(f"- **Not in profile `{profile}`**; profiles: {', '.join(c.settings)}.")
@@ -374,7 +395,7 @@ def publish(out: str | Path, docs: str | Path, profile: str) -> list[Path]:
 
 def list_claims(echo=print) -> None:
     for c in registry().values():
-        echo(f"{c.name} (arXiv {c.paper}, benchmarks/{c.study}.py; profiles {', '.join(c.settings)}): {c.statement}")
+        echo(f"{c.name} ({c.source}, benchmarks/{c.study}.py; profiles {', '.join(c.settings)}): {c.statement}")
 
 
 # ---------------------------------------------------------------- helpers for the judges and plots

@@ -384,6 +384,8 @@ class TrainConfig(_Strict):
                               "an inf/NaN gradient, doubled after 2000 clean steps)")
     grad_accum: int = Field(1, ge=1, description="micro-batches of batch_size per step, their gradients averaged: one "
                             "optimizer step and synchronization per k micro-batches, charged k steps of compute")
+    init_from: str | None = Field(None, description="fine-tuning: start from this run directory's model.pt (or this "
+                                  "model file); refused before training if its parameters do not fit the task's model")
 
     @model_validator(mode="after")
     def _ckpt(self):
@@ -426,6 +428,9 @@ class Config(_Strict):
         from .optim import get_optimizer_class
         from .optim.stats import GlobalStats
 
+        if cls.forward_only:
+            raise ValueError(f"train.precision: fp16 scales the loss for the backward, and {self.algorithm.name} runs "
+                             "forward passes only (its losses are compared in fp32 scalars); use train.precision: bf16")
         if not cls.grad_scaler_ok:
             ok = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.grad_scaler_ok))
             raise ValueError(f"train.precision: fp16 scales the loss, and {self.algorithm.name} reads the gradients "
@@ -446,6 +451,25 @@ class Config(_Strict):
             raise ValueError(f"train.precision: fp16 with {self.algorithm.name}'s algorithm.compress: the compressor's "
                              "error feedback would keep loss-scaled gradient residuals across a change of scale; use "
                              "train.precision: bf16, or no compression")
+
+    def _check_forward_only(self, cls) -> None:
+        """A forward-only (zeroth-order) algorithm and ``train.init_from`` against the engines that
+        build the model or run the backward themselves."""
+        if cls.forward_only and self.cluster.group_size > 1:
+            raise ValueError(f"{self.algorithm.name} runs forward passes only, and replica groups average gradients with "
+                             "torch DDP inside the group: use cluster.group_size: 1")
+        if cls.forward_only and self.cluster.batched:
+            raise ValueError(f"cluster.batched has no forward-only path for {self.algorithm.name}; remove cluster.batched")
+        if self.train.init_from is None:
+            return
+        from .algorithms.server import ParameterServerAlgorithm
+
+        where = ("cluster.batched" if self.cluster.batched else "cluster.backend: torchft"
+                 if self.cluster.backend == "torchft" else f"the server-based {self.algorithm.name}"
+                 if issubclass(cls, ParameterServerAlgorithm) else None)
+        if where is not None:
+            raise ValueError(f"train.init_from is not supported with {where} yet (it builds its model elsewhere); "
+                             "remove train.init_from")
 
     @model_validator(mode="after")
     def _fits(self):
@@ -508,6 +532,7 @@ class Config(_Strict):
             if why is not None:
                 raise ValueError(f"cluster.backend: torchft does not take {why}")
         self._check_precision(cls)
+        self._check_forward_only(cls)
         if self.train.checkpoint_format == "sharded" and self.cluster.backend != "torch":
             raise ValueError("train.checkpoint_format: sharded is written by each process of cluster.backend: torch "
                              "(farsync launch); the simulator's workers share one process: use full (a sharded "

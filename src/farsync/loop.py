@@ -2,6 +2,7 @@
 
     for step in start+1 .. steps:
         loss = task.loss(model, next batch); loss.backward()   (step 1: mean over algo.initial_batches)
+            (an ``algo.forward_only`` algorithm: the loss under no_grad, no backward; step gets a no-grad closure)
         algo.step(); algo.zero_grad(); lr_scheduler.step()
         every log_every steps: gather losses and counters (control plane); rank 0 evaluates and logs
         every checkpoint_every steps: gather every worker's state; rank 0 writes a checkpoint
@@ -29,7 +30,7 @@ from .checkpoint import RunWriteError, save_checkpoint
 from .comm import Communicator
 from .comm.base import cpu_clone as _to_cpu
 from .config import Config
-from .microbatch import MicroBatches, grad_scaler
+from .microbatch import MicroBatches, autocast, grad_scaler
 from .optim import build_optimizer
 from .stopping import STOP, Terminated
 from .tasks import Task
@@ -83,6 +84,53 @@ def same_batch_closure(task: Task, model: torch.nn.Module, batch: Any) -> Callab
     return MicroBatches().closure(lambda b: task.loss(model, b), model, [batch])
 
 
+def no_grad_closure(loss_fn: Callable[[Any], torch.Tensor], batches: list, precision: str,
+                    device: torch.device) -> Callable[[], torch.Tensor]:
+    """The loss on the step's micro-batches at the model's current parameters, without gradients
+    (their mean when there are several; a forward-only algorithm's L(theta))."""
+
+    def evaluate() -> torch.Tensor:
+        with torch.no_grad():
+            losses = []
+            for batch in batches:
+                with autocast(precision, device):
+                    losses.append(loss_fn(batch))
+        if len(losses) == 1:
+            return losses[0].detach()
+        return sum(x.float() for x in losses) / len(losses)
+
+    return evaluate
+
+
+def init_from_file(path: str | Path) -> Path:
+    """The model file that ``train.init_from`` names: a run directory's model.pt, or the file."""
+    path = Path(path)
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"train.init_from: {file} does not exist (give a run directory with a model.pt, or a model file)")
+    return file
+
+
+def load_init_from(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the parameters (and buffers) saved at `path` into `model`; a missing or extra key, or
+    a shape that differs, is refused with a message naming them."""
+    file = init_from_file(path)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a file that is not a saved state_dict
+        raise ValueError(f"train.init_from: cannot read {file} as a saved model ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"train.init_from: {file} holds a {type(state).__name__}, not a model's state_dict")
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+                 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+        raise ValueError(f"train.init_from: {file} does not fit this task's model: {shown}")
+    model.load_state_dict(state)
+
+
 def add_initial_batches(loss_fn: Callable[[Any], torch.Tensor], model: torch.nn.Module, draw: Callable[[], list],
                         micro: MicroBatches, b0: int, comm: Communicator) -> None:
     """Turn the first step's gradients (already in ``.grad``) into the mean gradient over `b0`
@@ -105,6 +153,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     rank0 = comm.rank == 0 and (group is None or group.rank == 0)  # logs, evaluates, checkpoints
     torch.manual_seed(cfg.seed)  # identical initial model on every worker
     model = task.build_model().to(ctx.device)
+    if t.init_from is not None:  # fine-tuning: a trained model's parameters (a resume overwrites them below)
+        load_init_from(model, t.init_from)
     algo = build_algorithm(cfg, model, comm)
     scaler = grad_scaler(t.precision, ctx.device, t.loss_scale)  # fp16 only (microbatch.py)
     if scaler is not None:
@@ -165,12 +215,17 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         comm.begin_step(step)
         lr = sched.get_last_lr()[0]
         batches = draw()
-        loss = micro.backward(loss_fn, batches)
-        if step == 1 and algo.initial_batches > 1:
-            add_initial_batches(loss_fn, model, draw, micro, algo.initial_batches, comm)
+        if algo.forward_only:  # zeroth-order: the loss and a no-grad closure on this batch, no backward
+            closure = no_grad_closure(loss_fn, batches, t.precision, ctx.device)
+            loss = closure()
+        else:
+            loss = micro.backward(loss_fn, batches)
+            if step == 1 and algo.initial_batches > 1:
+                add_initial_batches(loss_fn, model, draw, micro, algo.initial_batches, comm)
+            closure = micro.closure(loss_fn, model, batches)
         if t.grad_accum > 1:
             comm.compute(t.grad_accum - 1)  # the step's other micro-batches (the step itself charges one)
-        algo.step(loss, closure=micro.closure(loss_fn, model, batches))
+        algo.step(loss, closure=closure)
         algo.zero_grad()
         sched.step()
         value = loss.item()

@@ -84,7 +84,15 @@ def initial_model(cfg: Config, task: Task) -> torch.nn.Module:
     """The run's initial model as every worker builds it (seeded): what the checks before work and
     the time model look at."""
     torch.manual_seed(cfg.seed)
-    return task.build_model()
+    model = task.build_model()
+    if cfg.train.init_from is not None:  # fine-tuning: refused here, before anything is written, if it does not fit
+        from .loop import load_init_from
+
+        try:
+            load_init_from(model, cfg.train.init_from)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return model
 
 
 def build_cluster(cfg: Config, task: Task, model: torch.nn.Module | None = None) -> SimCluster:

@@ -191,7 +191,8 @@ def erdos_renyi(n: int, p: float, seed: int = 0, max_tries: int = 100) -> Topolo
                      f"increase p (connectivity needs p above about ln(n)/n = {math.log(max(n, 2)) / n:.3g})")
 
 
-def _splitmix64(x: int) -> int:
+def splitmix64(x: int) -> int:
+    """One step of the splitmix64 hash of a 64-bit integer (the shared seeds of graphs and algorithms)."""
     x = (x + 0x9E3779B97F4A7C15) & _M64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
@@ -200,7 +201,7 @@ def _splitmix64(x: int) -> int:
 
 def step_generator(seed: int, t: int) -> torch.Generator:
     """A torch.Generator that depends only on (seed, t): every worker gets the same stream."""
-    return torch.Generator().manual_seed(_splitmix64(_splitmix64(seed & _M64) ^ (t & _M64)))
+    return torch.Generator().manual_seed(splitmix64(splitmix64(seed & _M64) ^ (t & _M64)))
 
 
 @dataclass(frozen=True)

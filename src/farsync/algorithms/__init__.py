@@ -6,6 +6,7 @@ from .async_local_sgd import AsyncLocalSGD
 from .async_server import ASGD, DuDeASGD, FedBuff
 from .base import Algorithm, CollectiveAlgorithm
 from .choco import ChocoSGD
+from .co2 import CO2
 from .ddp import DDP
 from .demo import DecoupledMomentum
 from .diloco import DiLoCo
@@ -18,10 +19,12 @@ from .options import AlgorithmOptions
 from .server import ParameterServerAlgorithm
 from .gradient_tracking import GradientTracking
 from .local_sgd import LocalSGD
+from .sparta import SPARTA
 from .streaming_diloco import StreamingDiLoCo
 from .ticopd import TiCoPD
+from .zo_shared import ZOShared
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, SpeculativeDiLoCo, AsyncLocalSGD, ASGD, DuDeASGD, FedBuff, DecoupledMomentum, DSGD, GradientTracking, FSPDA, TiCoPD, ChocoSGD, DoCoMSGT)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (DDP, LocalSGD, DiLoCo, StreamingDiLoCo, EagerDiLoCo, DelayedDiLoCo, SpeculativeDiLoCo, AsyncLocalSGD, ASGD, DuDeASGD, FedBuff, DecoupledMomentum, DSGD, GradientTracking, FSPDA, TiCoPD, ChocoSGD, DoCoMSGT, CO2, SPARTA, ZOShared)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -31,4 +34,4 @@ def get_algorithm(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}") from None
 
 
-__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AlgorithmOptions", "CollectiveAlgorithm", "ParameterServerAlgorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "SpeculativeDiLoCo", "StreamingDiLoCo", "TiCoPD", "get_algorithm"]
+__all__ = ["ALGORITHMS", "ASGD", "Algorithm", "AlgorithmOptions", "CollectiveAlgorithm", "ParameterServerAlgorithm", "AsyncLocalSGD", "DuDeASGD", "FedBuff", "CO2", "ChocoSGD", "DDP", "DSGD", "Decentralized", "DoCoMSGT", "DecoupledMomentum", "DelayedDiLoCo", "DiLoCo", "EagerDiLoCo", "FSPDA", "GradientTracking", "LocalSGD", "SPARTA", "SpeculativeDiLoCo", "StreamingDiLoCo", "TiCoPD", "ZOShared", "get_algorithm"]

@@ -62,6 +62,7 @@ class Algorithm:
     one_worker_is_inner: ClassVar[bool] = False  # with one worker it is its inner optimizer, bit for bit (tested)
     grad_scaler_ok: ClassVar[bool] = False  # its only use of .grad is the inner optimizer's step: fp16 loss scaling works
     timing_dependent: ClassVar[str | None] = None  # why its trajectory depends on timing (refused by `farsync retime`)
+    forward_only: ClassVar[bool] = False  # True: the loop runs no backward; step() gets the loss and a no-grad closure on the batch
 
     def __init_subclass__(cls, **kwargs):
         """An algorithm without a class docstring shows its module's (the update rule, the paper,

