@@ -148,8 +148,81 @@ def test_sliced_all_reduce_equals_the_plain_one_and_members_agree():
         assert o["sent"] == sum(sent)
 
 
+SHARDED = {"diloco": CFG["algorithm"], "local-sgd": {"name": "local-sgd", "sync_every": 3, "inner": {"name": "adamw", "lr": 0.003}}}
+
+
+@pytest.mark.parametrize("algo", sorted(SHARDED))
+def test_sharded_groups_equal_the_simulator_with_twice_the_batch(tmp_path, algo):
+    """FSDP2 inside each group (cluster.group_shard): member j holds shard j of every parameter and of
+    the algorithm's state, and all-reduces it with member j of the other group; the run is the
+    simulator's with batch k x b to float rounding, with its bytes exactly."""
+    train = {**CFG["train"], "checkpoint_every": 0, "grad_clip": 0.05}  # clipping binds: the norm is over the whole model
+    cfg = cfg_file(tmp_path, algorithm=SHARDED[algo], train=train, cluster={**CFG["cluster"], "group_shard": True})
+    sim = farsync.run(cfg, out=tmp_path / "sim", overrides=["train.batch_size=8", "cluster.group_shard=false"], progress=False)
+    assert main(["launch", "--groups", "2", "--nproc-per-group", "2", str(cfg), "--out", str(tmp_path / "groups")]) == 0
+    summary = json.loads((tmp_path / "groups" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
+    assert_close_runs(tmp_path / "groups", sim.run_dir)
+    assert sorted(model(tmp_path / "groups")) == sorted(model(sim.run_dir))  # the saved model is whole, not a shard
+
+
+def test_a_sharded_member_all_reduces_its_whole_shard_across_groups():
+    world, port = 4, free_port()
+    with mp.Manager() as m:
+        out = m.dict()
+        mp.spawn(_sharded_collectives, args=(world, port, out), nprocs=world, join=True)
+        out = dict(out)
+    for rank, o in out.items():
+        g, j = divmod(rank, 2)
+        assert o["local"] == (5 if j == 0 else 4)  # a 9-row parameter: dim-0 chunks of 5 and 4 rows
+        mine = torch.arange(9, dtype=torch.float32)[:5] if j == 0 else torch.arange(9, dtype=torch.float32)[5:]
+        assert torch.equal(o["x"], ((mine + 0.0) + (mine + 1.0)) / 2)  # member j of group 0 + member j of group 1
+        assert o["sent"] == wire_bytes("all_reduce", 9 * 4, 2, g, 0)[0]  # the group's bytes: the whole 9-value model
+        assert "whole shards" in o["refused"]
+
+
+def _sharded_collectives(rank, world, port, out):
+    from farsync.comm.groups import GroupedCommunicator, init_replica_groups, local_params, shard_in_group
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        group = init_replica_groups(2)
+        net = torch.nn.Linear(1, 9, bias=False)
+        shard_in_group(net, group)
+        comm = GroupedCommunicator(group)
+        (w,) = local_params(net)
+        x = torch.arange(9, dtype=torch.float32)[:5].clone() if group.rank == 0 else torch.arange(9, dtype=torch.float32)[5:].clone()
+        x += group.index
+        comm.all_reduce(x, op="mean")
+        try:
+            comm.all_reduce(torch.zeros(3), op="sum")
+            refused = ""
+        except RuntimeError as err:
+            refused = str(err)
+        out[rank] = {"local": w.numel(), "x": x, "sent": comm.stats.bytes_sent, "refused": refused}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_groups_refuse_what_they_do_not_carry(tmp_path):
+    from farsync.comm.groups import check_shardable
+
+    with pytest.raises(ValueError, match="floating-point buffers"):
+        check_shardable(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
+    check_shardable(torch.nn.Linear(2, 2))
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"cluster": {"workers": 2, "group_size": 2}}, "on the simulator a group of k is one worker with k times the batch"),
+    ({"cluster": {"workers": 2, "backend": "torch", "group_shard": True}}, "it needs cluster.group_size >= 2 (got 1)"),
+    ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch", "group_shard": True}},
+     "cluster.group_shard does not take train.checkpoint_every"),
+    ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch", "group_shard": True}, "algorithm": {"name": "ddp"},
+      "train": {**CFG["train"], "checkpoint_every": 0}}, "cluster.group_shard does not take algorithm 'ddp'"),
+    ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch", "group_shard": True},
+      "algorithm": {**CFG["algorithm"], "compress": {"name": "int8"}}, "train": {**CFG["train"], "checkpoint_every": 0}},
+     "cluster.group_shard does not take algorithm.compress"),
     ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch"}, "algorithm": {"name": "dsgd"}},
      "cluster.group_size (2) needs an algorithm that communicates by collectives only"),
 ])

@@ -164,6 +164,9 @@ class ClusterConfig(_Strict):
     group_size: int = Field(
         1, ge=1, description="torch backend: processes per worker (a replica group training with DDP inside; "
         "farsync launch --groups R --nproc-per-group k; comm/groups.py)")
+    group_shard: bool = Field(
+        False, description="replica groups: shard each group's model over its k processes with FSDP2 (fully_shard) "
+        "instead of replicating it with DDP; each member exchanges its own shard across groups (diloco, local-sgd)")
     parallel: int = Field(
         1, ge=1, description="simulator: spread the workers over this many processes (identical metrics at equal "
         "threads; algorithms that use collectives only)")
@@ -238,6 +241,9 @@ class ClusterConfig(_Strict):
             raise ValueError(f"cluster.group_size ({self.group_size}) makes each worker a group of processes on "
                              "cluster.backend: torch (farsync launch --groups R --nproc-per-group k); on the simulator a "
                              "group of k is one worker with k times the batch: set train.batch_size instead")
+        if self.group_shard and self.group_size < 2:
+            raise ValueError("cluster.group_shard shards each replica group's model over its processes: it needs "
+                             f"cluster.group_size >= 2 (got {self.group_size})")
         if self.parallel > self.workers:
             raise ValueError(f"cluster.parallel must be in [1, {self.workers}] (cluster.workers), got {self.parallel}")
         if self.speeds is not None and any(not s > 0 for s in self.speeds):
@@ -405,6 +411,9 @@ def innermost_optimizer(inner: dict[str, Any]) -> str:
     return inner.get("name", "")
 
 
+SHARDABLE = ("diloco", "local-sgd")  # cluster.group_shard: algorithms whose every exchange is the whole parameter vector
+
+
 class Config(_Strict):
     name: str = "run"
     seed: int = 0
@@ -471,6 +480,22 @@ class Config(_Strict):
             raise ValueError(f"train.init_from is not supported with {where} yet (it builds its model elsewhere); "
                              "remove train.init_from")
 
+    def _check_group_shard(self) -> None:
+        """``cluster.group_shard`` (FSDP2 inside replica groups) against what it does not carry yet."""
+        if not self.cluster.group_shard:
+            return
+        t, a = self.train, self.algorithm
+        why = (f"algorithm {a.name!r} (sharded groups run {', '.join(SHARDABLE)}: each member all-reduces its "
+               "whole shard across groups)" if a.name not in SHARDABLE else
+               "algorithm.compress (a compressor sees whole tensors, a member holds a shard)"
+               if getattr(a.options(), "compress", None) is not None else
+               "train.checkpoint_every (each member's state is its own shard; sharded checkpoints of FSDP groups "
+               "are not built yet): set train.checkpoint_every: 0" if t.checkpoint_every else
+               f"train.grad_accum {t.grad_accum} (use a larger train.batch_size)" if t.grad_accum > 1 else
+               "train.precision: fp16 (use bf16)" if t.precision == "fp16" else None)
+        if why is not None:
+            raise ValueError(f"cluster.group_shard does not take {why}")
+
     @model_validator(mode="after")
     def _fits(self):
         from .algorithms import get_algorithm
@@ -533,6 +558,7 @@ class Config(_Strict):
                 raise ValueError(f"cluster.backend: torchft does not take {why}")
         self._check_precision(cls)
         self._check_forward_only(cls)
+        self._check_group_shard()
         if self.train.checkpoint_format == "sharded" and self.cluster.backend != "torch":
             raise ValueError("train.checkpoint_format: sharded is written by each process of cluster.backend: torch "
                              "(farsync launch); the simulator's workers share one process: use full (a sharded "

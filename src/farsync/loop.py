@@ -155,6 +155,11 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     model = task.build_model().to(ctx.device)
     if t.init_from is not None:  # fine-tuning: a trained model's parameters (a resume overwrites them below)
         load_init_from(model, t.init_from)
+    sharded = group is not None and cfg.cluster.group_shard
+    if sharded:  # FSDP2 inside the replica group: before the optimizer is built (comm/groups.py)
+        from .comm.groups import shard_in_group
+
+        shard_in_group(model, group)
     algo = build_algorithm(cfg, model, comm)
     scaler = grad_scaler(t.precision, ctx.device, t.loss_scale)  # fp16 only (microbatch.py)
     if scaler is not None:
@@ -168,8 +173,9 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
         from .comm.groups import SliceSampler
 
         sampler = SliceSampler(sampler, group.rank, k)
-        forward = torch.nn.parallel.DistributedDataParallel(model, process_group=group.pg)
-    micro = MicroBatches(t.precision, ctx.device, scaler, no_sync=forward.no_sync if group is not None else None)
+        if not sharded:  # (sharded: the FSDP2 module averages the gradients itself)
+            forward = torch.nn.parallel.DistributedDataParallel(model, process_group=group.pg)
+    micro = MicroBatches(t.precision, ctx.device, scaler, no_sync=forward.no_sync if forward is not model else None)
 
     def loss_fn(batch: Any) -> torch.Tensor:
         return group_loss(task, forward, batch) if group is not None else task.loss(model, batch)
@@ -262,7 +268,8 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 rec["loss_scale"], rec["skipped_steps"] = scaler.get_scale(), algo.skipped_steps
             if "away" in rows[0]:
                 rec["participants"] = [i for i, r in enumerate(rows) if not r["away"]]
-        evaluate(algo, task, ctx, rank0, rec, do_eval and not failed, step == t.steps)
+        evaluate(algo, task, ctx, rank0, rec, do_eval and not failed, step == t.steps,
+                 group_evaluates=sharded and group.index == 0)
         if rank0:
             write_row(ctx, rec, wall0)
         if failed:
@@ -293,17 +300,23 @@ def write_row(ctx: RunContext, rec: dict, wall0: float) -> None:
         ctx.bar.update(rec["step"], rec)
 
 
-def evaluate(algo, task: Task, ctx: RunContext, rank0: bool, rec: dict | None, eval_loss: bool, final: bool) -> None:
+def evaluate(algo, task: Task, ctx: RunContext, rank0: bool, rec: dict | None, eval_loss: bool, final: bool,
+             group_evaluates: bool = False) -> None:
     """The evaluation step, on every rank: all enter ``algo.eval_params()`` (it may communicate,
     e.g. a decentralized run's average model) and rank 0 evaluates in it: ``eval_loss`` into
-    `rec`, and at the last step the model to save."""
+    `rec`, and at the last step the model to save. `group_evaluates`: this process is a member of
+    rank 0's sharded replica group, whose forward (and full state dict) every member computes."""
     if not (eval_loss or final):
         return
     with algo.eval_params() as m:
-        if rank0 and eval_loss:
-            rec["eval_loss"] = task.evaluate(m)
-        if rank0 and final:
-            ctx.final_model = _to_cpu(m.state_dict())
+        if (rank0 or group_evaluates) and eval_loss:
+            loss = task.evaluate(m)
+            if rank0:
+                rec["eval_loss"] = loss
+        if (rank0 or group_evaluates) and final:
+            state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in m.state_dict().items()}
+            if rank0:
+                ctx.final_model = _to_cpu(state)
 
 
 def tokens_so_far(step: int, per_worker: int, workers: int, churn: Any, rows: list[dict]) -> int:

@@ -326,6 +326,10 @@ def check_model(cfg: Config, model: torch.nn.Module) -> int:
     blocks) before anything is written; returns the number of parameters."""
     try:
         get_algorithm(cfg.algorithm.name).check_model(model, cfg.algorithm.options())
+        if cfg.cluster.group_shard:
+            from .comm.groups import check_shardable
+
+            check_shardable(model)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return sum(p.numel() for p in model.parameters())

@@ -96,7 +96,9 @@ class Algorithm:
         self.comm = comm
         self.sync_every = self.options.sync_every
         self.grad_clip = grad_clip
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # what the inner optimizer steps
+        with torch.no_grad():  # a sharded parameter (FSDP2 in a replica group): the algorithm works on its local shard
+            self.params = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainable]
         self.buffers = Buffers(model, comm)  # BatchNorm statistics etc.: the policy in replicas.py
         self.local_step = 0  # inner steps taken by this worker
         self._loss: torch.Tensor | None = None
@@ -189,7 +191,7 @@ class Algorithm:
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # .grad / s; notes an inf/NaN
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)  # sharded: the norm over the whole model
         kwargs = step_kwargs(self.optimizer, self._loss, self._closure)
         if scaler is None:
             self.optimizer.step(**kwargs)

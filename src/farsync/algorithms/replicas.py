@@ -39,8 +39,11 @@ INIT_MODES = ("broadcast", "check")
 
 
 def model_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every parameter and buffer of `model`, by name, in a fixed order."""
-    return [*model.named_parameters(), *model.named_buffers()]
+    """Every parameter and buffer of `model`, by name, in a fixed order (a sharded parameter: this
+    process's shard, a view of its storage)."""
+    with torch.no_grad():
+        params = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in model.named_parameters()]
+    return [*params, *model.named_buffers()]
 
 
 def replicate_initial_state(model: nn.Module, comm: Communicator, init: InitMode = "broadcast") -> None:

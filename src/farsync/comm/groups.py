@@ -29,6 +29,16 @@ algorithms that use them before any work).
 Data: group g draws the batch of a worker with ``k x train.batch_size`` samples and member j
 trains on slice j (`SliceSampler`), so R groups of k equal the simulator with R workers of batch
 ``k x b`` up to the rounding of DDP's gradient average (tested).
+
+Sharded groups (``cluster.group_shard``): instead of DDP, the group's model is sharded over its k
+members with FSDP2 (``fully_shard`` on the whole model, over a device mesh of the group's process
+group): member j holds shard j of every parameter (dim-0 chunks), the forward all-gathers them and
+the backward reduce-scatters the gradients' mean. The algorithm's parameters are the member's local
+shards (`local_params`), so its state (DiLoCo's phi and outer momentum, Local SGD's last average)
+is sharded too, and an all-reduce of the member's whole flat shard goes straight across groups to
+member j of the others (no slicing, no regathering: the same arithmetic per element as one
+all-reduce over R workers). The counters book the group's bytes, the whole model's. Evaluation
+runs on every member of group 0 (the sharded forward is a collective of the group).
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ class ReplicaGroup:
     size: int
     pg: Any
     cross: Any
+    shard: tuple[int, int] | None = None  # sharded groups (`shard_in_group`): parameters of the model, of this member's shard
 
     @property
     def root(self) -> int:
@@ -81,6 +92,40 @@ def init_replica_groups(group_size: int) -> ReplicaGroup:
     return ReplicaGroup(me // group_size, me % group_size, group_size, inside, across)
 
 
+def check_shardable(model: torch.nn.Module) -> None:
+    """Refuse, before work, what sharded groups do not carry: floating-point buffers (BatchNorm
+    statistics are averaged as whole tensors, a member would hold them whole while its parameters
+    are shards)."""
+    floats = [name for name, b in model.named_buffers() if b.is_floating_point()]
+    if floats:
+        raise ValueError(f"cluster.group_shard: the model has floating-point buffers ({', '.join(floats[:3])}"
+                         f"{', ...' if len(floats) > 3 else ''}), which sharded groups do not average; use "
+                         "cluster.group_shard: false (DDP inside the group)")
+
+
+def shard_in_group(model: torch.nn.Module, group: ReplicaGroup) -> None:
+    """Shard `model` in place over `group`'s members with FSDP2's ``fully_shard`` (before its
+    optimizer is built: the parameters become DTensors); notes in ``group.shard`` (parameters of the
+    whole model, of this member's shard) for the communicator's byte count."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device.type if params else "cpu"
+    fully_shard(model, mesh=DeviceMesh.from_group(group.pg, device))
+    group.shard = (sum(p.numel() for p in params), sum(t.numel() for t in local_params(model)))
+
+
+def local_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The trainable parameters as this process holds them: a sharded parameter's local shard (a
+    view of its storage: writing it writes the parameter), a plain parameter itself."""
+    out = []
+    for p in model.parameters():
+        if p.requires_grad:
+            out.append(p.to_local() if hasattr(p, "to_local") else p)
+    return out
+
+
 class _Done(Work):
     def wait(self) -> None:
         return None
@@ -99,6 +144,8 @@ class GroupedCommunicator(TorchCommunicator):
     # ------------------------------------------------------------------ the sliced all-reduce
     def all_reduce(self, tensor, op="sum", async_op=False):
         self._check_op(op)
+        if self.replica_group.shard is not None:
+            return self._shard_all_reduce(tensor, op, async_op)
         self._record("all_reduce", tensor_nbytes(tensor))  # the group's cross-group bytes: the whole buffer
         k, j = self.replica_group.size, self.replica_group.rank
         flat = tensor.view(-1)
@@ -119,6 +166,20 @@ class GroupedCommunicator(TorchCommunicator):
                 flat.copy_(buf[:n])
 
         return self._run(lambda a: dist.all_reduce(mine, dist.ReduceOp.SUM, group=self.group, async_op=a), async_op, regather)
+
+    def _shard_all_reduce(self, tensor, op, async_op):
+        """Sharded groups: this member's whole shard, across groups with member j of the others."""
+        full, local = self.replica_group.shard
+        if tensor.numel() != local:
+            raise RuntimeError(f"a sharded replica group all-reduces whole shards ({local} values), got {tensor.numel()} "
+                               "(cluster.group_shard carries algorithms that exchange the whole parameter vector)")
+        self._record("all_reduce", full * tensor.element_size())  # the group's cross-group bytes: one model
+
+        def after() -> None:
+            if op == "mean":
+                tensor.div_(self.world_size)
+
+        return self._run(lambda a: dist.all_reduce(tensor, dist.ReduceOp.SUM, group=self.group, async_op=a), async_op, after)
 
     # ------------------------------------------------------------------ member 0 crosses, the group receives
     def _from_member0(self, cross, outputs: list[torch.Tensor], async_op: bool) -> Work | None:
