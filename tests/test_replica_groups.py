@@ -166,6 +166,24 @@ def test_sharded_groups_equal_the_simulator_with_twice_the_batch(tmp_path, algo)
     assert sorted(model(tmp_path / "groups")) == sorted(model(sim.run_dir))  # the saved model is whole, not a shard
 
 
+def test_a_killed_sharded_group_resumes_bitwise_from_its_members_shards(tmp_path, monkeypatch):
+    """Sharded checkpoints (DCP): every member writes its own shards of the model, the inner optimizer
+    and DiLoCo's state, and reads them back as DTensors; the resumed run is the uninterrupted one bit for bit."""
+    train = {**CFG["train"], "checkpoint_every": 6, "checkpoint_format": "sharded"}
+    cfg = cfg_file(tmp_path, train=train, cluster={**CFG["cluster"], "group_shard": True})
+    groups = ["launch", "--groups", "2", "--nproc-per-group", "2"]
+    assert main([*groups, str(cfg), "--out", str(tmp_path / "full")]) == 0
+    monkeypatch.setenv(FAULT_ENV, "1:8")  # group 1's processes die at step 8
+    assert main([*groups, str(cfg), "--out", str(tmp_path / "cut")]) != 0
+    assert [r["step"] for r in records(tmp_path / "cut")] == [3, 6]
+    monkeypatch.delenv(FAULT_ENV)
+    assert main([*groups, "--resume", str(tmp_path / "cut")]) == 0
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time_s", "sim_time_s")} for r in rs]  # noqa: E731
+    assert strip(records(tmp_path / "cut")) == strip(records(tmp_path / "full"))
+    a, b = model(tmp_path / "cut"), model(tmp_path / "full")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_sharded_member_all_reduces_its_whole_shard_across_groups():
     world, port = 4, free_port()
     with mp.Manager() as m:
@@ -217,7 +235,7 @@ def test_sharded_groups_refuse_what_they_do_not_carry(tmp_path):
     ({"cluster": {"workers": 2, "group_size": 2}}, "on the simulator a group of k is one worker with k times the batch"),
     ({"cluster": {"workers": 2, "backend": "torch", "group_shard": True}}, "it needs cluster.group_size >= 2 (got 1)"),
     ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch", "group_shard": True}},
-     "cluster.group_shard does not take train.checkpoint_every"),
+     "cluster.group_shard does not take train.checkpoint_format: full"),
     ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch", "group_shard": True}, "algorithm": {"name": "ddp"},
       "train": {**CFG["train"], "checkpoint_every": 0}}, "cluster.group_shard does not take algorithm 'ddp'"),
     ({"cluster": {"workers": 2, "group_size": 2, "backend": "torch", "group_shard": True},

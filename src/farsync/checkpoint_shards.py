@@ -10,7 +10,8 @@ Worker g's state (model, algorithm, LR scheduler, sampler, RNG, counters: the di
 builds) is stored under keys ``w{g}/...``: each tensor as a DCP tensor item ``w{g}/t{i}``, and the
 rest of the nested structure, with ``{"__tensor__": i}`` in place of each tensor, as one bytes item
 ``w{g}/structure``. In a replica group (``cluster.group_size``) only member 0 writes (the members
-hold one state).
+hold one state); in a sharded group (``cluster.group_shard``) every member j writes its own shards
+as worker ``{g}m{j}``, resumable on the same layout only.
 
 Integrity is that of the full format: the ``.pt`` file is written last and renamed into place
 (`checkpoint.save_checkpoint`), so a checkpoint exists only once every shard is on disk and
@@ -61,9 +62,10 @@ def _join(obj: Any, tensors: dict[int, torch.Tensor]) -> Any:
     return obj
 
 
-def save_shards(path: Path, worker: int | None, state: dict[str, Any]) -> None:
+def save_shards(path: Path, worker: int | str | None, state: dict[str, Any]) -> None:
     """Collective on the torch backend (every process calls it): write `state` as worker
-    `worker`'s keys (None: this process writes nothing, e.g. a replica group's member j > 0)."""
+    `worker`'s keys (None: this process writes nothing, e.g. a replica group's member j > 0; a
+    sharded group's member writes its own part as worker ``{g}m{j}``)."""
     items: dict[str, Any] = {}
     if worker is not None:
         tensors: list[torch.Tensor] = []
@@ -77,13 +79,14 @@ def save_shards(path: Path, worker: int | None, state: dict[str, Any]) -> None:
         dcp.save(items, checkpoint_id=str(path), no_dist=not dist.is_initialized())
 
 
-def load_shard(path: str | Path, worker: int) -> dict[str, Any]:
+def load_shard(path: str | Path, worker: int | str) -> dict[str, Any]:
     """Worker `worker`'s state from the DCP directory `path` (on any process layout). On the torch
     backend every process calls it (DCP's load is collective)."""
     meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     prefix = f"w{worker}/"
     if prefix + "structure" not in meta:
-        raise CheckpointError(f"{path} holds no state of worker {worker} (cluster.workers changed?)")
+        raise CheckpointError(f"{path} holds no state of worker {worker} (cluster.workers changed, or "
+                              "cluster.group_shard or the group size of a sharded group?)")
     items: dict[str, Any] = {prefix + "structure": io.BytesIO()}
     for key, m in meta.items():
         if key.startswith(prefix + "t"):

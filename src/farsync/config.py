@@ -489,8 +489,8 @@ class Config(_Strict):
                "whole shard across groups)" if a.name not in SHARDABLE else
                "algorithm.compress (a compressor sees whole tensors, a member holds a shard)"
                if getattr(a.options(), "compress", None) is not None else
-               "train.checkpoint_every (each member's state is its own shard; sharded checkpoints of FSDP groups "
-               "are not built yet): set train.checkpoint_every: 0" if t.checkpoint_every else
+               "train.checkpoint_format: full (each member's state is its own shard: use train.checkpoint_format: "
+               "sharded, every member writing its own)" if t.checkpoint_every and t.checkpoint_format != "sharded" else
                f"train.grad_accum {t.grad_accum} (use a larger train.batch_size)" if t.grad_accum > 1 else
                "train.precision: fp16 (use bf16)" if t.precision == "fp16" else None)
         if why is not None:

@@ -198,7 +198,13 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
     if mine is not None and "shards" in mine:  # a sharded checkpoint: each worker reads its own part
         from .checkpoint_shards import load_shard
 
-        mine = load_shard(mine["shards"], comm.rank)
+        mine = load_shard(mine["shards"], f"{comm.rank}m{group.rank}" if sharded else comm.rank)
+        if sharded:  # this member's shards back into DTensors, as its model and optimizer hold them now
+            from .comm.groups import ParamLike, dtensor_tree
+
+            params = [p for g in algo.optimizer.param_groups for p in g["params"]]
+            like_opt = {"state": {i: ParamLike(p) for i, p in enumerate(params)}}
+            mine = dtensor_tree(mine, {"model": model.state_dict(), "algorithm": {"optimizer": like_opt}})
     start = 0
     if mine is not None:
         model.load_state_dict(mine["model"])
@@ -286,6 +292,10 @@ def train_worker(comm: Communicator, cfg: Config, task: Task, ctx: RunContext) -
                 "rng": torch.get_rng_state(),
                 "stats": comm.stats.as_dict(),
             }
+            if sharded:  # each member's own part: its shards as plain tensors
+                from .comm.groups import local_tree
+
+                state = local_tree(state)
             write_checkpoint(cfg, ctx, comm, rank0, step, state)
         if stop:
             raise Terminated(stop)
@@ -341,7 +351,9 @@ def write_checkpoint(cfg: Config, ctx: RunContext, comm: Communicator, rank0: bo
 
         path = shard_dir(ctx.checkpoints, step)
         try:
-            save_shards(path, comm.rank if group is None or group.rank == 0 else None, state)
+            writer = (comm.rank if group is None or group.rank == 0 else None) if not cfg.cluster.group_shard else \
+                f"{comm.rank}m{group.rank}"  # a sharded group: every member its own shards
+            save_shards(path, writer, state)
         except Exception as err:  # noqa: BLE001 - DCP raises on every rank when one failed
             error = f"{type(err).__name__} while writing {path}: {err}"
         if rank0 and error is None:

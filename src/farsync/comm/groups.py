@@ -38,7 +38,10 @@ shards (`local_params`), so its state (DiLoCo's phi and outer momentum, Local SG
 is sharded too, and an all-reduce of the member's whole flat shard goes straight across groups to
 member j of the others (no slicing, no regathering: the same arithmetic per element as one
 all-reduce over R workers). The counters book the group's bytes, the whole model's. Evaluation
-runs on every member of group 0 (the sharded forward is a collective of the group).
+runs on every member of group 0 (the sharded forward is a collective of the group). Checkpoints
+are sharded (``train.checkpoint_format: sharded``): every member writes its own shard of every
+state (`local_tree`; worker key ``{g}m{j}``) and turns it back into DTensors on resume
+(`dtensor_tree`), on the same layout.
 """
 
 from __future__ import annotations
@@ -124,6 +127,53 @@ def local_params(model: torch.nn.Module) -> list[torch.Tensor]:
         if p.requires_grad:
             out.append(p.to_local() if hasattr(p, "to_local") else p)
     return out
+
+
+def local_tree(obj: Any) -> Any:
+    """`obj` (a nested state: dicts, lists, tensors) with every DTensor replaced by its local shard:
+    what one member of a sharded group saves (its own part of the model and optimizer state)."""
+    if hasattr(obj, "to_local") and isinstance(obj, torch.Tensor):
+        return obj.to_local()
+    if isinstance(obj, dict):
+        return {k: local_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(local_tree(v) for v in obj)
+    return obj
+
+
+class ParamLike:
+    """A template for `dtensor_tree`: the per-parameter state of an optimizer (exp_avg, momentum
+    buffers...), whose tensors of the parameter's local shape become DTensors like the parameter."""
+
+    def __init__(self, param: torch.Tensor):
+        self.param = param
+
+
+def _as_dtensor(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    if tuple(local.shape) != tuple(like.to_local().shape):
+        raise ValueError(f"a saved shard of shape {tuple(local.shape)} does not fit this member's "
+                         f"{tuple(like.to_local().shape)} (the group layout changed)")
+    return DTensor.from_local(local.to(like.device), like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())
+
+
+def dtensor_tree(obj: Any, like: Any) -> Any:
+    """The inverse of `local_tree`: where `like` (this process's current state, of the same
+    structure) holds a DTensor, `obj`'s local shard becomes a DTensor of the same mesh, placements
+    and global shape (a `ParamLike`: every tensor of the parameter's local shape)."""
+    if isinstance(like, ParamLike):
+        shape = tuple(like.param.to_local().shape) if hasattr(like.param, "to_local") else None
+        return {k: _as_dtensor(v, like.param) if shape is not None and isinstance(v, torch.Tensor) and
+                tuple(v.shape) == shape and v.dim() > 0 else v for k, v in obj.items()}
+    if hasattr(like, "to_local") and isinstance(like, torch.Tensor):
+        return _as_dtensor(obj, like)
+    if isinstance(obj, dict) and isinstance(like, dict):
+        return {k: dtensor_tree(v, like[k]) if k in like else v for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and isinstance(like, (list, tuple)) and len(obj) == len(like):
+        return type(obj)(dtensor_tree(v, w) for v, w in zip(obj, like))
+    return obj
 
 
 class _Done(Work):
