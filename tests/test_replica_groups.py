@@ -78,22 +78,33 @@ def test_two_groups_of_two_equal_the_simulator_with_twice_the_batch(tmp_path, al
     assert roles == [("launcher", None), ("torchrun", 0), ("torchrun", 1), ("worker", 0), ("worker", 0), ("worker", 1), ("worker", 1)]
 
 
-def test_a_grouped_run_killed_mid_run_resumes_bitwise(tmp_path, monkeypatch):
-    cfg = cfg_file(tmp_path)
-    groups = ["launch", "--groups", "2", "--nproc-per-group", "2"]
-    assert main([*groups, str(cfg), "--out", str(tmp_path / "full")]) == 0
+GROUPS = ["launch", "--groups", "2", "--nproc-per-group", "2"]
+
+
+def strip(rs):
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "sim_time_s")} for r in rs]
+
+
+def kill_and_resume(tmp_path, cfg, monkeypatch) -> None:
+    """A run of 2 x 2, the same run with group 1 killed at step 8 (after the checkpoint at 6), then
+    resumed: its metrics and final model equal the uninterrupted run's bit for bit."""
+    assert main([*GROUPS, str(cfg), "--out", str(tmp_path / "full")]) == 0
     monkeypatch.setenv(FAULT_ENV, "1:8")  # group 1's processes die at step 8; the launcher stops group 0
-    assert main([*groups, str(cfg), "--out", str(tmp_path / "cut")]) != 0
+    assert main([*GROUPS, str(cfg), "--out", str(tmp_path / "cut")]) != 0
     assert [r["step"] for r in records(tmp_path / "cut")] == [3, 6]
     monkeypatch.delenv(FAULT_ENV)
-    assert main([*groups, "--resume", str(tmp_path / "cut")]) == 0
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time_s", "sim_time_s")} for r in rs]  # noqa: E731
+    assert main([*GROUPS, "--resume", str(tmp_path / "cut")]) == 0
     assert strip(records(tmp_path / "cut")) == strip(records(tmp_path / "full"))
     a, b = model(tmp_path / "cut"), model(tmp_path / "full")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_grouped_run_killed_mid_run_resumes_bitwise(tmp_path, monkeypatch):
+    cfg = cfg_file(tmp_path)
+    kill_and_resume(tmp_path, cfg, monkeypatch)
     # with a restart allowed, both groups' torchruns restart and resume from the checkpoint
     monkeypatch.setenv(FAULT_ENV, "1:8")
-    assert main([*groups, str(cfg), "--out", str(tmp_path / "restarted"), "--max-restarts", "1"]) == 0
+    assert main([*GROUPS, str(cfg), "--out", str(tmp_path / "restarted"), "--max-restarts", "1"]) == 0
     s = json.loads((tmp_path / "restarted" / "summary.json").read_text())
     assert s["restarts"] == 1 and s["status"] == "completed"  # the fault really fired
     assert strip(records(tmp_path / "restarted")) == strip(records(tmp_path / "full"))
@@ -159,7 +170,7 @@ def test_sharded_groups_equal_the_simulator_with_twice_the_batch(tmp_path, algo)
     train = {**CFG["train"], "checkpoint_every": 0, "grad_clip": 0.05}  # clipping binds: the norm is over the whole model
     cfg = cfg_file(tmp_path, algorithm=SHARDED[algo], train=train, cluster={**CFG["cluster"], "group_shard": True})
     sim = farsync.run(cfg, out=tmp_path / "sim", overrides=["train.batch_size=8", "cluster.group_shard=false"], progress=False)
-    assert main(["launch", "--groups", "2", "--nproc-per-group", "2", str(cfg), "--out", str(tmp_path / "groups")]) == 0
+    assert main([*GROUPS, str(cfg), "--out", str(tmp_path / "groups")]) == 0
     summary = json.loads((tmp_path / "groups" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["bytes_sent_per_worker"] == sim.summary["bytes_sent_per_worker"]
     assert_close_runs(tmp_path / "groups", sim.run_dir)
@@ -171,17 +182,7 @@ def test_a_killed_sharded_group_resumes_bitwise_from_its_members_shards(tmp_path
     and DiLoCo's state, and reads them back as DTensors; the resumed run is the uninterrupted one bit for bit."""
     train = {**CFG["train"], "checkpoint_every": 6, "checkpoint_format": "sharded"}
     cfg = cfg_file(tmp_path, train=train, cluster={**CFG["cluster"], "group_shard": True})
-    groups = ["launch", "--groups", "2", "--nproc-per-group", "2"]
-    assert main([*groups, str(cfg), "--out", str(tmp_path / "full")]) == 0
-    monkeypatch.setenv(FAULT_ENV, "1:8")  # group 1's processes die at step 8
-    assert main([*groups, str(cfg), "--out", str(tmp_path / "cut")]) != 0
-    assert [r["step"] for r in records(tmp_path / "cut")] == [3, 6]
-    monkeypatch.delenv(FAULT_ENV)
-    assert main([*groups, "--resume", str(tmp_path / "cut")]) == 0
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time_s", "sim_time_s")} for r in rs]  # noqa: E731
-    assert strip(records(tmp_path / "cut")) == strip(records(tmp_path / "full"))
-    a, b = model(tmp_path / "cut"), model(tmp_path / "full")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    kill_and_resume(tmp_path, cfg, monkeypatch)
 
 
 def test_a_sharded_member_all_reduces_its_whole_shard_across_groups():

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from ..comm import Communicator
+from ..comm.base import local_tensor
 from ..comm.timing import spans_of
 from ..compress import Compressor, GatherReducer, MeanReducer, Reducer, build_reducer
 from ..optim import OptimizerWrapper, build_optimizer, set_stats_reducer, step_kwargs
@@ -98,7 +99,7 @@ class Algorithm:
         self.grad_clip = grad_clip
         self.trainable = [p for p in model.parameters() if p.requires_grad]  # what the inner optimizer steps
         with torch.no_grad():  # a sharded parameter (FSDP2 in a replica group): the algorithm works on its local shard
-            self.params = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainable]
+            self.params = [local_tensor(p) for p in self.trainable]
         self.buffers = Buffers(model, comm)  # BatchNorm statistics etc.: the policy in replicas.py
         self.local_step = 0  # inner steps taken by this worker
         self._loss: torch.Tensor | None = None

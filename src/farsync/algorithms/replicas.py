@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..comm import Communicator
+from ..comm.base import local_tensor
 from .flat import copy_into, unflatten_into
 
 InitMode = Literal["broadcast", "check"]
@@ -42,7 +43,7 @@ def model_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Every parameter and buffer of `model`, by name, in a fixed order (a sharded parameter: this
     process's shard, a view of its storage)."""
     with torch.no_grad():
-        params = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in model.named_parameters()]
+        params = [(n, local_tensor(p)) for n, p in model.named_parameters()]
     return [*params, *model.named_buffers()]
 
 

@@ -43,6 +43,11 @@ class CommStats:
         return asdict(self)
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view of its storage: writing it writes the DTensor), any other tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def wire_bytes(kind: str, nbytes: int, world_size: int, rank: int, src: int = 0) -> tuple[int, int]:
     """(bytes sent, bytes received) by `rank` for one call, under the stated algorithms.
 

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .base import Work, tensor_nbytes
+from .base import Work, local_tensor, tensor_nbytes
 from .torch_dist import TorchCommunicator
 
 P2P_REFUSED = ("point-to-point messages are not supported with cluster.group_size > 1 (replica groups run "
@@ -122,18 +122,15 @@ def shard_in_group(model: torch.nn.Module, group: ReplicaGroup) -> None:
 def local_params(model: torch.nn.Module) -> list[torch.Tensor]:
     """The trainable parameters as this process holds them: a sharded parameter's local shard (a
     view of its storage: writing it writes the parameter), a plain parameter itself."""
-    out = []
-    for p in model.parameters():
-        if p.requires_grad:
-            out.append(p.to_local() if hasattr(p, "to_local") else p)
-    return out
+    with torch.no_grad():
+        return [local_tensor(p) for p in model.parameters() if p.requires_grad]
 
 
 def local_tree(obj: Any) -> Any:
     """`obj` (a nested state: dicts, lists, tensors) with every DTensor replaced by its local shard:
     what one member of a sharded group saves (its own part of the model and optimizer state)."""
-    if hasattr(obj, "to_local") and isinstance(obj, torch.Tensor):
-        return obj.to_local()
+    if isinstance(obj, torch.Tensor):
+        return local_tensor(obj)
     if isinstance(obj, dict):
         return {k: local_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
