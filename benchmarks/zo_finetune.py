@@ -76,7 +76,7 @@ def jobs(args) -> list[dict]:
         steps = [f"train.steps={p['steps']}", f"train.eval_every={max(p['steps'] // 6, 1)}"]
         for label, sets in RUNS:
             job = harness.config_job(args, label, "demo_ddp.yaml",
-                                     TUNE_COMMON + steps + sets + [f"train.init_from={Path(pre['dir']).resolve()}"], seed)
+                                     TUNE_COMMON + steps + sets + [f"train.init_from={pre['dir']}"], seed)
             out.append({**job, "pretrain": pre})
         for label, algo in QUAD.items():
             raw = {"name": f"quad-{label}", "seed": seed, "task": {"name": "quadratic", "dim": 32, "sigma": 0.1, "zeta": 1.0},
