@@ -6,7 +6,9 @@ Rows (the demo GPT of sim_overhead.py, batch 16, AdamW; best of 2 runs of 30 ste
 steps, torch's default threads unless the row says otherwise):
 - plain step in the main thread / in another thread (`threading.Thread`);
 - plain step + DDP's flatten and copy back of the gradients (what a 1-worker DDP step adds);
-- simulated DDP step with 1 worker;
+- simulated DDP step with 1 worker, on the default engine (greenlets: the worker runs on this
+  thread) and on ``engine="threads"`` (the worker in a thread of its own);
+- a bare parallel kernel (x.mul(2) on 100,000 floats) in the main thread and in another thread;
 - plain step in the main thread vs another thread under GOMP_SPINCOUNT=0, OMP_WAIT_POLICY=ACTIVE
   and one intra-op thread (each in a fresh process, since OpenMP reads its settings at start).
 Not a harness benchmark (no result rows): the numbers are quoted in docs/benchmarks.md.
@@ -61,6 +63,17 @@ def in_thread(fn, *args) -> float:
     return out[0]
 
 
+def kernel_us() -> float:
+    """One small parallel kernel: its time is mostly OpenMP's fork / join (spin or futex wake-up)."""
+    x = torch.randn(100_000)
+    for _ in range(200):
+        x.mul(2)
+    t0 = time.perf_counter()
+    for _ in range(3000):
+        x.mul(2)
+    return (time.perf_counter() - t0) / 3000 * 1e6
+
+
 def best(fn, *args) -> float:
     return min(fn(*args) for _ in range(2))
 
@@ -77,7 +90,11 @@ def main() -> None:
     print(f"| plain, main thread | {best(plain):.4f} |")
     print(f"| plain, another thread | {best(in_thread, plain):.4f} |")
     print(f"| plain + flatten / copy back, main thread | {best(plain, True):.4f} |")
-    print(f"| simulated DDP step, 1 worker | {min(so.sim_step_time(TASK, 1, STEPS) for _ in range(2)):.4f} |")
+    print(f"| simulated DDP step, 1 worker (greenlets) | {min(so.sim_step_time(TASK, 1, STEPS) for _ in range(2)):.4f} |")
+    print(f"| simulated DDP step, 1 worker (threads) | "
+          f"{min(so.sim_step_time(TASK, 1, STEPS, 'threads') for _ in range(2)):.4f} |")
+    print(f"| x.mul(2), 1e5 floats, main thread (us) | {kernel_us():.1f} |")
+    print(f"| x.mul(2), 1e5 floats, another thread (us) | {in_thread(kernel_us):.1f} |")
     print("\n| setting (fresh process) | main thread (s) | another thread (s) | ratio |\n|---|---|---|---|")
     for label, env, mode in (("default", {}, "default"), ("GOMP_SPINCOUNT=0", {"GOMP_SPINCOUNT": "0"}, "default"),
                              ("OMP_WAIT_POLICY=ACTIVE", {"OMP_WAIT_POLICY": "ACTIVE"}, "default"),

@@ -6,6 +6,7 @@
 Model: a 72-parameter linear model (nn.Linear(8, 8)), batch 8
 of random inputs, SGD. "plain" = workers x steps forward/backward/SGD steps of one model in one
 thread (the work the simulator must do anyway); "sim" = ``steps`` steps of the simulated cluster
+(default engine: greenlets; "threads": ``engine="threads"``, the simulator before that engine)
 with that many workers running the algorithm (ddp: an all-reduce per step; diloco: H = 5; dsgd:
 a ring, a message to each neighbour per step). One run per algorithm and worker count (label
 ``"ALGO Nw"``); metrics: median over ``repeats`` of both times, their ratio (target <= 1.5 at 256
@@ -59,7 +60,7 @@ def plain_time(n: int, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def sim_time(algo: str, n: int, steps: int) -> float:
+def sim_time(algo: str, n: int, steps: int, engine: str = "greenlets") -> float:
     import farsync
     from farsync.comm import SimCluster
     from farsync.topology import build_topology
@@ -80,7 +81,7 @@ def sim_time(algo: str, n: int, steps: int) -> float:
             a.step()
             a.zero_grad()
 
-    cluster = SimCluster(n)
+    cluster = SimCluster(n, engine=engine)
     t0 = time.perf_counter()
     cluster.run(fn)
     return time.perf_counter() - t0
@@ -118,21 +119,24 @@ def _rss_mb() -> float:
 def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     c = job["config"]
-    plain, sim, batched = [], [], []
+    plain, sim, threads, batched = [], [], [], []
     before = _rss_mb()
     for _ in range(c["repeats"]):
         plain.append(plain_time(c["workers"], c["steps"]))
         sim.append(sim_time(c["algorithm"], c["workers"], c["steps"]))
+        threads.append(sim_time(c["algorithm"], c["workers"], c["steps"], "threads"))
         batched.append(batched_time(c["algorithm"], c["workers"], c["steps"]))
     p, s, b = statistics.median(plain), statistics.median(sim), statistics.median(batched)
+    t = statistics.median(threads)
     return {"plain_s": round(p, 4), "sim_s": round(s, 4), "ratio": round(s / p, 3), "target": TARGET,
-            "met": s / p <= TARGET, "batched_s": round(b, 4), "batched_ratio": round(b / p, 3), "batched_met": b / p <= TARGET, "peak_rss_growth_kb_per_worker": round(max(0.0, _rss_mb() - before) * 1024 / c["workers"], 1)}
+            "met": s / p <= TARGET, "threads_s": round(t, 4), "threads_ratio": round(t / p, 3), "batched_s": round(b, 4), "batched_ratio": round(b / p, 3), "batched_met": b / p <= TARGET, "peak_rss_growth_kb_per_worker": round(max(0.0, _rss_mb() - before) * 1024 / c["workers"], 1)}
 
 
 def finish(rows: list[dict], args) -> None:
-    harness.print_table(["run", "plain (s)", "simulated (s)", "ratio", "batched (s)", "batched ratio", "target",
-                         "peak RSS growth per worker (kB)"],
+    harness.print_table(["run", "plain (s)", "simulated (s)", "ratio", "threads ratio", "batched (s)", "batched ratio",
+                         "target", "peak RSS growth per worker (kB)"],
                         [[r["run"], f"{r['metrics']['plain_s']:.4f}", f"{r['metrics']['sim_s']:.4f}", f"{r['metrics']['ratio']:.2f}",
+                          f"{r['metrics'].get('threads_ratio', float('nan')):.2f}",
                           f"{r['metrics']['batched_s']:.4f}", f"{r['metrics']['batched_ratio']:.2f}",
                           f"<= {r['metrics']['target']}", r["metrics"]["peak_rss_growth_kb_per_worker"]] for r in rows])
 

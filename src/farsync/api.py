@@ -146,7 +146,7 @@ def sim_cluster(
     workers: int, bandwidth: str | float, latency: str | float, step_time_s: float, speeds: list[float] | None = None,
     bytes_scale: float = 1.0, stragglers: list[Straggler] | tuple[Straggler, ...] | None = None,
     link_bandwidth: list[str | float] | None = None, timed: dict[str, Any] | None = None,
-    parallel: int = 1, threads: int | None = None, churn: Churn | None = None,
+    parallel: int = 1, threads: int | None = None, churn: Churn | None = None, engine: str = "greenlets",
 ) -> SimCluster:
     """A `SimCluster` from the config's units ('1Gbps', '10ms'; numbers are bits/s and seconds);
     `timed` (`deployment.resolve`) sets the step time, bytes scale, step layout and buckets;
@@ -158,7 +158,7 @@ def sim_cluster(
     extra = {} if timed is None else {"layout": timed["layout"], "bucket_bytes": timed["bucket_bytes"],
                                       "description": timed["description"]}
     return SimCluster(workers, network, TimeModel(step_time_s, tuple(speeds or ()), tuple(stragglers or ()), **extra),
-                      parallel=parallel, threads=threads, churn=churn)
+                      parallel=parallel, threads=threads, churn=churn, engine=engine)
 
 
 def simulate(
@@ -178,6 +178,7 @@ def simulate(
     threads: int | None = None,
     progress: bool = True,
     churn: list[Away] | None = None,
+    engine: str = "greenlets",
 ) -> SimReport:
     """Run ``train_fn(comm)`` as `workers` simulated SPMD workers (your own loop, one machine).
 
@@ -194,6 +195,10 @@ def simulate(
     `parallel` > 1 runs the workers in that many processes (forked: `train_fn` may be a closure),
     each with `threads` torch threads: the same results at equal threads, for functions that
     use collectives only (`farsync.comm.sim_parallel`).
+
+    `engine`: the workers of a process run as greenlets on the calling thread (the default) or
+    as threads (``"threads"``, for a `train_fn` that blocks on its own threads, queues or I/O);
+    the same results bit for bit (`farsync.comm.sim`).
 
     `churn`: workers away for windows of steps (`farsync.comm.churn.Away(worker, leave, join)`):
     averages go over the live workers, and a returning worker copies a live one's state
@@ -213,7 +218,7 @@ def simulate(
         timed = resolve(tm, model_params or 1, layers, step_time_s=parse_duration(step_time), bytes_scale=bytes_scale,
                         workers=workers, bandwidth_bps=parse_bandwidth(bandwidth), latency_s=parse_duration(latency))
     cluster = sim_cluster(workers, bandwidth, latency, parse_duration(step_time), speeds, bytes_scale, stragglers,
-                          link_bandwidth, timed, parallel, threads, Churn(churn, workers) if churn else None)
+                          link_bandwidth, timed, parallel, threads, Churn(churn, workers) if churn else None, engine)
     with SimWatch(cluster, enabled=progress):
         results = cluster.run(train_fn)
     words = cluster.time_model.description or (f"timed at {parse_duration(step_time):g} s per step (simulate's step_time), "

@@ -172,6 +172,9 @@ class ClusterConfig(_Strict):
         "threads; algorithms that use collectives only)")
     threads: int | None = Field(
         None, ge=1, description="simulator: torch threads per process (default: this machine's torch threads / parallel)")
+    engine: Literal["greenlets", "threads"] = Field(
+        "greenlets", description="simulator: run each process's workers as greenlets on one thread (the default: "
+        "torch's OpenMP team stays warm, hand-offs cost ~1 us) or as threads; the same results bit for bit")
     batched: bool = Field(
         False, description="simulator: run the identical workers as one stacked model (torch.func.vmap; ddp, local-sgd, "
         "diloco, dsgd with sgd / adam / adamw; the same metrics, clock by replay: sim_batched.py)")

@@ -48,6 +48,7 @@ from .retime import CommRecorder, write_log
 # Keys a resumed run may change: none of them changes what a finished step computed.
 RESUMABLE_KEYS = ("name", "logging", "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
                   "cluster.backend", "cluster.device", "cluster.timeout", "cluster.parallel", "cluster.threads",
+                  "cluster.engine",
                   "train.checkpoint_format")
 # a replica group may change its size on resume when its batch stays: group_size x batch_size
 REGROUP_KEYS = ("cluster.group_size", "train.batch_size")
@@ -106,7 +107,7 @@ def build_cluster(cfg: Config, task: Task, model: torch.nn.Module | None = None)
     speeds = [1.0] * k + c.speeds if c.speeds else None
     links = [c.bandwidth] * k + c.link_bandwidth if c.link_bandwidth else None
     return sim_cluster(world_size(cfg), c.bandwidth, c.latency, timed["step_time_s"], speeds, timed["bytes_scale"],
-                       stragglers, links, timed, c.parallel, c.threads, c.churn_schedule())
+                       stragglers, links, timed, c.parallel, c.threads, c.churn_schedule(), c.engine)
 
 
 MEMORY_COPIES = 8  # per worker: parameters, gradients, optimizer state (2), algorithm copies and flat buffers (~4)

@@ -1,7 +1,9 @@
 """The simulated cluster: N SPMD workers in one process, with virtual clocks and a network model.
 
-Each worker runs the user's function in its own thread, but only one thread runs at a time: a
-worker keeps the baton until it must wait for communication (a blocking collective, or
+Each worker runs the user's function as its own greenlet (``engine="greenlets"``, the default:
+every worker on the calling thread, so torch's OpenMP team is the calling thread's and a hand-off
+is a stack switch of about a microsecond) or its own thread (``engine="threads"``; spread over
+processes, ``parallel`` > 1, always threads), and only one runs at a time: a worker keeps the baton until it must wait for communication (a blocking collective, or
 ``Work.wait()`` on a call that other ranks have not issued yet); the baton then passes to the
 next runnable rank in round-robin order; after a control-plane call (object all-gather,
 gather, scatter: logging, checkpoint commits) the baton goes back to the lowest rank, so the
@@ -27,6 +29,7 @@ first bucket's start to its last bucket's arrival (``bucket_transfers = True``: 
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import multiprocessing
 import threading
@@ -45,12 +48,14 @@ from .timing import Spans, buckets
 
 
 _CONTROL = ("all_gather_object", "gather_object", "scatter_object", "heal")  # control plane: free
-_current = threading.local()  # the SimCommunicator of the worker running in this thread
+_current: contextvars.ContextVar[SimCommunicator | None] = contextvars.ContextVar("farsync_sim_comm", default=None)
+# ^ the SimCommunicator of the worker running here (each thread and each greenlet has its own context)
+ENGINES = ("greenlets", "threads")
 
 
 def current_sim_communicator() -> SimCommunicator | None:
     """The communicator of the simulated worker calling this (None outside a simulated worker)."""
-    return getattr(_current, "comm", None)
+    return _current.get()
 
 
 class SimDeadlock(RuntimeError):
@@ -93,7 +98,8 @@ class SimCluster:
 
     `parallel` > 1 spreads the workers over that many processes (`sim_parallel`: identical
     results, collectives only), each using `threads` torch threads (default: this process's
-    threads / `parallel`)."""
+    threads / `parallel`). `engine` runs the workers of one process as greenlets on the calling
+    thread (the default) or as threads; both give the same results bit for bit."""
 
     def __init__(
         self,
@@ -103,7 +109,10 @@ class SimCluster:
         parallel: int = 1,
         threads: int | None = None,
         churn: Churn | None = None,
+        engine: str = "greenlets",
     ):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
         sim_parallel.slices(world_size, parallel)  # raises on a bad value, naming the range
@@ -113,6 +122,7 @@ class SimCluster:
             raise ValueError("parallel > 1 needs the 'fork' start method (Linux); use parallel: 1 here")
         self.world_size = world_size
         self.parallel, self.threads = parallel, threads
+        self.engine = engine if parallel == 1 else "threads"  # a process's proxies are threads (sim_parallel)
         if churn is not None and parallel > 1:
             raise ValueError("churn needs parallel: 1 (a returning worker copies a live worker's state in memory)")
         self.churn = churn if churn is not None and churn.windows else None  # workers away and back (churn.py)
@@ -137,6 +147,7 @@ class SimCluster:
         self._cv = threading.Condition(lock)  # the one lock every worker holds while it runs
         self._wake = [threading.Condition(lock) for _ in range(n)]  # worker r sleeps on its own: O(1) per hand-off
         self._turn: int | None = 0
+        self._scheduler = None  # engine "greenlets": the greenlet that runs the workers (_run_greenlets)
         self._waiting: list[tuple[Callable[[], bool], str, tuple[int, ...]] | None] = [None] * n  # (ready, what, peers)
         self._finished = [False] * n
         self._error: BaseException | None = None
@@ -164,7 +175,8 @@ class SimCluster:
         torch.set_num_threads(threads)
         try:
             if self.parallel == 1:
-                return self._run_threads(fn, main_rng)
+                run = self._run_greenlets if self.engine == "greenlets" else self._run_threads
+                return run(fn, main_rng)
             return sim_parallel.run_spread(self, fn, main_rng, threads)
         finally:
             torch.set_num_threads(old_threads)
@@ -188,6 +200,39 @@ class SimCluster:
             raise self._error
         return results
 
+    def _run_greenlets(self, fn: Callable[[SimCommunicator], Any], main_rng: torch.Tensor) -> list[Any]:
+        """The scheduler: switch to the greenlet whose turn it is until none is left; a worker
+        that must wait switches back here (`_wait_turn`). After an error every started worker is
+        resumed once more, to raise `_Aborted` where it waits and unwind its ``finally`` blocks."""
+        from greenlet import greenlet
+
+        results: list[Any] = [None] * self.world_size
+        workers = [greenlet(self._thread_main) for _ in range(self.world_size)]
+        self._scheduler = greenlet.getcurrent()
+        grad = torch.is_grad_enabled()
+        started = [False] * self.world_size
+        try:
+            while self._error is None and self._turn is not None:
+                r = self._turn
+                if started[r]:
+                    workers[r].switch()
+                else:
+                    started[r] = True
+                    workers[r].switch(r, fn, results)
+        except BaseException as exc:  # Ctrl-C or a signal while no worker ran
+            if self._error is None:
+                self._error = exc
+        finally:
+            for r, g in enumerate(workers):
+                if started[r] and not g.dead:
+                    g.switch()  # it raises _Aborted in _wait_turn
+            self._scheduler = None
+            torch.set_grad_enabled(grad)
+        torch.set_rng_state(main_rng)
+        if self._error is not None:
+            raise self._error
+        return results
+
     def _stop_all(self, exc: BaseException, threads: list[threading.Thread]) -> None:
         """Make every worker thread leave (`_Aborted` at its next ``compute()`` or communication
         call) and wait for them, so that none is left running inside torch at interpreter exit."""
@@ -204,7 +249,9 @@ class SimCluster:
 
     def _thread_main(self, rank: int, fn: Callable, results: list) -> None:
         comm = SimCommunicator(self, rank)
-        _current.comm = comm
+        _current.set(comm)
+        if self.engine == "greenlets":
+            torch.set_grad_enabled(True)  # as in a new thread
         try:
             with self._cv:
                 self._wait_turn(rank)
@@ -229,12 +276,20 @@ class SimCluster:
         while self._turn != rank:
             if self._error is not None:
                 raise _Aborted()
-            self._wake[rank].wait()
+            if self.engine == "greenlets":
+                grad = torch.is_grad_enabled()  # torch's grad mode belongs to the thread: keep this worker's
+                self._scheduler.switch()
+                torch.set_grad_enabled(grad)
+            else:
+                self._wake[rank].wait()
         if self._error is not None:
             raise _Aborted()
 
     def _notify(self) -> None:
-        """Wake the worker whose turn it is (all of them after an error, so that they leave; cv held)."""
+        """Wake the worker whose turn it is (all of them after an error, so that they leave; cv held).
+        Greenlets need no wake-up: the scheduler switches to whoever's turn it is."""
+        if self.engine == "greenlets":
+            return
         if self._error is not None or self._turn is None:
             for c in self._wake:
                 c.notify_all()

@@ -115,7 +115,7 @@ class _Host:
         from .sim import _current
 
         comm = RemoteCommunicator(self, rank)
-        _current.comm = comm
+        _current.set(comm)
         with self.baton:
             torch.set_rng_state(self.rng[rank])
             try:
