@@ -8,6 +8,11 @@ Manager, on loopback gloo. Faults are real: FARSYNC_FAULT makes a replica SIGKIL
 - kill -9 and a replacement (torchrun --max-restarts 1): it heals to the committed step and ends
   bitwise equal to the survivors;
 - kill during the all-reduce: that round is discarded on every survivor (one commit fewer);
+- eager-diloco (its round spans two synchronizations): no fault equals the simulator; a kill for
+  good, and a kill during an all-reduce, equal an in-process replay of the same rounds on
+  `FTCommunicator` (`replay_ft`): the simulator refuses cluster.churn for eager-diloco (its world
+  size stays the configured one, while eager's M is the quorum's), so the replay, itself equal to
+  the simulator without faults, is the reference;
 - refusals before any process starts.
 """
 
@@ -51,9 +56,11 @@ def replica(run, g, what="summary.json"):
     return json.loads(path.read_text())
 
 
-def sim_model(tmp_path, name, steps=200, **cluster):
+def sim_model(tmp_path, name, steps=200, algorithm=None, **cluster):
     cfg = json.loads(json.dumps(CFG))
     cfg["cluster"] = {"workers": 3, **cluster}
+    if algorithm is not None:
+        cfg["algorithm"] = algorithm
     cfg["train"]["steps"] = steps
     assert main(["run", str(cfg_file(tmp_path, cfg)), "--out", str(tmp_path / name)]) == 0
     return torch.load(tmp_path / name / "model.pt", weights_only=True)["x"]
@@ -111,6 +118,243 @@ def test_streaming_diloco_kill9_for_good_equals_simulated_churn(tmp_path, monkey
     torch.testing.assert_close(a, torch.load(tmp_path / "churn" / "model.pt", weights_only=True)["x"], rtol=0, atol=1e-12)
 
 
+class _ReplayRounds:
+    """torchft's Manager for an in-process replay of a torchft run (`replay_ft`): the quorum of the
+    synchronization at step s is round r = s // H; it has the participants ``live(r)`` and commits
+    if ``commits(r)``; an all-reduce is the sum of the participants' buffers (those that made it)
+    in rank order. ``heal[g] = (r, src)``: replica g heals at round r from the state replica src
+    served at its quorum of round r (``register_state_dict_fn``), as torchft's Manager does."""
+
+    def __init__(self, every, live, commits, heal=None):
+        self.every, self.live, self.commits, self.heal = every, live, commits, heal or {}
+        self.bufs, self.snaps, self.managers, self.step = {}, {}, {}, 0
+
+    def manager(self, g):
+        rounds = self
+
+        class Manager:
+            r = committed = 0
+
+            def register_state_dict_fn(self, key, load, save):
+                self.load, self.save = load, save
+
+            def start_quorum(self):
+                self.r = rounds.step // rounds.every
+                if rounds.heal:
+                    rounds.snaps[self.r, g] = (self.save(), self.committed)
+                    if rounds.heal.get(g, (None,))[0] == self.r:
+                        state, self.committed = rounds.snaps[self.r, rounds.heal[g][1]]
+                        self.load(state)
+
+            def participating_rank(self):
+                return rounds.live(self.r).index(g)
+
+            def num_participants(self):
+                return len(rounds.live(self.r))
+
+            def allreduce(self, buf, reduce_op=None):
+                r = self.r
+                rounds.bufs[r, g] = buf.clone()
+
+                class Work:
+                    def wait(self):
+                        parts = [rounds.bufs[r, h] for h in rounds.live(r) if (r, h) in rounds.bufs]
+                        buf.copy_(torch.stack(parts).sum(0))
+                return Work()
+
+            def should_commit(self):
+                ok = rounds.commits(self.r)
+                self.committed += ok
+                return ok
+
+            def current_step(self):
+                return self.committed
+
+        self.managers[g] = Manager()
+        return self.managers[g]
+
+
+def replay_ft(tmp_path, cfg, steps, live=lambda r: (0, 1, 2), commits=lambda r: True, runs=lambda g, s: True, heal=None):
+    """Each replica's final model (its evaluation point, as ft_worker saves it) from the replicas'
+    loops (ft_worker._train: the same batches, inner steps and LR schedule) run in lock-step in
+    this process, each on an `FTCommunicator` over `_ReplayRounds`; replica g takes step s only if
+    ``runs(g, s)`` (killed, or not back yet: its batches are drawn all the same, as a replacement
+    advances its sampler to the step it healed to)."""
+    out = []
+    for algo in replay_algorithms(tmp_path, cfg, steps, live, commits, runs, heal)[0]:
+        with algo.eval_params() as m:
+            out.append(m.state_dict()["x"].detach().clone())
+    return out
+
+
+def replay_algorithms(tmp_path, cfg, steps, live, commits, runs=lambda g, s: True, heal=None):
+    """`replay_ft`'s replicas: (their algorithms, the `_ReplayRounds`)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from farsync.comm.fault_tolerant import FTCommunicator
+    from farsync.config import load_config
+    from farsync.loop import build_algorithm
+    from farsync.microbatch import MicroBatches
+    from farsync.runner import build_task
+
+    c = load_config(cfg_file(tmp_path, cfg, steps=steps))
+    task, rounds, reps = build_task(c), _ReplayRounds(c.algorithm.sync_every, live, commits, heal), []
+    for g in range(3):
+        comm = FTCommunicator(rounds.manager(g), g, 3)
+        torch.manual_seed(c.seed)
+        model = task.build_model()
+        algo = build_algorithm(c, model, comm)
+        sched = LambdaLR(algo.optimizer, c.train.lr_schedule.lr_lambda(steps))
+        comm.register_state(lambda a=algo, sc=sched: {**a.shared_state(), "lr_scheduler": sc.state_dict()},
+                            lambda st, a=algo, sc=sched: (a.load_shared_state(st), sc.load_state_dict(st["lr_scheduler"])))
+        reps.append((comm, model, algo, sched, task.sampler(g, c.train.batch_size), MicroBatches("fp32")))
+    for step in range(1, steps + 1):
+        rounds.step = step
+        for g, (comm, model, algo, sched, sampler, micro) in enumerate(reps):
+            batches = [sampler.next_batch() for _ in range(c.train.grad_accum)]
+            if not runs(g, step):
+                continue
+            comm.begin_step(step)
+            loss = micro.backward(lambda b, m=model: task.loss(m, b), batches)
+            algo.step(loss)
+            algo.zero_grad()
+            sched.step()
+    return [algo for _, _, algo, *_ in reps], rounds
+
+
+EAGER = {"name": "eager-diloco", "sync_every": 5}
+
+
+STREAMING_EAGER = {"name": "streaming-diloco", "sync_every": 5, "overlap": "eager"}
+
+
+@pytest.mark.parametrize("algo", ["eager-diloco", "delayed-diloco", "streaming-eager-2"])
+def test_eager_no_fault_equals_the_simulator(tmp_path, algo):
+    """The all-reduce overlapping a whole round (eager-diloco: each replica its own phi_m;
+    delayed-diloco: one phi; streaming-diloco with overlap: eager-2, two rounds, one fragment);
+    the round opens where it starts and commits at the next synchronization."""
+    spec = {**STREAMING_EAGER, "overlap": "eager-2"} if algo == "streaming-eager-2" else {**EAGER, "name": algo}
+    cfg = {**json.loads(json.dumps(CFG)), "algorithm": spec}
+    run = tmp_path / "ft"
+    assert main(["launch", str(cfg_file(tmp_path, cfg, steps=60)), "--out", str(run)]) == 0
+    models = [replica(run, g, "model.pt") for g in range(3)]
+    for g in range(3):  # 12 rounds started, the last one never applied: 11 commits
+        assert {k: replica(run, g)[k] for k in ("status", "committed_step", "heals")} == \
+            {"status": "completed", "committed_step": 60 // 5 - 1, "heals": []}
+        assert all(r["participants"] == 3 for r in replica(run, g, "metrics.jsonl"))
+    sim = sim_model(tmp_path, "sim", steps=60, algorithm=cfg["algorithm"])
+    torch.testing.assert_close(models[0], sim, rtol=0, atol=1e-12)  # the simulator evaluates rank 0's
+    for got, want in zip(models, replay_ft(tmp_path, cfg, 60)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    if algo == "delayed-diloco":
+        assert torch.equal(models[0], models[1]) and torch.equal(models[0], models[2])
+    else:  # each replica steps its own phi_m with its own fresh pseudo-gradient
+        assert (models[0] - models[1]).abs().max() > 1e-9
+
+
+@pytest.mark.parametrize("discard", [False, True])
+def test_eager_diloco_changing_quorum_telescopes(tmp_path, discard):
+    """The closed form under a changing quorum (no processes, the replayed rounds): with outer SGD
+    without momentum (lr eta) each replica's phi_m is phi(0) - eta [sum of the committed means +
+    Delta_m(T) / M(T)]: every term enters at the M it was applied with (`counted_eager_proxy`), and
+    a discarded round (round 4) leaves neither its mean nor the own terms applied a round earlier.
+    Replica 2 leaves after step 20 (round 4): M = 3 for rounds 1-4, 2 from round 5."""
+    from farsync.runner import build_task
+    from farsync.config import load_config
+
+    eta = 0.7
+    cfg = {**json.loads(json.dumps(CFG)), "algorithm": {**EAGER, "outer": {"name": "sgd", "lr": eta}}}
+    live = lambda r: (0, 1, 2) if r <= 4 else (0, 1)  # noqa: E731
+    commits = (lambda r: r != 4) if discard else (lambda r: True)
+    algos, rounds = replay_algorithms(tmp_path, cfg, 60, live, commits, runs=lambda g, s: g < 2 or s <= 20)
+    torch.manual_seed(load_config(cfg_file(tmp_path, cfg)).seed)
+    phi0 = build_task(load_config(cfg_file(tmp_path, cfg))).build_model().x.detach().reshape(-1)
+    total = torch.zeros_like(phi0)
+    for r in range(1, 60 // 5):  # round 12 is started, never applied
+        if commits(r):
+            s = torch.stack([rounds.bufs[r, h] for h in live(r)]).sum(0)
+            total += s[:-1] / s[-1]
+    for algo in algos[:2]:
+        assert algo.own_n == 2
+        closed = phi0 - eta * (total + algo.own_prev / algo.own_n)
+        torch.testing.assert_close(algo.global_params[0].detach().reshape(-1), closed, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("algo", ["eager-diloco", "streaming-eager"])
+def test_eager_diloco_kill9_for_good_equals_the_replayed_rounds(tmp_path, monkeypatch, algo):
+    """Replica 2 killed at step 103, inside round 20 (its all-reduce started at step 100 by all
+    three; the injected kill first waits for its own part of that ring, so the kill is between
+    synchronizations, not during an all-reduce): round 20 commits at step 105 with M = 3; from round 21 the quorum is the two
+    survivors, M = 2, and the proxy of round 21 is Delta/2 + mean(20) - own(20)/3. Also
+    streaming-diloco with overlap: eager (one fragment: the same rule, its own code)."""
+    cfg = {**json.loads(json.dumps(CFG)), "algorithm": EAGER if algo == "eager-diloco" else STREAMING_EAGER}
+    monkeypatch.setenv(FAULT_ENV, "2:103")
+    monkeypatch.setenv(PACE_ENV, "0.005")
+    run = tmp_path / "ft"
+    assert main(["launch", str(cfg_file(tmp_path, cfg)), "--out", str(run)]) == 1
+    for g in (0, 1):  # no restart, no heal, every round committed; two participants after the kill
+        assert {k: replica(run, g)[k] for k in ("attempt", "status", "committed_step", "heals")} == \
+            {"attempt": 0, "status": "completed", "committed_step": 39, "heals": []}
+        parts = {r["step"]: r["participants"] for r in replica(run, g, "metrics.jsonl")}
+        assert parts[100] == 3 and all(parts[t] == 2 for t in parts if t > 100)
+    monkeypatch.delenv(FAULT_ENV)
+    plain = replay_ft(tmp_path, cfg, 200)  # the reference, anchored: without a fault it is the simulator
+    torch.testing.assert_close(plain[0], sim_model(tmp_path, "sim", algorithm=cfg["algorithm"]), rtol=0, atol=1e-12)
+    want = replay_ft(tmp_path, cfg, 200, live=lambda r: (0, 1, 2) if r <= 20 else (0, 1), runs=lambda g, s: g < 2 or s <= 102)
+    for g in (0, 1):
+        torch.testing.assert_close(replica(run, g, "model.pt"), want[g], rtol=0, atol=1e-12)
+    assert (want[0] - plain[0]).abs().max() > 1e-6  # the kill changed the trajectory
+
+
+def test_eager_diloco_kill_during_the_all_reduce_discards_the_round(tmp_path, monkeypatch):
+    """Replica 2 dies in round 20's all-reduce (step 100): at step 105 round 20 is not committed on
+    either survivor, nothing of mean(20) is applied and each withdraws its own term of round 20:
+    the proxy of round 21 is Delta/2 - own(20)/3 (the replay with round 20 discarded)."""
+    cfg = {**json.loads(json.dumps(CFG)), "algorithm": EAGER}
+    monkeypatch.setenv(FAULT_ENV, "2:100:allreduce")
+    monkeypatch.setenv(PACE_ENV, "0.005")
+    run = tmp_path / "ft"
+    assert main(["launch", str(cfg_file(tmp_path, cfg)), "--out", str(run)]) == 1
+    for g in (0, 1):
+        s = replica(run, g)
+        assert s["status"] == "completed" and s["committed_step"] == 39 - 1  # round 20 is lost
+        by_step = {r["step"]: r["committed_step"] for r in replica(run, g, "metrics.jsonl")}
+        assert by_step[100] == 19 and by_step[125] == 23
+    monkeypatch.delenv(FAULT_ENV)
+    want = replay_ft(tmp_path, cfg, 200, live=lambda r: (0, 1, 2) if r <= 20 else (0, 1),
+                     commits=lambda r: r != 20, runs=lambda g, s: g < 2 or s <= 99)
+    for g in (0, 1):
+        torch.testing.assert_close(replica(run, g, "model.pt"), want[g], rtol=0, atol=1e-12)
+
+
+def test_eager_diloco_replacement_heals_and_equals_the_replayed_rounds(tmp_path, monkeypatch):
+    """Replica 2 killed at step 53 and restarted: at its first synchronization it heals from a live
+    peer (its phi_m, outer state, in-flight mean and own term: the shared state), contributes weight
+    0 there and makes its source's outer step, then trains on its own data. Every replica equals
+    the replay that heals replica 2 at that round from the same source (torchft picks the source:
+    one of the two replays matches)."""
+    cfg = {**json.loads(json.dumps(CFG)), "algorithm": EAGER}
+    monkeypatch.setenv(FAULT_ENV, "2:53")
+    monkeypatch.setenv(PACE_ENV, "0.02")
+    run = tmp_path / "ft"
+    assert main(["launch", str(cfg_file(tmp_path, cfg, steps=800)), "--out", str(run), "--max-restarts", "1"]) == 0
+    back = replica(run, 2)
+    assert back["attempt"] == 1 and back["status"] == "completed" and len(back["heals"]) == 1
+    r = back["heals"][0] + 1  # the round it healed at: its quorum came after r - 1 commits
+    assert 11 < r < 150 and all(replica(run, g)["heals"] == [] for g in (0, 1))
+    models = [replica(run, g, "model.pt") for g in range(3)]
+    monkeypatch.delenv(FAULT_ENV)
+    live = lambda q: (0, 1, 2) if q <= 10 or q >= r else (0, 1)  # noqa: E731
+    # replica 2 back for steps 5r - 2 .. 5r: its local steps 53, 54, 55 (overwritten by the heal), so that it
+    # synchronizes at step 5r, as the replacement at its own step 5
+    runs = lambda g, s: g < 2 or s <= 52 or s > 5 * r - 3  # noqa: E731
+    errors = []
+    for src in (0, 1):
+        want = replay_ft(tmp_path, cfg, 800, live=live, runs=runs, heal={2: (r, src)})
+        errors.append(max(float((a - b).abs().max()) for a, b in zip(models, want)))
+    assert min(errors) < 1e-12 and max(errors) > 1e-9, errors  # it matches the replay from its real source
+
+
 def test_kill9_replacement_heals_to_the_committed_step(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "2:51")
     monkeypatch.setenv(PACE_ENV, "0.02")
@@ -147,7 +391,10 @@ def test_kill_during_the_all_reduce_discards_the_round(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("change, message", [
     ({"algorithm": {"name": "dsgd"}}, "torchft runs ddp, local-sgd, diloco, streaming-diloco"),
-    ({"algorithm": {"name": "streaming-diloco", "sync_every": 5, "overlap": "eager"}}, "overlap: eager"),
+    ({"algorithm": {"name": "decoupled-momentum", "inner": {"name": "sgd", "lr": 0.1}}},
+     "makes only all-reduces fault-tolerant (no all-gather)"),
+    ({"algorithm": {"name": "speculative-diloco", "sync_every": 5}}, "'speculative-diloco' is not supported there"),
+    ({"algorithm": {"name": "eager-diloco", "sync_every": 5, "compress": {"name": "int8"}}}, "algorithm.compress"),
     ({"algorithm": {"name": "diloco", "compress": {"name": "int8"}}}, "algorithm.compress"),
     ({"train": {"steps": 20, "log_every": 5, "checkpoint_every": 10}}, "train.checkpoint_every"),
     ({"cluster": {"backend": "torchft", "workers": 3, "group_size": 2}}, "group_size"),

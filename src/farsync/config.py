@@ -544,15 +544,13 @@ class Config(_Strict):
                 raise ValueError("cluster.churn with a window in time cannot be checkpointed yet (a resumed run would "
                                  "need each worker's away flag): give the window in steps, or set train.checkpoint_every: 0")
         if self.cluster.backend == "torchft":
-            from .comm.fault_tolerant import FT_ALGORITHMS
+            from .comm.fault_tolerant import FT_ALGORITHMS, FT_REFUSED
 
             if self.algorithm.name not in FT_ALGORITHMS:
+                reason = FT_REFUSED.get(self.algorithm.name, "it is not built as a round of all-reduces yet")
                 raise ValueError(f"cluster.backend: torchft runs {', '.join(FT_ALGORITHMS)} (a round of all-reduces "
-                                 f"that commits or is discarded); {self.algorithm.name!r} is not supported there yet")
-            overlap = getattr(self.algorithm.options(), "overlap", "tau")
-            why = (f"streaming-diloco with overlap: {overlap} (its all-reduce spans rounds, so quorums; use overlap: tau)"
-                   if overlap != "tau" else
-                   "algorithm.compress (error-feedback residuals and gathered payloads are not fault-tolerant yet)"
+                                 f"that commits or is discarded); {self.algorithm.name!r} is not supported there: {reason}")
+            why = ("algorithm.compress (error-feedback residuals and gathered payloads are not fault-tolerant yet)"
                    if getattr(self.algorithm, "compress", None) is not None else
                    "train.checkpoint_every (a replica coming back heals from a live peer; checkpoints of a torchft run "
                    "are not built yet): set train.checkpoint_every: 0" if self.train.checkpoint_every else

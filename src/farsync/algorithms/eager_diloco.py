@@ -55,6 +55,39 @@ exactly 0), so ``eager-diloco`` and ``speculative-diloco`` are DiLoCo bit for bi
 ``delayed-diloco`` is DiLoCo with a one-round-delayed outer step for any M. Evaluation point:
 s_m, the point the worker trains from (rank 0's in the runner); it includes the latest estimate.
 Streaming DiLoCo runs the same eager rule per fragment (``overlap: eager``, streaming_diloco.py).
+
+On ``cluster.backend: torchft`` (``eager-diloco`` and ``delayed-diloco``; comm/fault_tolerant.py)
+a round spans two synchronizations: round t opens (``begin_sync``, the quorum) where its all-reduce
+starts, at the end of inner round t, and commits where its result is applied, at the end of round
+t + 1, just before round t + 1 opens::
+
+    end of round t+1:  mean(t) = wait();  ok = commit()         # round t closes
+                       begin_sync()                             # round t+1 opens: quorum, maybe a heal
+                       start all_reduce(Delta_m(t+1)); outer step with mean(t) if ok
+
+- M: the quorum's participants of the round being opened (``comm.world_size``), not the
+  configured workers; a replica that heals there contributes weight 0 (the mean is over the
+  replicas that did the round's work). When M changed since the round that arrives, or that round
+  was discarded, the proxy is `counted_eager_proxy`: Delta_m(t)/M(t) + mean(t-1) -
+  own_m(t-1)/M(t-1), each term at the weight it was applied with, so that with outer SGD
+  phi_m(t) = phi(0) - eta [sum of the committed means + Delta_m(t)/M(t)] whatever the
+  participants did. With a constant M it is the rule above bit for bit.
+- A round not committed (a peer failed during it): nothing of mean(t-1) is applied, and eager
+  withdraws the own term it applied a round ago (proxy = Delta_m(t)/M - own_m(t-1)/M(t-1)): that
+  round's work is discarded on every survivor, its own share included, as DiLoCo discards an
+  uncommitted round; every survivor's phi_m is again the committed history plus its own fresh
+  term. ``delayed-diloco`` simply makes no outer step with it.
+- Shared state (copied into a healing replica at the quorum, served by a live peer after it
+  committed the previous round): the model (theta), the inner optimizer, phi_m and the outer
+  optimizer's state, the start point, the round counters and local step, the in-flight terms
+  (the committed mean(t-1) as ``pending_mean``, own_m(t-1) and its M). The healer thus makes
+  exactly its source's outer step at that round (its own term of that round is its source's copy,
+  weight 0 in the mean, and it withdraws it a round later like any own term). Per replica: the
+  data position, the RNG, the counters. Replicas' phi_m differ by their fresh own terms (each
+  evaluates and saves its own).
+- The last round's all-reduce is started and never applied (as on the simulator): a run of R
+  rounds commits R - 1. ``speculative-diloco`` is not run there (its proxy would need the
+  others' sum of a round with another M).
 """
 
 from __future__ import annotations
@@ -72,6 +105,25 @@ from .diloco import DiLoCo
 from .eager import check_own_term_compressor, eager_proxy, own_as_received
 
 
+def counted_eager_proxy(delta: torch.Tensor, n: int, mean_old: torch.Tensor | None, own_old: torch.Tensor | None,
+                        n_old: int | None) -> torch.Tensor:
+    """The eager proxy when the number of workers may change from round to round (torchft): n = M
+    of this round (the quorum's participants), n_old = M of the round whose mean(t-1) arrives
+    (when this worker applied its own term own_old / n_old), mean_old None for a round that was
+    discarded. In general::
+
+        proxy_m(t) = Delta_m(t) / n + [mean(t-1) if committed] - own_m(t-1) / n_old
+
+    so that the sum of the outer gradients telescopes: sum_{s<t} mean(s) over the committed rounds
+    + Delta_m(t) / n (phi_m(t) with outer SGD without momentum). Round 1 (nothing arrived, nothing
+    applied: own_old None), and a committed round with n_old == n (always so on the simulator), are
+    `eager_proxy` itself, bit for bit."""
+    if own_old is None or (mean_old is not None and n_old in (None, n)):
+        return eager_proxy(delta, mean_old, own_old, n)
+    withdrawn = own_old / (n_old if n_old is not None else n)
+    return delta / n + (mean_old - withdrawn if mean_old is not None else -withdrawn)
+
+
 class DelayedDiLoCo(DiLoCo):
     name = "delayed-diloco"
     summary = "DiLoCo whose outer step applies the previous round's average (all-reduce overlaps a round)"
@@ -80,19 +132,34 @@ class DelayedDiLoCo(DiLoCo):
         super().__init__(*args, **kwargs)
         self.pending: Pending | None = None  # the all-reduce started at the end of the previous round
         self.own_prev: torch.Tensor | None = None  # Delta_m(t-1) (eager only)
+        self.own_n: int | None = None  # M of round t-1: the world size when Delta_m(t-1) was applied (eager only)
+        self.own_prev_n: int | None = None  # own_n of the round whose mean arrives, while a round's outer step is made
         self.start_point = [g.detach().clone() for g in self.global_params]  # s_m: where this round started
 
     def sync(self) -> None:
-        prev = self.pending.wait() if self.pending is not None else None  # mean(t-1)
+        self._close_round()  # round t-1: wait for mean(t-1) and commit it (torchft) or discard it
+        self.comm.begin_sync()  # round t opens (torchft: the quorum; a replica coming back heals here)
+        prev = self.pending.wait() if self.pending is not None else None  # mean(t-1), committed
         own_prev = self.own_prev  # Delta_m(t-1) as the others received it (eager's correction)
+        self.own_prev_n = self.own_n  # and the M it was applied with (eager on torchft: counted_eager_proxy)
         delta = self._pseudo_gradient(prev)  # Delta_m(t)
         self.pending = self._start_mean(delta.clone())  # the reducer may overwrite its input
-        self.own_prev = own_as_received(self.pending, delta)
+        self.own_prev, self.own_n = own_as_received(self.pending, delta), self.comm.world_size
         self._outer(delta, prev, own_prev)
         with torch.no_grad():
             for p, s in zip(self.params, self.start_point):
                 p.copy_(s)
         self.buffers.average()  # blocking and small: buffers are not part of the overlapped exchange
+
+    def _close_round(self) -> None:
+        """The round of the all-reduce started a round ago ends where its result is applied:
+        `commit` (torchft: it waits for the all-reduce first; elsewhere a no-op). Committed, the
+        result stays in ``pending`` (a replica healing at the next quorum copies it); not committed
+        (torchft: a peer failed during the round), ``pending`` is dropped and nothing of mean(t-1)
+        is applied. ``own_prev`` is kept either way (eager: it is withdrawn from phi_m, see
+        `counted_eager_proxy`)."""
+        if self.pending is not None and not self.comm.commit():
+            self.pending = None
 
     def _pseudo_gradient(self, prev: torch.Tensor | None) -> torch.Tensor:
         """This round's pseudo-gradient: from the point the round started at."""
@@ -118,7 +185,7 @@ class DelayedDiLoCo(DiLoCo):
         # A reduction in flight is waited for and its result saved (as Streaming DiLoCo does).
         mean = self.pending.wait().clone() if self.pending is not None else None
         own = self.own_prev.clone() if self.own_prev is not None else None
-        return {**super().state_dict(), "pending_mean": mean, "own_prev": own,
+        return {**super().state_dict(), "pending_mean": mean, "own_prev": own, "own_n": self.own_n,
                 "start_point": [s.clone() for s in self.start_point]}
 
     def load_state_dict(self, state):
@@ -126,6 +193,7 @@ class DelayedDiLoCo(DiLoCo):
         mean = state["pending_mean"]
         self.pending = None if mean is None else Pending(lambda m=mean.clone(): m)
         self.own_prev = None if state["own_prev"] is None else state["own_prev"].clone()
+        self.own_n = state.get("own_n")  # None (a checkpoint from before it was saved): the world size
         self._set_start(state["start_point"])
 
 
@@ -144,7 +212,8 @@ class EagerDiLoCo(_OwnTermCorrected):
 
     def _outer(self, delta: torch.Tensor, prev: torch.Tensor | None, own_prev: torch.Tensor | None) -> None:
         """phi_m = OuterOpt_m(phi_m, proxy_m(t)); the next round starts from phi_m (committed)."""
-        outer_step(self.outer_optimizer, self.global_params, eager_proxy(delta, prev, own_prev, self.comm.world_size))
+        proxy = counted_eager_proxy(delta, self.comm.world_size, prev, own_prev, self.own_prev_n)
+        outer_step(self.outer_optimizer, self.global_params, proxy)
         self._set_start(self.global_params)
 
 

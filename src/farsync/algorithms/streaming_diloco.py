@@ -35,7 +35,14 @@ proxy, each worker keeping its own phi_f and outer state. After inner step kS, f
 ours): the all-reduce overlaps two rounds and the others' terms are two rounds old, proxy =
 (delta_f,m(t) + M mean_f(t-2) - own_f,m(t-2)) / M, so each contribution still enters exactly once.
 Both need delay 0 and alpha 0. Reductions (tested): F = 1 with overlap eager is ``eager-diloco``
-bit for bit; one worker is DiLoCo.
+bit for bit; one worker is DiLoCo. On torchft (as ``eager-diloco``, eager_diloco.py) the round of
+an all-reduce opens where it starts and closes (waited for, committed or discarded) at the next
+synchronization, whichever fragment that is, before the next round opens; a committed mean waits
+in ``inflight`` until its fragment applies it (``lag`` rounds of the fragment later), a discarded
+one is None there (nothing applied, the own term withdrawn); M is the quorum's participants of
+each all-reduce's round, kept beside its own term (`counted_eager_proxy`). With F > 1 the
+all-reduce's transport is thus waited for (by the commit) after S = H / F inner steps on torchft,
+not H; on the simulator commit is a no-op and the clock waits only where the fragment applies it.
 
 Low-precision exchange: ``compress: {name: int4, ...}`` etc., one reducer (and error-feedback
 state) per fragment; contributions are decoded and summed in fp32. A compressed
@@ -57,7 +64,8 @@ from ..compress import PowerSGD
 from ..compress.collective import Pending
 from .base import CollectiveAlgorithm, evaluation_point, outer_step, pseudo_gradient, swapped_params
 from .options import Compressible, OuterOptimized, Periodic
-from .eager import check_own_term_compressor, eager_proxy, own_as_received
+from .eager import check_own_term_compressor, own_as_received
+from .eager_diloco import counted_eager_proxy
 from .fragments import split_into_fragments
 
 
@@ -137,7 +145,9 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         self.reducers = [self.reducer] + [copy.deepcopy(self.reducer) for _ in self.fragments[1:]]
         self.pending: tuple[int, int, Pending] | None = None  # (fragment, step to apply at, reduction)
         self.lag = {"tau": 0, "eager": 1, "eager-2": 2}[o.overlap]  # rounds an eager all-reduce overlaps
-        self.inflight: list[list[tuple[Pending, torch.Tensor]]] = [[] for _ in self.fragments]  # (reduction, own term)
+        # eager: (reduction - None if its round was discarded -, own term, M of its round) per fragment
+        self.inflight: list[list[tuple[Pending | None, torch.Tensor, int]]] = [[] for _ in self.fragments]
+        self._open_round: tuple[int, int] | None = None  # eager: (fragment, index in inflight) of the round not closed yet
 
     def _step(self) -> None:
         self._optimizer_step()
@@ -175,22 +185,44 @@ class StreamingDiLoCo(CollectiveAlgorithm):
 
     def _eager_sync(self, fragment: int) -> None:
         """Eager overlap of fragment f (module docstring): wait for the average started `lag`
-        rounds ago, start this round's, and step phi_f with the eager proxy (committed)."""
+        rounds ago, start this round's, and step phi_f with the eager proxy (committed). The
+        round (torchft) of the all-reduce started at the previous synchronization closes first."""
+        self._close_eager_round()
+        self.comm.begin_sync()  # torchft: this all-reduce's round opens; a replica coming back heals here
         frag = self.fragments[fragment]
         phi = [self.global_params[i] for i in frag]
         queue = self.inflight[fragment]
         old = queue.pop(0) if len(queue) == self.lag else None
-        mean_old = old[0].wait() if old is not None else None  # mean_f(t - lag)
+        mean_old = old[0].wait() if old is not None and old[0] is not None else None  # mean_f(t - lag); None: discarded
         delta = pseudo_gradient(phi, [self.params[i] for i in frag])  # Delta_f,m(t)
         pending = self._start_mean(delta.clone(), frag, self.reducers[fragment])  # the reducer may overwrite its input
-        queue.append((pending, own_as_received(pending, delta)))
-        proxy = eager_proxy(delta, mean_old, old[1] if old is not None else None, self.comm.world_size)
+        n = self.comm.world_size
+        queue.append((pending, own_as_received(pending, delta), n))
+        self._open_round = (fragment, len(queue) - 1)
+        own_old, n_old = (old[1], old[2]) if old is not None else (None, None)
+        proxy = counted_eager_proxy(delta, n, mean_old, own_old, n_old)
         outer_step(self.outer_optimizers[fragment], phi, proxy)
         with torch.no_grad():
             for i in frag:
                 self.params[i].copy_(self.global_params[i])
         if fragment == len(self.fragments) - 1:  # once per round: buffers are averaged whole (replicas.py)
             self.buffers.average()
+
+    def _close_eager_round(self) -> None:
+        """The round of the all-reduce started at the previous synchronization (eager overlap):
+        `commit` it (torchft: commit waits for the all-reduce's transport; elsewhere a no-op, so
+        the simulator's clock still waits for it only when its fragment applies it); not committed
+        (torchft: a peer failed during it), its entry's reduction is dropped (None): nothing of that
+        mean is applied when its turn comes, and the own term is withdrawn then
+        (`counted_eager_proxy`). Committed, it waits in ``inflight`` until it is applied, `lag`
+        rounds of its fragment later."""
+        if self._open_round is None:
+            return
+        fragment, index = self._open_round
+        self._open_round = None
+        _, own, n = self.inflight[fragment][index]
+        if not self.comm.commit():
+            self.inflight[fragment][index] = (None, own, n)
 
     @contextmanager
     def eval_params(self) -> Iterator[nn.Module]:
@@ -206,7 +238,8 @@ class StreamingDiLoCo(CollectiveAlgorithm):
             fragment, apply_at, reduction = self.pending
             pending = {"fragment": fragment, "apply_at": apply_at, "mean": reduction.wait().clone()}
         # eager: reductions in flight are waited for first (that also settles their compressor state)
-        inflight = [[{"mean": p.wait().clone(), "own": own.clone()} for p, own in queue] for queue in self.inflight]
+        inflight = [[{"mean": None if p is None else p.wait().clone(), "own": own.clone(), "n": n} for p, own, n in queue]
+                    for queue in self.inflight]
         return {
             **super().state_dict(),
             "global_params": [g.detach().clone() for g in self.global_params],
@@ -229,5 +262,6 @@ class StreamingDiLoCo(CollectiveAlgorithm):
         if p is not None:
             mean = p["mean"].clone()
             self.pending = (p["fragment"], p["apply_at"], Pending(lambda: mean))
-        self.inflight = [[(Pending(lambda m=e["mean"].clone(): m), e["own"].clone()) for e in queue]
+        self.inflight = [[(None if e["mean"] is None else Pending(lambda m=e["mean"].clone(): m), e["own"].clone(),
+                           e.get("n", self.comm.world_size)) for e in queue]
                          for queue in state.get("inflight", [[] for _ in self.fragments])]

@@ -11,7 +11,11 @@ forms a quorum of the live replicas at every synchronization. A synchronization 
     comm.commit()        # Manager.should_commit(): False if a peer failed during the round
 
 The algorithm applies the round's result only if `commit` is True (ddp, local-sgd, diloco and
-streaming-diloco do; Streaming DiLoCo's round spans the tau inner steps its all-reduce overlaps).
+streaming-diloco do; Streaming DiLoCo's round spans the tau inner steps its all-reduce overlaps;
+the round of eager-diloco, delayed-diloco and streaming-diloco with overlap: eager / eager-2 spans
+the inner steps up to the next synchronization: it opens where the all-reduce starts and commits at
+the next synchronization, just before the next round opens; the result is applied there, or kept
+until its fragment's turn - `eager_diloco.py`).
 
 - Weights: w = 0 for a replica that healed at this round's quorum (its own contribution was computed
   on the state it had before the heal, work nobody should count), 1 otherwise. So the mean is
@@ -23,9 +27,11 @@ streaming-diloco do; Streaming DiLoCo's round spans the tau inner steps its all-
   outside a round raise (the algorithms accepted here make none). The control plane is this
   replica's alone: every replica logs and evaluates for itself (`ft_worker.py`).
 - Faults for tests (``FARSYNC_FAULT``): ``ID:STEP`` kills replica ID (SIGKILL, as ``kill -9``) at
-  the start of inner step STEP; ``ID:STEP:allreduce`` kills it during the all-reduce of that
-  step's synchronization, after the peers entered it. A replacement process (torchrun restarted
-  it) is never killed again.
+  the start of inner step STEP, between synchronizations: an all-reduce it still has in flight
+  (eager-diloco's, Streaming DiLoCo's) is first waited for on its side, else the kill would race
+  with that ring; ``ID:STEP:allreduce`` kills it during the all-reduce of that step's
+  synchronization, after the peers entered it. A replacement process (torchrun restarted it) is
+  never killed again.
 """
 
 from __future__ import annotations
@@ -40,7 +46,14 @@ import torch
 from .base import Communicator, WallClock, Work, cpu_clone, tensor_nbytes, wire_bytes
 from .faults import FAULT_ENV
 
-FT_ALGORITHMS = ("ddp", "local-sgd", "diloco", "streaming-diloco")  # every data-plane call an all-reduce inside a round
+# every data-plane call an all-reduce inside a round (eager's round spans two synchronizations)
+FT_ALGORITHMS = ("ddp", "local-sgd", "diloco", "streaming-diloco", "eager-diloco", "delayed-diloco")
+FT_REFUSED = {  # why the others are not run on torchft (config.py refuses them before any work)
+    "decoupled-momentum": "it all-gathers each worker's top-k DCT coefficients of its momentum, and torchft "
+                          "0.2.0's Manager makes only all-reduces fault-tolerant (no all-gather)",
+    "speculative-diloco": "its tentative proxy rebuilds the others' sum as M x mean(t-1), wrong when the quorum "
+                          "changed (not adapted yet; eager-diloco and delayed-diloco are)",
+}
 
 
 class _FTWork(Work):
@@ -61,6 +74,12 @@ class _FTWork(Work):
 
     def is_completed(self) -> bool:
         return self._done
+
+    def settle(self) -> None:
+        """Wait for the transport only (`commit` and the injected fault need the ring done, not
+        the result written: that stays for the algorithm's ``wait()``)."""
+        if not self._done:
+            self._work.wait()
 
 
 def parse_ft_fault(value: str | None) -> tuple[int, int, str] | None:
@@ -94,6 +113,7 @@ class FTCommunicator(WallClock, Communicator):
         self.rounds: list[tuple[float, int, int, bool]] = []  # (unix time of the commit, committed step, participants, committed)
         self.step = 0  # the inner step in progress
         self._fns: tuple[Any, Any] | None = None
+        self._in_flight: list[_FTWork] = []  # this round's all-reduces started async: `commit` waits for them
         self.killed_at_path = None  # where `_die` notes the time (set by ft_worker)
         self._registered = False
 
@@ -104,6 +124,8 @@ class FTCommunicator(WallClock, Communicator):
     def begin_step(self, step: int) -> None:
         self.step = step
         if self.fault is not None and self.fault[1:] == (step, "step"):
+            for work in self._in_flight:  # between synchronizations: this replica's part of a ring in flight is done
+                work.settle()
             self._die()
 
     def begin_sync(self) -> None:
@@ -115,7 +137,7 @@ class FTCommunicator(WallClock, Communicator):
             # a copy: the HTTP transport serves it by reference while training goes on
             self.manager.register_state_dict_fn("farsync", self._load, lambda: cpu_clone(save()))
             self._registered = True
-        self._healed = False
+        self._healed, self._in_flight = False, []
         t0 = time.perf_counter()
         self.manager.start_quorum()  # synchronous (use_async_quorum=False): a heal is applied before it returns
         self._book_blocked(time.perf_counter() - t0)
@@ -134,6 +156,9 @@ class FTCommunicator(WallClock, Communicator):
             raise RuntimeError("torchft: commit() without begin_sync()")
         self._in_round = False
         t0 = time.perf_counter()
+        for work in self._in_flight:  # a round's all-reduces end before it commits (should_commit does not wait)
+            work.settle()
+        self._in_flight = []
         ok = self.manager.should_commit()
         self._book_blocked(time.perf_counter() - t0)
         self.rounds.append((time.time(), self.manager.current_step(), self.participants, ok))
@@ -174,6 +199,7 @@ class FTCommunicator(WallClock, Communicator):
 
         work = _FTWork(self, self.manager.allreduce(buf, reduce_op=ReduceOp.SUM), finish)
         if async_op:
+            self._in_flight.append(work)
             return work
         work.wait()
         return None
