@@ -37,7 +37,7 @@ PROFILES = {"full": {}, "quick": {"params": {"workers": 2, "steps": 2, "repeats"
 PARAMS = {"workers": 4, "steps": 20, "repeats": 5}
 SEEDS = None  # torch.manual_seed(0) in both
 CONFIG_OVERRIDES = False
-RESULTS = ("sim_overhead_cpu",)  # earlier runs: printed lines in docs/benchmarks.md
+RESULTS = ("sim_overhead_cpu", "sim_overhead_threads_cpu")  # now; before the greenlet engine (commit 5b0839c)
 
 
 def jobs(args) -> list[dict]:

@@ -27,7 +27,7 @@ PROFILES = {"full": {}, "quick": {"params": {"steps": 24, "repeats": 1}, "set": 
 PARAMS = {"steps": 60, "repeats": 3}
 SEEDS = None
 CONFIG_OVERRIDES = True
-RESULTS = ("sim_parallel_cpu",)
+RESULTS = ("sim_parallel_cpu", "sim_parallel_threads_cpu")  # now; threads (dddb431)
 
 
 def jobs(args) -> list[dict]:

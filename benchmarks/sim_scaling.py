@@ -31,7 +31,7 @@ PROFILES = {"full": {}, "quick": {"params": {"workers": [4, 16], "steps": 4, "re
 PARAMS = {"workers": [4, 16, 64, 256, 1024], "steps": 20, "repeats": 3}
 SEEDS = None
 CONFIG_OVERRIDES = False
-RESULTS = ("sim_scaling_cpu", "sim_scaling_before_cpu")  # now, and at commit 014a1b5 (before issue 22)
+RESULTS = ("sim_scaling_cpu", "sim_scaling_threads_cpu", "sim_scaling_before_cpu")  # now; threads (5b0839c); 014a1b5
 
 
 def jobs(args) -> list[dict]:
