@@ -548,8 +548,9 @@ class Config(_Strict):
 
             if self.algorithm.name not in FT_ALGORITHMS:
                 reason = FT_REFUSED.get(self.algorithm.name, "it is not built as a round of all-reduces yet")
-                raise ValueError(f"cluster.backend: torchft runs {', '.join(FT_ALGORITHMS)} (a round of all-reduces "
-                                 f"that commits or is discarded); {self.algorithm.name!r} is not supported there: {reason}")
+                raise ValueError(f"cluster.backend: torchft runs {', '.join(FT_ALGORITHMS)} (a round of all-reduces, "
+                                 "or all-gathers built from one, that commits or is discarded); "
+                                 f"{self.algorithm.name!r} is not supported there: {reason}")
             why = ("algorithm.compress (error-feedback residuals and gathered payloads are not fault-tolerant yet)"
                    if getattr(self.algorithm, "compress", None) is not None else
                    "train.checkpoint_every (a replica coming back heals from a live peer; checkpoints of a torchft run "

@@ -14,7 +14,9 @@ What a replica keeps as its own and what it copies when it heals (the issue's sp
   the LR schedule; the Manager's committed step comes with it.
 - per replica: the data position is a function of the replica id and the step (the sampler of
   worker g, at the batch of that step: after a heal it is rebuilt and advanced to it), the torch
-  RNG, the byte and time counters. Error-feedback residuals do not arise (no compression here).
+  RNG, the byte and time counters, and a residual of this replica's own gradients: DeMo's momentum
+  (`demo.py`: not in its shared state, a replacement starts from zeros). Compression's
+  error-feedback residuals do not arise (algorithm.compress is refused).
 
 Every replica logs and evaluates on its own: there is no cross-replica control plane that a
 failure could block. The launcher (`launch.py`) starts the Lighthouse and one torchrun per replica;

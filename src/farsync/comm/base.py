@@ -114,6 +114,13 @@ class Communicator(abc.ABC):
     ) -> Work | None:
         """Fill ``tensor_list[r]`` with rank r's `tensor` (all the same shape and dtype)."""
 
+    def gathered_from(self) -> list[int]:
+        """The ranks whose entries of the last (completed) `all_gather` carry work, in rank order:
+        every rank by default (simulator, torch.distributed). On torchft a replica that healed at
+        the round's quorum sends nothing (its entry is zeros, `comm/fault_tolerant.py`); an
+        algorithm that combines gathered entries keeps only these."""
+        return list(range(self.world_size))
+
     @abc.abstractmethod
     def all_to_all(
         self, output_list: list[torch.Tensor], input_list: list[torch.Tensor], async_op: bool = False
@@ -292,6 +299,9 @@ class CommunicatorWrapper(Communicator):
 
     def all_gather(self, tensor_list, tensor, async_op=False):
         return self.inner.all_gather(tensor_list, tensor, async_op)
+
+    def gathered_from(self):
+        return self.inner.gathered_from()
 
     def all_to_all(self, output_list, input_list, async_op=False):
         return self.inner.all_to_all(output_list, input_list, async_op)

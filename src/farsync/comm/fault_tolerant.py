@@ -8,6 +8,8 @@ forms a quorum of the live replicas at every synchronization. A synchronization 
                          # world size are this quorum's; a replica behind the quorum's step heals:
                          # the registered shared state of a live peer is loaded into it
     comm.all_reduce(x)   # Manager.allreduce of [w x, w]: a SUM, then / sum(w) for a mean
+    comm.all_gather(xs, x)  # Manager.allreduce (SUM, uint8) of n slots + n flags: slot r = rank r's
+                         # bytes, flag 1 if it counts; comm.gathered_from() the ranks that count
     comm.commit()        # Manager.should_commit(): False if a peer failed during the round
 
 The algorithm applies the round's result only if `commit` is True (ddp, local-sgd, diloco and
@@ -15,7 +17,8 @@ streaming-diloco do; Streaming DiLoCo's round spans the tau inner steps its all-
 the round of eager-diloco, delayed-diloco and streaming-diloco with overlap: eager / eager-2 spans
 the inner steps up to the next synchronization: it opens where the all-reduce starts and commits at
 the next synchronization, just before the next round opens; the result is applied there, or kept
-until its fragment's turn - `eager_diloco.py`).
+until its fragment's turn - `eager_diloco.py`; decoupled-momentum's round is its step: it
+all-gathers, commits, and only then changes its momentum and the model - `demo.py`).
 
 - Weights: w = 0 for a replica that healed at this round's quorum (its own contribution was computed
   on the state it had before the heal, work nobody should count), 1 otherwise. So the mean is
@@ -23,14 +26,21 @@ until its fragment's turn - `eager_diloco.py`).
 - Rank and world size: ``Manager.participating_rank()`` and ``num_participants()`` of the
   current quorum (the fault-tolerant process group's own rank is always 0); before the first
   quorum the replica id and the configured number of replicas.
-- Only all-reduces, and only between `begin_sync` and `commit`: the other collectives and a call
-  outside a round raise (the algorithms accepted here make none). The control plane is this
-  replica's alone: every replica logs and evaluates for itself (`ft_worker.py`).
+- All-gather (torchft 0.2.0's Manager fault-tolerates only all-reduce): one all-reduce (SUM) of a
+  zero uint8 buffer with a slot per participant (slot r = participating rank r, the bytes of its
+  tensor) and a flag per slot; a replica writes its slot and flag 1, or nothing if it healed at
+  this round's quorum (weight 0, as above). Exact for any dtype (each slot has one writer);
+  ``gathered_from()`` gives the ranks whose flag is 1, and an algorithm drops the other entries
+  (the simulator's and torch's all-gathers: every rank). It is booked as the all-reduce of n x B
+  bytes it is: 2(n-1) B per replica, about twice a real ring all-gather's (n-1) B.
+- Only all-reduces and all-gathers, and only between `begin_sync` and `commit`: the other
+  collectives and a call outside a round raise (the algorithms accepted here make none). The
+  control plane is this replica's alone: every replica logs and evaluates for itself (`ft_worker.py`).
 - Faults for tests (``FARSYNC_FAULT``): ``ID:STEP`` kills replica ID (SIGKILL, as ``kill -9``) at
   the start of inner step STEP, between synchronizations: an all-reduce it still has in flight
   (eager-diloco's, Streaming DiLoCo's) is first waited for on its side, else the kill would race
-  with that ring; ``ID:STEP:allreduce`` kills it during the all-reduce of that step's
-  synchronization, after the peers entered it. A replacement process (torchrun restarted it) is
+  with that ring; ``ID:STEP:allreduce`` kills it during the all-reduce (or all-gather) of that
+  step's synchronization, after the peers entered it. A replacement process (torchrun restarted it) is
   never killed again.
 """
 
@@ -46,11 +56,11 @@ import torch
 from .base import Communicator, WallClock, Work, cpu_clone, tensor_nbytes, wire_bytes
 from .faults import FAULT_ENV
 
-# every data-plane call an all-reduce inside a round (eager's round spans two synchronizations)
-FT_ALGORITHMS = ("ddp", "local-sgd", "diloco", "streaming-diloco", "eager-diloco", "delayed-diloco")
+# every data-plane call an all-reduce (or an all-gather built from one) inside a round (eager's round
+# spans two synchronizations)
+FT_ALGORITHMS = ("ddp", "local-sgd", "diloco", "streaming-diloco", "eager-diloco", "delayed-diloco",
+                 "decoupled-momentum")
 FT_REFUSED = {  # why the others are not run on torchft (config.py refuses them before any work)
-    "decoupled-momentum": "it all-gathers each worker's top-k DCT coefficients of its momentum, and torchft "
-                          "0.2.0's Manager makes only all-reduces fault-tolerant (no all-gather)",
     "speculative-diloco": "its tentative proxy rebuilds the others' sum as M x mean(t-1), wrong when the quorum "
                           "changed (not adapted yet; eager-diloco and delayed-diloco are)",
 }
@@ -116,6 +126,7 @@ class FTCommunicator(WallClock, Communicator):
         self._in_flight: list[_FTWork] = []  # this round's all-reduces started async: `commit` waits for them
         self.killed_at_path = None  # where `_die` notes the time (set by ft_worker)
         self._registered = False
+        self._gathered: list[int] | None = None  # `gathered_from` of the last all-gather
 
     # ------------------------------------------------------------------ rounds
     def register_state(self, save, load) -> None:
@@ -182,8 +193,6 @@ class FTCommunicator(WallClock, Communicator):
         if not self._in_round:
             raise RuntimeError("torchft: an all-reduce outside a synchronization (begin_sync ... commit); "
                                f"on cluster.backend: torchft only {', '.join(FT_ALGORITHMS)} are supported")
-        from torch.distributed import ReduceOp
-
         w = 0.0 if self._healed else 1.0
         buf = torch.empty(tensor.numel() + 1, dtype=tensor.dtype, device=tensor.device)
         self._stats.record(*wire_bytes("all_reduce", tensor_nbytes(buf), self.world_size, self.rank), tensor_nbytes(buf))
@@ -197,6 +206,12 @@ class FTCommunicator(WallClock, Communicator):
                 total = total / buf[-1]
             tensor.copy_(total)
 
+        return self._sum(buf, finish, async_op)
+
+    def _sum(self, buf: torch.Tensor, finish: Any, async_op: bool) -> Work | None:
+        """The Manager's fault-tolerant SUM of `buf`; `finish` writes the result where it belongs."""
+        from torch.distributed import ReduceOp
+
         work = _FTWork(self, self.manager.allreduce(buf, reduce_op=ReduceOp.SUM), finish)
         if async_op:
             self._in_flight.append(work)
@@ -204,12 +219,53 @@ class FTCommunicator(WallClock, Communicator):
         work.wait()
         return None
 
+    def all_gather(self, tensor_list, tensor, async_op=False):
+        """An all-gather as one fault-tolerant all-reduce (torchft 0.2.0's Manager has no other):
+        a zero uint8 buffer of n slots (n = this quorum's participants, slot r = participating
+        rank r, each the bytes of `tensor`) and n flags; this replica writes its bytes into its slot
+        and its flag 1, or leaves both zero if it healed at this round's quorum (weight 0, as in
+        `all_reduce`). After the SUM slot i holds rank i's bytes exactly (one non-zero writer per
+        slot: no carry, any dtype bit for bit) and `gathered_from` the ranks whose flag is 1.
+        Booked as what it is, the all-reduce of n x B + n bytes: 2(n-1) B per replica, about twice
+        a ring all-gather's (n-1) B (a ring all-reduce is a reduce-scatter plus an all-gather of
+        the whole n x B buffer)."""
+        if not self._in_round:
+            raise RuntimeError("torchft: an all-gather outside a synchronization (begin_sync ... commit); "
+                               f"on cluster.backend: torchft only {', '.join(FT_ALGORITHMS)} are supported")
+
+        n = self.world_size
+        if len(tensor_list) != n:
+            raise ValueError(f"torchft: all_gather needs {n} output tensors (this quorum's participants), got {len(tensor_list)}")
+        src = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        size = src.numel()
+        buf = torch.zeros(n * size + n, dtype=torch.uint8, device=tensor.device)
+        self._stats.record(*wire_bytes("all_reduce", tensor_nbytes(buf), n, self.rank), tensor_nbytes(buf))
+        if not self._healed:
+            buf[self.rank * size : (self.rank + 1) * size].copy_(src)
+            buf[n * size + self.rank] = 1
+        self._gathered = None  # until this gather's result is written
+        if self.fault is not None and self.fault[1:] == (self.step, "allreduce"):
+            self._die()  # in the quorum, the peers' ring waits for this replica: it dies there
+
+        def finish() -> None:
+            for i, out in enumerate(tensor_list):
+                out.copy_(buf[i * size : (i + 1) * size].view(tensor.dtype).view_as(out))
+            self._gathered = [i for i in range(n) if int(buf[n * size + i]) == 1]
+
+        return self._sum(buf, finish, async_op)
+
+    def gathered_from(self) -> list[int]:
+        """The ranks whose entries of the last all-gather carry work: every participant but one
+        that healed at this round's quorum (read after the gather completed; only meaningful if the
+        round commits: a failed all-reduce leaves the buffer undefined)."""
+        if self._gathered is None:
+            raise RuntimeError("torchft: gathered_from() before an all-gather completed")
+        return self._gathered
+
     def _unsupported(self, what: str):
         raise RuntimeError(f"torchft: {what} is not fault-tolerant here; cluster.backend: torchft runs "
-                           f"{', '.join(FT_ALGORITHMS)} (every data-plane call an all-reduce)")
-
-    def all_gather(self, tensor_list, tensor, async_op=False):
-        self._unsupported("all_gather")
+                           f"{', '.join(FT_ALGORITHMS)} (every data-plane call an all-reduce, or an "
+                           "all-gather built from one)")
 
     def all_to_all(self, output_list, input_list, async_op=False):
         self._unsupported("all_to_all")
